@@ -1,5 +1,7 @@
 # Two commands do everything: `make run` (the notebook series) and `make test` (the test suite).
 # Both create the virtual environment from requirements.lock when it is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,9 +15,9 @@ env: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$$(grep '^pip==' requirements.lock)"
-	$(PY) -m pip install -q --no-deps -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e utils
+	$(PY) -m pip install -q "$$(grep '^pip==' requirements.lock)" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -m pip install -q --no-deps -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e utils 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 run: env
