@@ -1,0 +1,42 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from gtcrec import embeddings
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return ["Scaling large language model training across thousands of GPUs",
+            "Distributed training of transformer language models with tensor parallelism",
+            "Robot arm grasping learned in simulation with reinforcement learning",
+            "Medical image segmentation for radiology with deep learning"]
+
+
+def test_vectors_are_normalised_and_semantic(tmp_path, texts):
+    vectors, n_new = embeddings.embed_texts(texts, tmp_path, progress=False)
+    assert n_new == 4 and vectors.shape == (4, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > sims[0, 2] + 0.2 and sims[0, 1] > sims[0, 3] + 0.2  # the two LLM talks are closest
+
+
+def test_cache_reuses_vectors(tmp_path, texts):
+    first, _ = embeddings.embed_texts(texts[:2], tmp_path, progress=False)
+    again, n_new = embeddings.embed_texts(texts[::-1], tmp_path, progress=False)
+    assert n_new == 2  # only the two texts not seen before are encoded
+    np.testing.assert_array_equal(again[-1], first[0])
+    assert len(embeddings.EmbeddingCache(tmp_path)) == 4
+
+
+def test_batching_does_not_change_vectors(texts):
+    encoder = embeddings.TextEncoder()
+    one = encoder.encode(texts, batch_size=1, progress=False)
+    many = encoder.encode(texts, batch_size=4, progress=False)
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_talk_text_uses_title_and_abstract():
+    catalog = pd.DataFrame({"title": ["T"], "abstract": ["A body."], "track": ["HPC"], "format": ["Talk"],
+                            "level": ["Beginner"]})
+    assert embeddings.talk_text(catalog) == ["T. HPC; Talk, Beginner. A body."]

@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from gtcrec import etl
+
+
+def make_clicks(n_sessions=120, n_talks=30, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_sessions):
+        start = pd.Timestamp("2026-03-01") + pd.Timedelta(minutes=int(s * 7))  # session s starts s-th
+        for j in range(int(rng.integers(1, 30))):
+            rows.append((f"u{s:04d}", f"T{int(rng.integers(0, n_talks))}", start + pd.Timedelta(seconds=30 * j)))
+    clicks = pd.DataFrame(rows, columns=["session_id", "talk_id", "timestamp"])
+    return clicks.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # any order
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    catalog = pd.DataFrame({"talk_id": [f"T{i}" for i in range(30)]})
+    clicks = make_clicks()
+    clicks.loc[0, "talk_id"] = "NOT-IN-CATALOG"
+    out = tmp_path_factory.mktemp("etl")
+    result = etl.run_etl(clicks, catalog, out, max_len=20)
+    return catalog, clicks, result
+
+
+def test_item_table_reserves_three_rows():
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    table = etl.item_table(vectors)
+    assert table.shape == (7, 3)
+    assert not table[:3].any()
+    np.testing.assert_array_equal(table[3:], vectors)
+
+
+def test_vocabulary_rejects_duplicates():
+    with pytest.raises(ValueError, match="duplicate talk ids"):
+        etl.vocabulary(pd.DataFrame({"talk_id": ["A", "B", "A"]}))
+
+
+def test_codes_follow_catalog_order(processed):
+    catalog, _, result = processed
+    codes = etl.encode_talk_ids(result.workflow_dir, list(catalog["talk_id"]) + ["unknown"])
+    np.testing.assert_array_equal(codes, np.r_[np.arange(len(catalog)) + 3, 2])
+
+
+def test_sessions_sorted_sliced_and_filtered(processed):
+    catalog, clicks, result = processed
+    code_of = {t: i + 3 for i, t in enumerate(catalog["talk_id"])}
+    numbered = etl.number_sessions(clicks[clicks["talk_id"].isin(code_of)])
+    for split in etl.SPLITS:
+        frame = etl.read_split(result.split_dirs[split])
+        assert frame["item_id-list"].map(len).between(2, 20).all()
+        for row in frame.head(15).itertuples():
+            expected = numbered[numbered["session_id"] == row.session_id].sort_values("ts")["talk_id"].map(code_of)
+            np.testing.assert_array_equal(getattr(row, "_4"), expected.to_numpy()[-20:])  # the last 20, in time order
+
+
+def test_split_is_by_time_and_disjoint(processed):
+    _, _, result = processed
+    frames = {s: etl.read_split(result.split_dirs[s]) for s in etl.SPLITS}
+    assert frames["train"]["ts-first"].max() <= frames["valid"]["ts-first"].min()
+    assert frames["valid"]["ts-first"].max() <= frames["test"]["ts-first"].min()
+    ids = [set(f["session_id"]) for f in frames.values()]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+    assert result.counts["unknown_clicks_dropped"] == 1
+
+
+def test_schema_tags_for_transformers4rec(processed):
+    from merlin.schema import Tags
+    from merlin.io import Dataset
+
+    schema = Dataset(str(processed[2].split_dirs["train"]), engine="parquet", cpu=True).schema
+    assert schema.select_by_tag(Tags.ITEM_ID).column_names == ["item_id-list"]
+    col = schema["item_id-list"]
+    assert Tags.CATEGORICAL in col.tags and Tags.LIST in col.tags
+    assert col.int_domain.max == 30 + 2
+
+
+def test_filter_is_a_named_function():
+    workflow = etl.build_workflow(pd.Series(["A", "B"], name="talk_id"), "/tmp/gtcrec-test-cat")
+    node = etl.find_node(workflow.output_node, type(workflow.output_node.op))
+    assert node.op.f is etl.at_least_two_items
