@@ -52,9 +52,9 @@ def test_sessions_sorted_sliced_and_filtered(processed):
     for split in etl.SPLITS:
         frame = etl.read_split(result.split_dirs[split])
         assert frame["item_id-list"].map(len).between(2, 20).all()
-        for row in frame.head(15).itertuples():
-            expected = numbered[numbered["session_id"] == row.session_id].sort_values("ts")["talk_id"].map(code_of)
-            np.testing.assert_array_equal(getattr(row, "_4"), expected.to_numpy()[-20:])  # the last 20, in time order
+        for _, row in frame.head(15).iterrows():
+            expected = numbered[numbered["session_id"] == row["session_id"]].sort_values("ts")["talk_id"].map(code_of)
+            np.testing.assert_array_equal(row["item_id-list"], expected.to_numpy()[-20:])  # the last 20, in time order
 
 
 def test_split_is_by_time_and_disjoint(processed):

@@ -42,8 +42,13 @@ def write_manifest(
     parameters: Mapping[str, Any],
     outputs: Mapping[str, str | Path],
     metrics: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a notebook's manifest. ``outputs`` maps a name to a path inside ``artifacts_dir``."""
+    """Write a notebook's manifest. ``outputs`` maps a name to a path inside ``artifacts_dir``.
+
+    ``metrics`` are deterministic for a seed (a rerun gives the same ones); ``run`` holds what is
+    not (timings, cache hits), kept apart so that manifests of two runs can be compared.
+    """
     root = Path(artifacts_dir).resolve()
     rel = {}
     for name, path in outputs.items():
@@ -52,7 +57,7 @@ def write_manifest(
             raise FileNotFoundError(f"output {name!r} does not exist: {path}")
         rel[name] = path.relative_to(root).as_posix()
     doc = {"notebook": stem, "parameters": _plain(dict(parameters)), "outputs": rel,
-           "metrics": _plain(dict(metrics or {}))}
+           "metrics": _plain(dict(metrics or {})), "run": _plain(dict(run or {}))}
     target = stage_dir(root, stem) / MANIFEST
     target.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return target
