@@ -1,0 +1,137 @@
+"""Client side of the served recommender: clicks DataFrame -> Triton inputs -> answer DataFrame.
+
+Works with ``tritonclient.http`` and ``tritonclient.grpc`` clients. The request contract is in
+``gtcrec.serving.operators``: ``session_id`` and ``talk_id`` as BYTES, ``timestamp`` as INT64
+epoch milliseconds (datetime64 and ISO-8601 text are converted; naive times are taken as UTC;
+numbers are taken as milliseconds already).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_MODEL_NAME = "executor_model"
+INPUTS = ("session_id", "talk_id", "timestamp")
+OUTPUTS = ("session_ids", "talk_ids", "scores")
+_TRITON_DTYPES = {"session_id": "BYTES", "talk_id": "BYTES", "timestamp": "INT64"}
+
+
+def _bytes_array(values) -> np.ndarray:
+    return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype=object)
+
+
+def timestamps_ms(values) -> np.ndarray:
+    """Epoch milliseconds (int64) from datetime64 / tz-aware / ISO text / numeric values."""
+    s = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        if getattr(s.dt, "tz", None) is not None:
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        return (s.values.astype("datetime64[ns]").astype(np.int64) // 1_000_000).astype(np.int64)
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return s.to_numpy().astype(np.int64)
+    parsed = pd.to_datetime(s, utc=True).dt.tz_localize(None)
+    return (parsed.values.astype("datetime64[ns]").astype(np.int64) // 1_000_000).astype(np.int64)
+
+
+def request_arrays(clicks: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The three request arrays from a clicks table (columns session_id, talk_id, timestamp)."""
+    missing = [c for c in INPUTS if c not in clicks.columns]
+    if missing:
+        raise KeyError(f"clicks lack columns {missing}")
+    return {
+        "session_id": _bytes_array(clicks["session_id"].to_numpy()),
+        "talk_id": _bytes_array(clicks["talk_id"].to_numpy()),
+        "timestamp": timestamps_ms(clicks["timestamp"]),
+    }
+
+
+def _module(client):
+    name = type(client).__module__
+    if name.startswith("tritonclient.grpc"):
+        import tritonclient.grpc as mod
+    elif name.startswith("tritonclient.http"):
+        import tritonclient.http as mod
+    else:
+        raise TypeError(f"expected a tritonclient http or grpc client, got {type(client)}")
+    return mod
+
+
+def make_inputs(arrays: dict[str, np.ndarray], protocol: str = "grpc") -> list:
+    """tritonclient ``InferInput`` objects (``protocol`` "http" or "grpc") for the request arrays."""
+    if protocol == "grpc":
+        import tritonclient.grpc as mod
+    elif protocol == "http":
+        import tritonclient.http as mod
+    else:
+        raise ValueError("protocol must be 'http' or 'grpc'")
+    inputs = []
+    for name in INPUTS:
+        arr = np.ascontiguousarray(arrays[name])
+        if _TRITON_DTYPES[name] == "BYTES":
+            arr = arr.astype(object)
+        else:
+            arr = arr.astype(np.int64)
+        inp = mod.InferInput(name, list(arr.shape), _TRITON_DTYPES[name])
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+def make_outputs(protocol: str = "grpc") -> list:
+    if protocol == "grpc":
+        import tritonclient.grpc as mod
+
+        return [mod.InferRequestedOutput(n) for n in OUTPUTS]
+    import tritonclient.http as mod
+
+    return [mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+
+
+def infer_arrays(client, arrays: dict[str, np.ndarray], model_name: str = DEFAULT_MODEL_NAME,
+                 model_version: str = "") -> dict[str, np.ndarray]:
+    """Send request arrays; return the answer arrays (session_ids, talk_ids, scores)."""
+    mod = _module(client)
+    protocol = "grpc" if mod.__name__.endswith("grpc") else "http"
+    result = client.infer(model_name, make_inputs(arrays, protocol), model_version=model_version,
+                          outputs=make_outputs(protocol))
+    return {name: result.as_numpy(name) for name in OUTPUTS}
+
+
+def to_frame(outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Answer arrays -> DataFrame (session_id, rank, talk_id, score), rank from 1, best first.
+
+    A NaN score marks a talk that came from the fallback (popularity), not from the model."""
+    sessions = outputs["session_ids"]
+    talks = outputs["talk_ids"]
+    scores = np.asarray(outputs["scores"], dtype=np.float32)
+    n, k = talks.shape if talks.ndim == 2 else (0, 0)
+
+    def text(v):
+        return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+    return pd.DataFrame({
+        "session_id": np.repeat([text(s) for s in sessions], k) if n else np.array([], dtype=object),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), n),
+        "talk_id": [text(t) for t in talks.ravel()],
+        "score": scores.ravel(),
+    })
+
+
+def recommend(client, clicks: pd.DataFrame, model_name: str = DEFAULT_MODEL_NAME,
+              model_version: str = "") -> pd.DataFrame:
+    """Clicks -> served recommendations as a DataFrame (see ``to_frame``)."""
+    if len(clicks) == 0:
+        return to_frame({"session_ids": np.array([], dtype=object),
+                         "talk_ids": np.empty((0, 0), dtype=object),
+                         "scores": np.empty((0, 0), dtype=np.float32)})
+    return to_frame(infer_arrays(client, request_arrays(clicks), model_name, model_version))
+
+
+def split_sessions(clicks: pd.DataFrame, sessions_per_request: int) -> Iterable[pd.DataFrame]:
+    """Cut a clicks table into requests of ``sessions_per_request`` whole sessions each."""
+    keys = pd.unique(clicks["session_id"])
+    for start in range(0, len(keys), sessions_per_request):
+        chosen = set(keys[start:start + sessions_per_request])
+        yield clicks[clicks["session_id"].isin(chosen)]

@@ -1,0 +1,229 @@
+"""Build the serving ensemble and export it as a Triton model repository.
+
+``export_ensemble`` builds ``SessionizeClicks >> TorchScriptTopK >> DecodeTopK`` (see
+``gtcrec.serving.operators`` for the request/answer contract), answers a reference request
+in-process, then exports. Two backends:
+
+* ``backend="python"`` (default, runs on the CPU-only Triton of the nvidia-pytriton wheel): the
+  whole graph, model included, runs inside Merlin's python-backend ``executor_model``.
+* ``backend="pytorch"``: the stock Merlin path for a full Triton (NVIDIA's containers). The model
+  step is Merlin's ``PredictPyTorch``, exported as a separate ``pytorch_libtorch`` model that the
+  executor calls; export only here (the wheel's Triton has no PyTorch backend). Caveats found
+  in Merlin Systems 23.08: the executor sends ragged offsets as INT32 (the traced model must
+  accept them), and ``PredictPyTorch`` cannot run in-process on a model that returns a
+  ``(scores, codes)`` tuple, so reference outputs always come from the python graph.
+
+``Ensemble.export()`` swaps operators in place (``PredictPyTorch`` -> its Triton op), so the
+reference is computed first. It also writes the executor into version ``1/`` whatever
+``version`` says; ``export_ensemble`` exports to a scratch folder and moves the result into
+``<out_repo>/<name>/<version>/``.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+import merlin.dtypes as md
+from merlin.schema import ColumnSchema, Schema
+from merlin.table import TensorTable
+
+from gtcrec.serving import operators as ops
+from gtcrec.serving.client import DEFAULT_MODEL_NAME
+
+REQUEST_COLUMNS = ("session_id", "talk_id", "timestamp")
+
+
+def request_schema() -> Schema:
+    """The ensemble's input: raw clicks (strings as BYTES, time as epoch milliseconds)."""
+    return Schema([
+        ColumnSchema("session_id", dtype=md.string),
+        ColumnSchema("talk_id", dtype=md.string),
+        ColumnSchema("timestamp", dtype=md.int64),
+    ])
+
+
+@dataclass
+class Reference:
+    """A request and the in-process answer to it (numpy arrays, as Triton returns them)."""
+
+    request: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
+                   popularity: Sequence[float] | None = None, call: str = "dict",
+                   num_threads: int | None = 1):
+    """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too)."""
+    from merlin.systems.dag import Ensemble
+
+    model = ops.TorchScriptTopK(torchscript, call=call, num_threads=num_threads)
+    _check_k(model.k_model, k, max_len)
+    graph = (list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len) >> model
+             >> ops.DecodeTopK(vocab, k=k, popularity=popularity))
+    return Ensemble(graph, request_schema())
+
+
+def _check_k(k_model: int, k: int, max_len: int) -> None:
+    import warnings
+
+    if k_model < k:
+        raise ValueError(f"the model returns {k_model} candidates, fewer than k={k}")
+    if k_model < k + max_len:
+        warnings.warn(f"the model returns {k_model} candidates; removing up to {max_len} clicked "
+                      f"talks can leave fewer than k={k}, and the fallback fills the gap. Trace it "
+                      f"with top_k >= k + max_len = {k + max_len} to avoid that.", stacklevel=3)
+
+
+def build_pytorch_backend_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
+                                   popularity: Sequence[float] | None = None):
+    """The same graph with Merlin's stock ``PredictPyTorch`` (for a Triton with the PyTorch backend).
+
+    Export only: this graph cannot answer in-process (``PredictPyTorch`` indexes a single output
+    tensor; our model returns a tuple)."""
+    from merlin.systems.dag import Ensemble
+    from merlin.systems.dag.ops.pytorch import PredictPyTorch
+
+    probe = ops.TorchScriptTopK(torchscript)  # loads the TorchScript and measures K
+    _check_k(probe.k_model, k, max_len)
+    kk = probe.k_model
+    in_schema = Schema([ColumnSchema(ops.ITEM_LIST, dtype=md.int64, is_list=True, is_ragged=True)])
+    out_schema = Schema([ColumnSchema(ops.TOPK_SCORES, dtype=md.float32, dims=(None, kk)),
+                         ColumnSchema(ops.TOPK_CODES, dtype=md.int64, dims=(None, kk))])
+    pre = list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len)
+    predict = pre[[ops.ITEM_LIST]] >> PredictPyTorch(probe.model, in_schema, out_schema)
+    post = (predict + pre[[ops.SESSIONS, ops.CLICKED, ops.MODEL_ROW]]) >> ops.DecodeTopK(
+        vocab, k=k, popularity=popularity)
+    return Ensemble(post, request_schema())
+
+
+def example_clicks(vocab: Sequence[str], n_sessions: int = 5, max_clicks: int = 8, seed: int = 0,
+                   unknown_session: bool = True) -> pd.DataFrame:
+    """A small, shuffled clicks table (contract columns) for reference requests and tests.
+
+    Includes a session of unknown talks only (fallback), unknown talks inside sessions,
+    repeated talks, sessions longer than typical ``max_len`` values when ``max_clicks`` is
+    large, and equal timestamps."""
+    rng = np.random.default_rng(seed)
+    vocab = list(vocab)
+    rows = []
+    base = pd.Timestamp("2024-03-18T09:00:00")
+    for s in range(n_sessions):
+        n = int(rng.integers(1, max_clicks + 1))
+        for j in range(n):
+            talk = vocab[int(rng.integers(len(vocab)))] if rng.random() > 0.15 else f"UNKNOWN{int(rng.integers(99))}"
+            rows.append((f"sess-{seed}-{s}", talk, base + pd.Timedelta(minutes=int(rng.integers(0, 600)))))
+    if unknown_session:
+        rows += [(f"sess-{seed}-unknown", f"NOPE{j}", base + pd.Timedelta(minutes=j)) for j in range(3)]
+    df = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def reference_outputs(ensemble, request: dict[str, np.ndarray]) -> Reference:
+    """Answer ``request`` (arrays as sent to Triton) in-process with ``ensemble``."""
+    import time
+
+    started = time.perf_counter()
+    table = ensemble.transform(TensorTable({k: np.asarray(v) for k, v in request.items()}))
+    seconds = time.perf_counter() - started
+    outputs = {name: np.asarray(col.values) for name, col in table.items()}
+    return Reference(request=dict(request), outputs=outputs, seconds=seconds)
+
+
+def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: int = 20, k: int = 10,
+                    popularity: Sequence[float] | None = None, name: str = DEFAULT_MODEL_NAME,
+                    version: int = 1, backend: str = "python", request: dict | pd.DataFrame | None = None,
+                    call: str = "dict", num_threads: int | None = 1, self_contained: bool = False,
+                    instance_count: int | None = None, overwrite: bool = False):
+    """Build, answer a reference request in-process, export. Returns ``(ensemble, reference)``.
+
+    Parameters
+    ----------
+    vocab: talk ids in catalog order (the training vocabulary: code = position + 3).
+    torchscript_path: the traced top-k model (see ``TorchScriptTopK``).
+    out_repo: Triton model repository; the model lands in ``out_repo/name/version``.
+    max_len: clicks kept per session (the last ones), as in training.
+    k: talks answered per session (fixed at export).
+    popularity: per vocabulary entry, for the fallback ranking (``None``: catalog order).
+    backend: ``"python"`` (runs anywhere) or ``"pytorch"`` (stock ``PredictPyTorch``; needs a
+        Triton with the PyTorch backend).
+    request: clicks (DataFrame or request arrays) for the reference; default ``example_clicks``.
+    self_contained: pickle the gtcrec operators by value so the server needs no ``gtcrec``
+        install (only Merlin Systems and torch).
+    instance_count: CPU instances of the executor model (Merlin writes KIND_AUTO, one instance:
+        requests are then served one at a time).
+    overwrite: replace an existing ``out_repo/name/version``.
+
+    The returned ``ensemble`` is the python graph: it still answers in-process after export.
+    """
+    from gtcrec.serving.client import request_arrays
+
+    if backend not in ("python", "pytorch"):
+        raise ValueError("backend must be 'python' or 'pytorch'")
+    out_repo = Path(out_repo).resolve()
+    target = out_repo / name / str(int(version))
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
+
+    ensemble = build_ensemble(vocab, torchscript_path, max_len=max_len, k=k, popularity=popularity,
+                              call=call, num_threads=num_threads)
+    if request is None:
+        request = example_clicks(vocab)
+    if isinstance(request, pd.DataFrame):
+        request = request_arrays(request)
+    reference = reference_outputs(ensemble, request)
+
+    if backend == "python":
+        to_export = ensemble
+    else:
+        to_export = build_pytorch_backend_ensemble(vocab, torchscript_path, max_len=max_len, k=k,
+                                                   popularity=popularity)
+    reference.extra["backend"] = backend
+
+    import cloudpickle
+
+    with tempfile.TemporaryDirectory(prefix="gtcrec-export-") as tmp:
+        if self_contained:
+            cloudpickle.register_pickle_by_value(ops)
+        try:
+            executor_config, node_configs = to_export.export(tmp, name=name)
+        finally:
+            if self_contained:
+                cloudpickle.unregister_pickle_by_value(ops)
+        if instance_count:
+            executor_config = _set_instances(Path(tmp) / name / "config.pbtxt", int(instance_count))
+        reference.extra["configs"] = [executor_config] + list(node_configs)
+        out_repo.mkdir(parents=True, exist_ok=True)
+        for model_dir in sorted(Path(tmp).iterdir()):
+            dest_model = out_repo / model_dir.name
+            dest_model.mkdir(exist_ok=True)
+            shutil.copy2(model_dir / "config.pbtxt", dest_model / "config.pbtxt")
+            # Merlin writes the executor into 1/ (and artifacts into <version>/): gather all in 1/
+            dest = dest_model / str(int(version))
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.move(str(model_dir / "1"), str(dest))
+            for extra in model_dir.iterdir():
+                if extra.name not in ("1", "config.pbtxt"):
+                    shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    return ensemble, reference
+
+
+def _set_instances(config_path: Path, count: int):
+    """Rewrite a model's instance group as ``count`` CPU instances; returns the new config."""
+    import tritonclient.grpc.model_config_pb2 as model_config
+    from google.protobuf import text_format
+
+    config = text_format.Parse(config_path.read_text(), model_config.ModelConfig())
+    del config.instance_group[:]
+    config.instance_group.append(model_config.ModelInstanceGroup(
+        kind=model_config.ModelInstanceGroup.Kind.KIND_CPU, count=count))
+    config_path.write_text(text_format.MessageToString(config))
+    return config

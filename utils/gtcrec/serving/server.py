@@ -1,0 +1,538 @@
+"""A small manager for a real Triton Inference Server process (notebooks, tests, benchmarks).
+
+Where the binary comes from, in this order:
+
+1. an explicit ``tritonserver`` argument, or the environment variable ``GTCREC_TRITONSERVER``;
+2. ``tritonserver`` on ``PATH`` (NVIDIA's containers, which also hold the PyTorch backend);
+3. the copy bundled in the ``nvidia-pytriton`` wheel (CPU machines). That copy needs some help:
+   a backend directory whose ``python/`` holds the wheel's ``libtriton_python.so``,
+   ``triton_python_backend_utils.py`` and the stub built for this interpreter's Python version
+   (renamed ``triton_python_backend_stub``); ``LD_LIBRARY_PATH`` with the wheel's libraries and
+   the folder of this interpreter's ``libpython3.X.so`` (the stub embeds Python and must load the
+   same build as the standard library it then imports); ``PATH`` starting with this
+   interpreter's ``bin`` folder (the stub finds its Python environment through ``python3``).
+
+``TritonServer`` starts the process on free local ports, waits until it is ready, keeps its log in
+a file and stops it (SIGTERM, then SIGKILL of its whole process group). The server never outlives
+the Python process that started it: the child asks the kernel for SIGTERM when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``), and ``atexit`` stops it on a normal exit.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+ENV_BINARY = "GTCREC_TRITONSERVER"
+_PR_SET_PDEATHSIG = 1
+
+
+class TritonServerError(RuntimeError):
+    """The server could not be found, started, or did not become ready."""
+
+
+class PortInUseError(TritonServerError):
+    """A requested port is already taken (Triton would silently share it: SO_REUSEPORT)."""
+
+
+@dataclass(frozen=True)
+class TritonBinary:
+    """Where the server binary is and what it needs around it."""
+
+    executable: Path
+    source: str  # "argument", "env", "path" or "pytriton-wheel"
+    backend_directory: Path | None = None
+    cache_directory: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # variables to prepend/set for the child
+
+    @property
+    def bundled(self) -> bool:
+        return self.source == "pytriton-wheel"
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the binary
+# ----------------------------------------------------------------------------------------------
+
+def _pytriton_root() -> Path | None:
+    """The ``pytriton/tritonserver`` folder of the installed nvidia-pytriton wheel, if any."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    return root if (root / "bin" / "tritonserver").is_file() else None
+
+
+def _python_libdir() -> Path:
+    """Folder holding this interpreter's shared ``libpython3.X.so``."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlibrary = sysconfig.get_config_var("LDLIBRARY") or ""
+    if not libdir or not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        raise TritonServerError(
+            "The bundled Triton python backend embeds libpython, but this interpreter "
+            f"({sys.executable}) was built without a shared libpython (Py_ENABLE_SHARED=0). "
+            "Use a shared-library Python build (e.g. pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared)."
+        )
+    if ldlibrary and not (Path(libdir) / ldlibrary).exists():
+        raise TritonServerError(f"{ldlibrary} not found in {libdir}")
+    return Path(libdir)
+
+
+def _prepend(var: str, *parts: str | os.PathLike) -> str:
+    old = os.environ.get(var, "")
+    items = [str(p) for p in parts] + ([old] if old else [])
+    return os.pathsep.join(items)
+
+
+def _assemble_backend_dir(root: Path, cache_root: Path | None = None) -> Path:
+    """Copy the python backend pieces into ``<cache>/backends/python`` (once per wheel build).
+
+    The stub for this interpreter's Python version is renamed ``triton_python_backend_stub``;
+    the backend looks for it next to ``libtriton_python.so``.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    lib = root / "backends" / "python" / "libtriton_python.so"
+    utils = root / "backends" / "python" / "triton_python_backend_utils.py"
+    for needed in (stub, lib, utils):
+        if not needed.is_file():
+            raise TritonServerError(f"The nvidia-pytriton wheel lacks {needed} (Python {version}).")
+    stamp = hashlib.sha1(
+        "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (stub, lib, utils)).encode()
+    ).hexdigest()[:12]
+    if cache_root is None:
+        cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gtcrec"
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+        except OSError:  # read-only home: fall back to the temp folder
+            cache_root = Path(tempfile.gettempdir()) / f"gtcrec-{os.getuid()}"
+    target = cache_root / f"triton-backends-py{version}-{stamp}"
+    if (target / "python" / "triton_python_backend_stub").is_file():
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=cache_root))
+    (tmp / "python").mkdir()
+    shutil.copy2(lib, tmp / "python" / "libtriton_python.so")
+    shutil.copy2(utils, tmp / "python" / "triton_python_backend_utils.py")
+    shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+    os.chmod(tmp / "python" / "triton_python_backend_stub", 0o755)
+    try:
+        os.rename(tmp, target)  # atomic; another process may have won the race
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def find_tritonserver(tritonserver: str | os.PathLike | None = None,
+                      cache_root: str | os.PathLike | None = None) -> TritonBinary:
+    """Locate ``tritonserver`` (argument, ``$GTCREC_TRITONSERVER``, ``PATH``, nvidia-pytriton wheel).
+
+    For the wheel's copy this also assembles the python backend directory and returns the
+    environment the child process needs.
+    """
+    def explicit(path: str | os.PathLike, source: str) -> TritonBinary:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tritonserver"
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise TritonServerError(f"tritonserver given by {source} is not an executable file: {p}")
+        root = _pytriton_root()
+        if root is not None and p.resolve() == (root / "bin" / "tritonserver").resolve():
+            return _wheel_binary(root, cache_root)
+        return TritonBinary(p, source)
+
+    if tritonserver is not None:
+        return explicit(tritonserver, "argument")
+    if os.environ.get(ENV_BINARY):
+        return explicit(os.environ[ENV_BINARY], "env")
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonBinary(Path(on_path), "path")
+    root = _pytriton_root()
+    if root is None:
+        raise TritonServerError(
+            "No tritonserver found: pass its path, set $GTCREC_TRITONSERVER, put it on PATH, "
+            "or install the nvidia-pytriton wheel (which bundles one)."
+        )
+    return _wheel_binary(root, cache_root)
+
+
+def _wheel_binary(root: Path, cache_root: str | os.PathLike | None) -> TritonBinary:
+    backends = _assemble_backend_dir(root, Path(cache_root) if cache_root else None)
+    wheel_libs = root.parent.parent / "nvidia_pytriton.libs"
+    env = {
+        "LD_LIBRARY_PATH": _prepend("LD_LIBRARY_PATH", wheel_libs, _python_libdir()),
+        # the stub runs Python isolated and finds the environment through `python3` on PATH
+        "PATH": _prepend("PATH", Path(sys.executable).parent),
+    }
+    caches = root / "caches"
+    return TritonBinary(root / "bin" / "tritonserver", "pytriton-wheel", backend_directory=backends,
+                        cache_directory=caches if caches.is_dir() else None, env=env)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ports and process helpers
+# ----------------------------------------------------------------------------------------------
+
+def _port_is_free(host: str, port: int) -> bool:
+    """True if nobody listens on (host, port). Binding without SO_REUSEPORT fails when a
+    Triton (which sets SO_REUSEPORT) or anything else already holds the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT leftovers
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports the kernel reports free right now."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _has_gpu() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+try:  # loaded in the parent: the child only calls into it between fork and exec
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover
+    _LIBC = None
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setpgrp()  # own process group: stop() can reach the python-backend stubs too
+    if _LIBC is not None:
+        # SIGTERM when the parent *thread* that forked us exits (start servers from a
+        # long-lived thread, e.g. the main one)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _tail(path: Path, n_lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(lines[-n_lines:])
+
+
+_LIVE: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        try:
+            server.stop()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The server
+# ----------------------------------------------------------------------------------------------
+
+class TritonServer:
+    """A ``tritonserver`` child process on local ports. Use it as a context manager.
+
+    Parameters
+    ----------
+    model_repository: folder (or folders) of models.
+    model_control: ``"explicit"`` (load/unload through the API; ``load_models`` are loaded at
+        start) or ``"none"`` (every model in the repository is loaded at start; a model that fails
+        to load makes the start fail).
+    http_port, grpc_port: ``None`` picks free ports; a given port that is already taken raises
+        ``PortInUseError`` (Triton listens with SO_REUSEPORT and would silently share it).
+    host: address both endpoints bind to.
+    log_path: where stdout/stderr of the server go (default: a new file in the temp folder).
+    startup_timeout: seconds to wait for readiness before giving up (the process is then killed).
+    gpu: ``None`` detects ``/dev/nvidia*``; without a GPU the CUDA memory pool is disabled.
+    """
+
+    def __init__(self, model_repository: str | os.PathLike | Sequence[str | os.PathLike],
+                 model_control: str = "explicit", http_port: int | None = None,
+                 grpc_port: int | None = None, host: str = "127.0.0.1",
+                 log_path: str | os.PathLike | None = None, startup_timeout: float = 60.0,
+                 load_models: Iterable[str] = (), tritonserver: str | os.PathLike | None = None,
+                 server_id: str | None = None, gpu: bool | None = None, log_verbose: int = 0,
+                 exit_timeout: int = 10, stop_timeout: float = 15.0,
+                 extra_args: Sequence[str] = ()):
+        if model_control not in ("explicit", "none"):
+            raise ValueError("model_control must be 'explicit' or 'none'")
+        repos = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
+        self.model_repositories = [Path(r).resolve() for r in repos]
+        for repo in self.model_repositories:
+            if not repo.is_dir():
+                raise TritonServerError(f"model repository {repo} is not a folder")
+        self.model_control = model_control
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.startup_timeout = float(startup_timeout)
+        self.load_models = list(load_models)
+        if self.load_models and model_control != "explicit":
+            raise ValueError("load_models needs model_control='explicit'")
+        self.binary = find_tritonserver(tritonserver)
+        self.server_id = server_id or f"gtcrec-{uuid.uuid4().hex[:8]}"
+        self.gpu = _has_gpu() if gpu is None else gpu
+        self.log_verbose = int(log_verbose)
+        self.exit_timeout = int(exit_timeout)
+        self.stop_timeout = float(stop_timeout)
+        self.extra_args = list(extra_args)
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix=f"{self.server_id}-", suffix=".log")
+            os.close(fd)
+            log_path = name
+        self.log_path = Path(log_path).resolve()
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+        self._log_file = None
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        """``host:port`` for ``tritonclient.http`` (no scheme, as tritonclient expects)."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for ``tritonclient.grpc``."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self) -> list[str]:
+        """The command line (for the record and for debugging)."""
+        args = [str(self.binary.executable)]
+        args += [f"--model-repository={r}" for r in self.model_repositories]
+        args += [
+            f"--model-control-mode={self.model_control}",
+            f"--id={self.server_id}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            f"--exit-timeout-secs={self.exit_timeout}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        if not self.gpu:
+            args.append("--cuda-memory-pool-byte-size=0:0")
+        if self.binary.backend_directory:
+            args.append(f"--backend-directory={self.binary.backend_directory}")
+        if self.binary.cache_directory:
+            args.append(f"--cache-directory={self.binary.cache_directory}")
+        args += [f"--load-model={m}" for m in self.load_models]
+        return args + self.extra_args
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _choose_ports(self) -> None:
+        wanted = {"http_port": self.http_port, "grpc_port": self.grpc_port}
+        for name, port in wanted.items():
+            if port is not None and not _port_is_free(self.host, port):
+                raise PortInUseError(
+                    f"{name}={port} on {self.host} is already in use (another Triton?). Triton binds "
+                    "with SO_REUSEPORT, so a second server there would start and silently share the "
+                    "traffic; pick another port or leave it to None for a free one."
+                )
+        missing = [k for k, v in wanted.items() if v is None]
+        taken = {v for v in wanted.values() if v is not None}
+        while missing:
+            port = free_ports(1, self.host)[0]
+            if port in taken:
+                continue
+            taken.add(port)
+            setattr(self, missing.pop(0), port)
+        if self.http_port == self.grpc_port:
+            raise ValueError("http_port and grpc_port must differ")
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it reports ready (raises with the log tail if not)."""
+        if self.is_running():
+            return self
+        self._choose_ports()
+        env = dict(os.environ)
+        env.update(self.binary.env)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, preexec_fn=_child_setup, close_fds=True,
+        )
+        _LIVE.add(self)
+        try:
+            self._wait_ready(started)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def _wait_ready(self, started: float) -> None:
+        url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        deadline = started + self.startup_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise TritonServerError(
+                    f"tritonserver exited with code {code} during start-up; log {self.log_path}:\n"
+                    f"{self.log_tail()}")
+            try:
+                with opener.open(url, timeout=1.0) as resp:
+                    if resp.status == 200 and self._grpc_ready():
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.perf_counter() > deadline:
+                raise TritonServerError(
+                    f"tritonserver not ready after {self.startup_timeout:.0f} s; log {self.log_path}:\n"
+                    f"{self.log_tail()}")
+            time.sleep(0.1)
+
+    def _grpc_ready(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            return s.connect_ex((self.host, self.grpc_port)) == 0
+
+    def stop(self) -> int | None:
+        """Stop the server: SIGTERM, then SIGKILL to its process group after ``stop_timeout``.
+
+        Close your clients first: an open keep-alive connection delays Triton's exit.
+        Returns the exit code (None if it was never started)."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        # SIGKILL whatever is left of its process group (the server and its python-backend stubs)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        code = proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        _LIVE.discard(self)
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):  # pragma: no cover - last resort
+        try:
+            if self.is_running():
+                self.stop()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return (f"TritonServer(id={self.server_id!r}, http={self.http_url}, grpc={self.grpc_url}, "
+                f"{state}, log={str(self.log_path)!r})")
+
+    # -- logs and models ----------------------------------------------------------------------
+    def log_tail(self, n_lines: int = 40) -> str:
+        """The last lines of the server log."""
+        if self._log_file is not None:
+            self._log_file.flush()
+        return _tail(self.log_path, n_lines)
+
+    def grpc_client(self):
+        """A new ``tritonclient.grpc.InferenceServerClient`` (close it when done)."""
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.grpc_url)
+
+    def http_client(self, **kwargs):
+        """A new ``tritonclient.http.InferenceServerClient`` (close it when done)."""
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.http_url, **kwargs)
+
+    def load_model(self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None) -> float:
+        """Load (or reload) a model over gRPC (a load over HTTP stalls in-flight HTTP requests).
+
+        Blocks until the model is loaded; returns the seconds it took. A failed load raises
+        ``tritonclient.utils.InferenceServerException``; the old version, if any, keeps serving."""
+        started = time.perf_counter()
+        client = self.grpc_client()
+        try:
+            client.load_model(name, config=config, files=files)
+        finally:
+            client.close()
+        return time.perf_counter() - started
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        client = self.grpc_client()
+        try:
+            client.unload_model(name, unload_dependents=unload_dependents)
+        finally:
+            client.close()
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        client = self.grpc_client()
+        try:
+            return bool(client.is_model_ready(name, version))
+        finally:
+            client.close()
+
+    def model_index(self) -> list[dict]:
+        """The repository index (name, version, state, reason) as plain dicts."""
+        client = self.grpc_client()
+        try:
+            index = client.get_model_repository_index(as_json=True)
+        finally:
+            client.close()
+        return list(index.get("models", []))
