@@ -23,8 +23,13 @@ def _bytes_array(values) -> np.ndarray:
 
 
 def timestamps_ms(values) -> np.ndarray:
-    """Epoch milliseconds (int64) from datetime64 / tz-aware / ISO text / numeric values."""
+    """Epoch milliseconds (int64) from datetime64 / tz-aware / ISO text / numeric values.
+
+    Missing values (NaT, NaN, None) raise ``ValueError``: a click without a time cannot be ordered."""
     s = pd.Series(values)
+    if s.isna().any():
+        raise ValueError(f"timestamp has {int(s.isna().sum())} missing values (NaT/NaN/None); "
+                         "every click needs a time")
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         if getattr(s.dt, "tz", None) is not None:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -108,8 +113,8 @@ def to_frame(outputs: dict[str, np.ndarray]) -> pd.DataFrame:
     scores = np.asarray(outputs["scores"], dtype=np.float32)
     n, k = talks.shape if talks.ndim == 2 else (0, 0)
 
-    def text(v):
-        return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    def text(v):  # ids that are not UTF-8 show their bytes as \x escapes
+        return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
 
     return pd.DataFrame({
         "session_id": np.repeat([text(s) for s in sessions], k) if n else np.array([], dtype=object),

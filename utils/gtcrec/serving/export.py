@@ -13,6 +13,11 @@ in-process, then exports. Two backends:
   accept them), and ``PredictPyTorch`` cannot run in-process on a model that returns a
   ``(scores, codes)`` tuple, so reference outputs always come from the python graph.
 
+The executor model's ``model.py`` is ``gtcrec/serving/executor_model.py`` (``executor="lean"``,
+the default, or ``"merlin"``): it loads the same pickled ensemble as Merlin's stock file, runs a
+chain of gtcrec operators on plain arrays (lean) or through Merlin's executor, and answers bad
+requests with ``bad request: <message>``. ``executor="stock"`` keeps Merlin's own file.
+
 ``Ensemble.export()`` swaps operators in place (``PredictPyTorch`` -> its Triton op), so the
 reference is computed first. It also writes the executor into version ``1/`` whatever
 ``version`` says; ``export_ensemble`` exports to a scratch folder and moves the result into
@@ -33,10 +38,12 @@ import merlin.dtypes as md
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
+from gtcrec.serving import executor_model
 from gtcrec.serving import operators as ops
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
 
 REQUEST_COLUMNS = ("session_id", "talk_id", "timestamp")
+EXECUTORS = ("lean", "merlin", "stock")
 
 
 def request_schema() -> Schema:
@@ -60,13 +67,13 @@ class Reference:
 
 def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
                    popularity: Sequence[float] | None = None, call: str = "dict",
-                   num_threads: int | None = 1):
+                   num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS):
     """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too)."""
     from merlin.systems.dag import Ensemble
 
     model = ops.TorchScriptTopK(torchscript, call=call, num_threads=num_threads)
     _check_k(model.k_model, k, max_len)
-    graph = (list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len) >> model
+    graph = (list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks) >> model
              >> ops.DecodeTopK(vocab, k=k, popularity=popularity))
     return Ensemble(graph, request_schema())
 
@@ -83,7 +90,7 @@ def _check_k(k_model: int, k: int, max_len: int) -> None:
 
 
 def build_pytorch_backend_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
-                                   popularity: Sequence[float] | None = None):
+                                   popularity: Sequence[float] | None = None, max_clicks: int = ops.MAX_CLICKS):
     """The same graph with Merlin's stock ``PredictPyTorch`` (for a Triton with the PyTorch backend).
 
     Export only: this graph cannot answer in-process (``PredictPyTorch`` indexes a single output
@@ -97,7 +104,7 @@ def build_pytorch_backend_ensemble(vocab: Sequence[str], torchscript, max_len: i
     in_schema = Schema([ColumnSchema(ops.ITEM_LIST, dtype=md.int64, is_list=True, is_ragged=True)])
     out_schema = Schema([ColumnSchema(ops.TOPK_SCORES, dtype=md.float32, dims=(None, kk)),
                          ColumnSchema(ops.TOPK_CODES, dtype=md.int64, dims=(None, kk))])
-    pre = list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len)
+    pre = list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks)
     predict = pre[[ops.ITEM_LIST]] >> PredictPyTorch(probe.model, in_schema, out_schema)
     post = (predict + pre[[ops.SESSIONS, ops.CLICKED, ops.MODEL_ROW]]) >> ops.DecodeTopK(
         vocab, k=k, popularity=popularity)
@@ -141,7 +148,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
                     popularity: Sequence[float] | None = None, name: str = DEFAULT_MODEL_NAME,
                     version: int = 1, backend: str = "python", request: dict | pd.DataFrame | None = None,
                     call: str = "dict", num_threads: int | None = 1, self_contained: bool = False,
-                    instance_count: int | None = None, overwrite: bool = False):
+                    instance_count: int | None = None, overwrite: bool = False, executor: str = "lean",
+                    max_clicks: int = ops.MAX_CLICKS):
     """Build, answer a reference request in-process, export. Returns ``(ensemble, reference)``.
 
     Parameters
@@ -160,6 +168,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     instance_count: CPU instances of the executor model (Merlin writes KIND_AUTO, one instance:
         requests are then served one at a time).
     overwrite: replace an existing ``out_repo/name/version``.
+    executor: ``"lean"`` (default), ``"merlin"`` or ``"stock"``; see the module docstring.
+    max_clicks: larger requests are refused (``bad request``).
 
     The returned ``ensemble`` is the python graph: it still answers in-process after export.
     """
@@ -167,13 +177,15 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
 
     if backend not in ("python", "pytorch"):
         raise ValueError("backend must be 'python' or 'pytorch'")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}")
     out_repo = Path(out_repo).resolve()
     target = out_repo / name / str(int(version))
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
 
     ensemble = build_ensemble(vocab, torchscript_path, max_len=max_len, k=k, popularity=popularity,
-                              call=call, num_threads=num_threads)
+                              call=call, num_threads=num_threads, max_clicks=max_clicks)
     if request is None:
         request = example_clicks(vocab)
     if isinstance(request, pd.DataFrame):
@@ -184,7 +196,7 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         to_export = ensemble
     else:
         to_export = build_pytorch_backend_ensemble(vocab, torchscript_path, max_len=max_len, k=k,
-                                                   popularity=popularity)
+                                                   popularity=popularity, max_clicks=max_clicks)
     reference.extra["backend"] = backend
 
     import cloudpickle
@@ -197,9 +209,12 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         finally:
             if self_contained:
                 cloudpickle.unregister_pickle_by_value(ops)
-        if instance_count:
-            executor_config = _set_instances(Path(tmp) / name / "config.pbtxt", int(instance_count))
+        executor_config = _edit_config(Path(tmp) / name / "config.pbtxt", instance_count,
+                                       None if executor == "stock" else executor)
+        if executor != "stock":
+            shutil.copyfile(Path(executor_model.__file__), Path(tmp) / name / "1" / "model.py")
         reference.extra["configs"] = [executor_config] + list(node_configs)
+        reference.extra["executor"] = executor
         out_repo.mkdir(parents=True, exist_ok=True)
         for model_dir in sorted(Path(tmp).iterdir()):
             dest_model = out_repo / model_dir.name
@@ -216,14 +231,26 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     return ensemble, reference
 
 
-def _set_instances(config_path: Path, count: int):
-    """Rewrite a model's instance group as ``count`` CPU instances; returns the new config."""
+def _edit_config(config_path: Path, instance_count: int | None = None, executor: str | None = None):
+    """Set ``instance_count`` CPU instances and the ``executor`` parameter; returns the config."""
     import tritonclient.grpc.model_config_pb2 as model_config
     from google.protobuf import text_format
 
     config = text_format.Parse(config_path.read_text(), model_config.ModelConfig())
-    del config.instance_group[:]
-    config.instance_group.append(model_config.ModelInstanceGroup(
-        kind=model_config.ModelInstanceGroup.Kind.KIND_CPU, count=count))
+    if instance_count:
+        del config.instance_group[:]
+        config.instance_group.append(model_config.ModelInstanceGroup(
+            kind=model_config.ModelInstanceGroup.Kind.KIND_CPU, count=int(instance_count)))
+    if executor:
+        config.parameters[executor_model.PARAMETER].string_value = executor
     config_path.write_text(text_format.MessageToString(config))
     return config
+
+
+def lean_transform(ensemble, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Answer ``request`` in-process the way the lean executor does (``None`` graph: not a chain)."""
+    chain = executor_model.lean_chain(ensemble)
+    if chain is None:
+        raise ValueError("this graph is not a chain of operators with transform_arrays")
+    out = executor_model.run_chain(chain, {k: np.asarray(v) for k, v in request.items()})
+    return {name: out[name] for name in ensemble.output_schema.column_names}

@@ -27,6 +27,40 @@ Fallback: a session whose clicks are all unknown talks never reaches the model; 
 ``k`` most popular talks (``popularity`` given at export, aligned with the vocabulary; catalog
 order when none is given). The same ranking fills a model answer that runs short after the
 talks the session already clicked are removed. Override ``DecodeTopK.fallback`` to change it.
+
+Inputs that are not ordinary, and what the server does with them (tested against a running
+server in ``tests/unit/test_bad_inputs.py``; "refused" means the request fails with the quoted
+message and the server keeps serving):
+
+=================================  ================================================================
+empty request (0 clicks)           answered: 0 sessions, ``talk_ids``/``scores`` of shape (0, k)
+all talks of a session unknown     fallback: the ``k`` most popular talks, scores NaN
+unknown talks among known ones     unknown clicks are dropped; the rest goes to the model
+repeated clicks on a talk          kept in the model input, as in training (the ETL keeps them);
+                                   a clicked talk is never recommended
+more than ``max_len`` clicks       the last ``max_len`` known clicks (by time) reach the model;
+                                   every clicked talk is still excluded from the answer
+unsorted timestamps                sorted per session (stable: equal times keep request order)
+negative timestamps                refused: ``bad request: ... timestamps are negative ...``
+NaN / non-integer timestamps       refused by Triton (the input is INT64; FP32 is a datatype
+                                   error); in-process, NaN is refused with ``bad request``
+missing input / wrong datatype     refused by Triton itself (it checks names and types
+                                   against the model configuration)
+inputs of different lengths        refused: ``bad request: session_id, talk_id and timestamp
+                                   differ in length``
+inputs that are not 1-D            refused by Triton (``dims: [-1]``)
+non-UTF-8 bytes in a talk id       an unknown talk (ids are compared as exact bytes)
+non-UTF-8 bytes in a session id    answered; the id comes back byte for byte
+more than ``max_clicks`` clicks    refused: ``bad request: ... split it`` (default 1,000,000;
+                                   10,000 sessions of ~10 clicks are answered in one request)
+k > catalog size, K of the model   refused when the ensemble is built (``k must be in 1..N``;
+< k                                ``the model returns K candidates, fewer than k``)
+fewer than k unclicked talks left  the missing slots are ``b""`` with score NaN
+=================================  ================================================================
+
+Every operator also has ``transform_arrays(dict) -> dict`` on plain numpy arrays: the lean
+executor (``gtcrec/serving/executor_model.py``) chains those inside Triton without Merlin's
+per-call schema work; ``transform`` (Merlin's executor, in-process) wraps the same code.
 """
 from __future__ import annotations
 
@@ -45,6 +79,14 @@ from merlin.table import TensorTable
 
 PAD, NULL, OOV = 0, 1, 2
 FIRST_CODE = 3
+MAX_CLICKS = 1_000_000  # default cap on the clicks of one request
+
+
+class BadRequest(ValueError):
+    """The request breaks the contract; the message says how. The executor answers it as
+    ``bad request: <message>`` (a client error) instead of a server-side traceback."""
+
+    bad_request = True  # checked by attribute: the class may be pickled by value
 
 # Names of the columns flowing through the graph
 ITEM_LIST = "item_id-list"  # ragged codes fed to the model (the T4R input name)
@@ -97,12 +139,13 @@ class SessionizeClicks(BaseOperator):
     """
 
     def __init__(self, vocab: Sequence[str], max_len: int = 20, session_col: str = "session_id",
-                 item_col: str = "talk_id", time_col: str = "timestamp"):
+                 item_col: str = "talk_id", time_col: str = "timestamp", max_clicks: int = MAX_CLICKS):
         super().__init__()
         if max_len < 1:
             raise ValueError("max_len must be >= 1")
         self.vocab = _vocab_list(vocab)
         self.max_len = int(max_len)
+        self.max_clicks = int(max_clicks)
         self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
         self._lookup: dict | None = None
 
@@ -152,10 +195,12 @@ class SessionizeClicks(BaseOperator):
         """The transform on plain arrays; returns a dict of numpy arrays (ragged as __values/__offsets)."""
         sessions_in = _as_bytes_array(session_ids)
         talks = np.asarray(talk_ids).ravel()
-        times = np.asarray(timestamps).ravel()
+        times = self.check_timestamps(timestamps)
         n = len(sessions_in)
         if len(talks) != n or len(times) != n:
-            raise ValueError(f"session_id, talk_id and timestamp differ in length: {n}, {len(talks)}, {len(times)}")
+            raise BadRequest(f"session_id, talk_id and timestamp differ in length: {n}, {len(talks)}, {len(times)}")
+        if n > self.max_clicks:
+            raise BadRequest(f"{n:,} clicks in one request, more than max_clicks={self.max_clicks:,}: split it")
 
         first_seen: dict = {}
         sess_idx = np.fromiter((first_seen.setdefault(s, len(first_seen)) for s in sessions_in),
@@ -192,6 +237,29 @@ class SessionizeClicks(BaseOperator):
             f"{CLICKED}__values": clicked_values, f"{CLICKED}__offsets": clicked_offsets,
             MODEL_ROW: model_row,
         }
+
+    def check_timestamps(self, timestamps) -> np.ndarray:
+        """Timestamps as a 1-D int64 array; NaN, non-numbers and negative values are refused."""
+        times = np.asarray(timestamps)
+        if times.ndim > 1:
+            times = times.ravel()
+        if times.dtype.kind == "f":
+            bad = ~np.isfinite(times)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                raise BadRequest(f"{int(bad.sum())} timestamps are NaN or infinite (first at click {first}); "
+                                 "send epoch milliseconds as int64")
+            times = times.astype(np.int64)
+        elif times.dtype.kind not in "iu" and len(times):
+            raise BadRequest(f"timestamp must be int64 epoch milliseconds, got dtype {times.dtype}")
+        if len(times) and times.min() < 0:
+            neg = np.flatnonzero(times < 0)
+            raise BadRequest(f"{len(neg)} timestamps are negative (first at click {int(neg[0])}: "
+                             f"{int(times[neg[0]])}); send epoch milliseconds >= 0")
+        return times.astype(np.int64, copy=False)
+
+    def transform_arrays(self, arrays: dict) -> dict:
+        return self.sessionize(arrays[self.session_col], arrays[self.item_col], arrays[self.time_col])
 
     def transform(self, col_selector: ColumnSelector, transformable):
         out = self.sessionize(transformable[self.session_col].values, transformable[self.item_col].values,
@@ -321,6 +389,12 @@ class TorchScriptTopK(BaseOperator):
         scores, _ = self.predict(np.array([FIRST_CODE, FIRST_CODE], np.int64), np.array([0, 2], np.int64))
         return int(scores.shape[1])
 
+    def transform_arrays(self, arrays: dict) -> dict:
+        scores, codes = self.predict(arrays[f"{self.input_col}__values"], arrays[f"{self.input_col}__offsets"])
+        out = dict(arrays) if self.passthrough else {}
+        out[TOPK_SCORES], out[TOPK_CODES] = scores, codes
+        return out
+
     def transform(self, col_selector: ColumnSelector, transformable):
         column = transformable[self.input_col]
         offsets = column.offsets if column.offsets is not None else np.arange(len(column.values) + 1)
@@ -338,7 +412,8 @@ class DecodeTopK(BaseOperator):
     """Model candidates -> the answer: removes talks the session already clicked (and reserved
     codes), keeps ``k``, maps codes back to talk ids, fills the gaps from the fallback.
 
-    ``popularity``: one number per vocabulary entry (catalog order); the fallback ranks talks by
+    ``popularity``: one number per vocabulary entry (catalog order), or one per code (length
+    ``len(vocab) + 3``, the reserved codes first: they are dropped); the fallback ranks talks by
     it (ties: catalog order). ``None`` ranks by catalog order.
     """
 
@@ -352,6 +427,8 @@ class DecodeTopK(BaseOperator):
         self.exclude_clicked = exclude_clicked
         if popularity is not None:
             popularity = np.asarray(popularity, dtype=np.float64)
+            if popularity.shape == (len(self.vocab) + FIRST_CODE,):  # per code: drop reserved rows
+                popularity = popularity[FIRST_CODE:]
             if popularity.shape != (len(self.vocab),):
                 raise ValueError(f"popularity must have one value per talk ({len(self.vocab)}), got {popularity.shape}")
         self.popularity = popularity
@@ -444,6 +521,10 @@ class DecodeTopK(BaseOperator):
 
         talk_ids = self.id_table[out_codes]
         return {OUT_SESSIONS: np.asarray(sessions, dtype=object), OUT_TALKS: talk_ids, OUT_SCORES: out_scores}
+
+    def transform_arrays(self, arrays: dict) -> dict:
+        return self.decode(arrays[SESSIONS], arrays[f"{CLICKED}__values"], arrays[f"{CLICKED}__offsets"],
+                           arrays[MODEL_ROW], arrays[TOPK_SCORES], arrays[TOPK_CODES])
 
     def transform(self, col_selector: ColumnSelector, transformable):
         clicked = transformable[CLICKED]

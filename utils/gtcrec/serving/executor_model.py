@@ -1,0 +1,140 @@
+"""The Triton python-backend model that runs the exported Merlin ensemble (copied as ``model.py``).
+
+It replaces Merlin Systems' stock ``executor_model`` file and loads the same thing: the pickled
+``Ensemble`` and the artifacts of its operators, from ``<version>/ensemble``. It then answers in
+one of two ways, set by the ``executor`` parameter of ``config.pbtxt``:
+
+* ``lean`` (default): when the graph is a chain of operators that all offer
+  ``transform_arrays(dict) -> dict`` (the gtcrec operators do), each request's input tensors go
+  through that chain as plain numpy arrays and the answer goes straight back. This skips the
+  per-call column selection, schema and format work of Merlin's ``LocalExecutor`` (about 0.7 ms
+  per request on 2 CPU cores, more than the rest of the graph without the model). Any other
+  graph (e.g. one with ``PredictPyTorch``, which calls a second Triton model) falls back to:
+* ``merlin``: ``Ensemble.transform(..., runtime=TritonExecutorRuntime())``, as the stock file does.
+
+Errors: an exception that carries ``bad_request = True`` (``gtcrec.serving.operators.BadRequest``)
+is returned to the client as ``bad request: <message>`` (status INVALID_ARG: gRPC
+INVALID_ARGUMENT, HTTP 400); anything else as ``internal error: <type>: <message>`` (INTERNAL),
+with the traceback in the server log. One failing request
+never fails the others of the same ``execute`` call.
+
+The file imports nothing from ``gtcrec`` (a self-contained export runs without it) and can be
+imported outside Triton (for ``lean_chain`` / ``run_chain``).
+"""
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton (export, tests)
+    pb_utils = None
+
+PARAMETER = "executor"
+MODES = ("lean", "merlin")
+
+
+def lean_chain(ensemble):
+    """The operators of ``ensemble`` in order, if its graph is a chain of operators that all have
+    ``transform_arrays``; else ``None`` (use Merlin's executor)."""
+    from merlin.dag import postorder_iter_nodes
+    from merlin.dag.ops.selection import SelectionOp
+
+    chain = []
+    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
+        if isinstance(node.op, SelectionOp) and not node.parents_with_dependencies:
+            continue  # the request columns
+        parents = node.parents_with_dependencies
+        if len(parents) != 1 or not hasattr(node.op, "transform_arrays"):
+            return None
+        if chain and parents[0].op is not chain[-1]:
+            return None
+        chain.append(node.op)
+    return chain or None
+
+
+def run_chain(chain, arrays):
+    """Request arrays -> answer arrays through the operators' ``transform_arrays``."""
+    for op in chain:
+        arrays = op.transform_arrays(arrays)
+    return arrays
+
+
+def _model_repository(args):
+    repo = args["model_repository"]
+    # some Triton releases pass the path of model.py instead of the model's folder
+    return Path(repo).parent if repo.endswith(".py") else Path(repo)
+
+
+def _error(message, code):
+    """A TritonError with a status code where the backend supports codes (gRPC INVALID_ARGUMENT
+    for a bad request, as Triton's own input checks answer)."""
+    code_value = getattr(pb_utils.TritonError, code, None)
+    if code_value is None:
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code_value)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from merlin.dag import postorder_iter_nodes
+        from merlin.systems.dag import Ensemble
+
+        path = _model_repository(args) / str(args["model_version"]) / "ensemble"
+        self.ensemble = Ensemble.load(str(path))
+        for node in postorder_iter_nodes(self.ensemble.graph.output_node, flatten_subgraphs=True):
+            node.op.load_artifacts(str(path))
+        config = json.loads(args["model_config"])
+        mode = config.get("parameters", {}).get(PARAMETER, {}).get("string_value", "lean")
+        if mode not in MODES:
+            raise ValueError(f"parameter {PARAMETER!r} must be one of {MODES}, got {mode!r}")
+        self.chain = lean_chain(self.ensemble) if mode == "lean" else None
+        self.mode = "lean" if self.chain else "merlin"
+        self.input_names = list(self.ensemble.input_schema.column_names)
+        self.outputs = [(out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
+                        for out in config["output"]]
+        print(f"[gtcrec executor] {args['model_name']} v{args['model_version']}: {self.mode} executor "
+              f"({' >> '.join(type(op).__name__ for op in self.chain) if self.chain else 'Merlin LocalExecutor'})",
+              file=sys.stderr, flush=True)
+
+    def _lean(self, request):
+        arrays = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:  # Triton checks inputs already; keep a clear message anyway
+                raise KeyError(f"missing input {name!r}")
+            arrays[name] = tensor.as_numpy()
+        out = run_chain(self.chain, arrays)
+        return pb_utils.InferenceResponse([
+            pb_utils.Tensor(name, np.ascontiguousarray(out[name]).astype(dtype, copy=False))
+            for name, dtype in self.outputs])
+
+    def _merlin(self, request):
+        from merlin.systems.dag.runtimes.triton import TritonExecutorRuntime
+        from merlin.systems.triton.conversions import (tensor_table_to_triton_response,
+                                                       triton_request_to_tensor_table)
+
+        inputs = triton_request_to_tensor_table(request, self.ensemble.input_schema)
+        outputs = self.ensemble.transform(inputs, runtime=TritonExecutorRuntime())
+        return tensor_table_to_triton_response(outputs, self.ensemble.output_schema)
+
+    def execute(self, requests):
+        answer = self._lean if self.chain else self._merlin
+        responses = []
+        for request in requests:
+            try:
+                responses.append(answer(request))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error
+                cause = exc
+                while getattr(cause, "__cause__", None) is not None and not getattr(cause, "bad_request", False):
+                    cause = cause.__cause__  # Merlin wraps operator errors
+                if getattr(cause, "bad_request", False):
+                    error = _error(f"bad request: {cause}", "INVALID_ARG")
+                else:
+                    error = _error(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+                    traceback.print_exc(file=sys.stderr)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+        return responses
