@@ -185,3 +185,39 @@ def test_postprocess_variants_on_a_hand_made_case():
         ids, sc = fn(op, clicked_values, clicked_offsets, scores, codes)
         np.testing.assert_array_equal(ids, want_ids, err_msg=name)
         np.testing.assert_array_equal(sc, want_scores, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# choosing the backend, finding server processes
+# ------------------------------------------------------------------------------------------------
+
+def test_choose_backend(tmp_path, monkeypatch):
+    from gtcrec.serving.export import choose_backend
+    from gtcrec.serving.server import find_tritonserver
+
+    assert choose_backend("python") == ("python", "forced by the caller")
+    assert choose_backend("pytorch")[0] == "pytorch"
+    with pytest.raises(ValueError):
+        choose_backend("tensorflow")
+    binary = find_tritonserver()
+    backend, why = choose_backend("auto")
+    assert backend == ("pytorch" if binary.has_backend("pytorch") else "python") and why
+    # a server laid out like NVIDIA's containers: <install>/bin/tritonserver, <install>/backends/*
+    fake = tmp_path / "opt" / "tritonserver"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "tritonserver").write_text("#!/bin/sh\n")
+    (fake / "bin" / "tritonserver").chmod(0o755)
+    for name in ("python", "pytorch"):
+        (fake / "backends" / name).mkdir(parents=True)
+    assert choose_backend("auto", tritonserver=fake / "bin" / "tritonserver")[0] == "pytorch"
+    (fake / "backends" / "pytorch").rmdir()
+    backend, why = choose_backend("auto", tritonserver=fake / "bin" / "tritonserver")
+    assert backend == "python" and "backends: python" in why
+
+
+def test_server_processes_finds_a_running_server_by_id(served):
+    from gtcrec.serving.server import server_processes
+
+    server, _, _ = served
+    assert server_processes(server.server_id) == [server.pid]
+    assert server_processes("no-such-server-id") == []

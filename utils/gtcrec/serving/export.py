@@ -78,6 +78,56 @@ def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int 
     return Ensemble(graph, request_schema())
 
 
+def choose_backend(backend: str = "auto", tritonserver=None) -> tuple[str, str]:
+    """``(backend, why)``: ``"auto"`` picks ``"pytorch"`` (stock ``PredictPyTorch``) when the
+    tritonserver that ``TritonServer`` would start has the PyTorch backend, else ``"python"``.
+    ``"python"`` / ``"pytorch"`` are returned as given (forced)."""
+    from gtcrec.serving.server import TritonServerError, find_tritonserver
+
+    if backend in ("python", "pytorch"):
+        return backend, "forced by the caller"
+    if backend != "auto":
+        raise ValueError("backend must be 'auto', 'python' or 'pytorch'")
+    try:
+        binary = find_tritonserver(tritonserver)
+    except TritonServerError as exc:
+        return "python", f"no tritonserver found ({exc}); the python backend runs anywhere"
+    if binary.has_backend("pytorch"):
+        return "pytorch", f"{binary.executable} ({binary.source}) has the PyTorch backend"
+    return "python", (f"{binary.executable} ({binary.source}) has no PyTorch backend "
+                      f"(backends: {', '.join(binary.backends()) or 'none'})")
+
+
+def graph_table(ensemble):
+    """The serving graph as a table: one row per operator with the columns it reads and writes."""
+    from merlin.dag import postorder_iter_nodes
+    from merlin.dag.ops.selection import SelectionOp
+
+    rows = []
+    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
+        if isinstance(node.op, SelectionOp) and not node.parents_with_dependencies:
+            continue
+        doc = (type(node.op).__doc__ or "").strip().split("\n\n")[0]
+        reads = node.input_schema.column_names
+        writes = [c for c in node.output_schema.column_names if c not in reads]
+        rows.append({"operator": type(node.op).__name__, "reads": ", ".join(reads),
+                     "writes": ", ".join(writes), "does": " ".join(doc.split())})
+    return pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="step"))
+
+
+def schema_table(schema, rows: str = "n_clicks") -> pd.DataFrame:
+    """Columns of a request (``rows="n_clicks"``) or answer (``rows="n_sessions"``) schema, with
+    their Triton datatypes and shapes."""
+    triton = {"str": "BYTES", "object": "BYTES", "int64": "INT64", "float32": "FP32"}
+    out = []
+    for col in schema:
+        dims = col.shape.dims
+        shape = f"({rows},)" if dims is None or len(dims) <= 1 else f"({rows}, {dims[1].max})"
+        out.append({"column": col.name, "triton dtype": triton.get(col.dtype.name, col.dtype.name),
+                    "shape": shape})
+    return pd.DataFrame(out)
+
+
 def _check_k(k_model: int, k: int, max_len: int) -> None:
     import warnings
 

@@ -339,6 +339,12 @@ class TorchScriptTopK(BaseOperator):
         if not path.is_file():
             raise FileNotFoundError(f"TorchScriptTopK artifact {path} is missing")
         self._model = self._load(path)
+        if self.num_threads:
+            # loaded from an exported repository: this is the serving process (a python-backend
+            # stub per instance), so set the thread count once instead of around every call
+            import torch
+
+            torch.set_num_threads(int(self.num_threads))
 
     @property
     def supported_formats(self) -> DataFormats:

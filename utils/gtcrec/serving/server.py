@@ -66,6 +66,17 @@ class TritonBinary:
     def bundled(self) -> bool:
         return self.source == "pytriton-wheel"
 
+    def backends(self) -> list[str]:
+        """Names of the backends this server can load (folders of its backend directory: the
+        assembled one for the wheel, else ``<install>/backends`` as in NVIDIA's containers)."""
+        folder = self.backend_directory or (self.executable.resolve().parent.parent / "backends")
+        if not Path(folder).is_dir():
+            return []
+        return sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+
+    def has_backend(self, name: str) -> bool:
+        return name in self.backends()
+
 
 # ----------------------------------------------------------------------------------------------
 # Finding the binary
@@ -250,6 +261,21 @@ def _tail(path: Path, n_lines: int = 40) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(lines[-n_lines:])
+
+
+def server_processes(server_id: str) -> list[int]:
+    """Pids of live (non-zombie) ``tritonserver`` processes started with ``--id=<server_id>``
+    (read from /proc; empty where /proc is missing)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and f"--id={server_id}".encode() in args:
+            found.append(int(proc.name))
+    return sorted(found)
 
 
 _LIVE: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()

@@ -1,0 +1,91 @@
+"""Notebooks 04 (ensemble export) and 05 (serving) under papermill at small sizes."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gtcrec.serving.server import server_processes
+
+pytestmark = pytest.mark.notebooks
+
+
+def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
+    manifest = series.run("04-ensemble")
+    m = manifest["metrics"]
+    assert m["graph"] == ["SessionizeClicks", "TorchScriptTopK", "DecodeTopK"]
+    assert m["backend"] in ("python", "pytorch") and m["executor"] == manifest["parameters"]["EXECUTOR"]
+    assert m["k"] == manifest["parameters"]["TOP_K"] and m["k_model"] >= m["k"] + m["max_len"]
+    assert m["reference_sessions"] == manifest["parameters"]["N_REFERENCE_SESSIONS"] + 1
+    assert m["reference_fallback_sessions"] >= 1
+
+    repo = series.path("04-ensemble", "model_repository")
+    config = (repo / m["model_name"] / "config.pbtxt").read_text()
+    assert f"dims: {m['k']}" in config and "TYPE_STRING" in config
+    assert (repo / m["model_name"] / "1" / "ensemble" / "ensemble.pkl").is_file()
+
+    answer = pd.read_parquet(series.path("04-ensemble", "reference_answer"))
+    request = pd.read_parquet(series.path("04-ensemble", "reference_request"))
+    assert len(answer) == m["reference_sessions"] * m["k"]
+    assert answer.groupby("session_id")["rank"].apply(list).map(lambda r: r == list(range(1, m["k"] + 1))).all()
+    # the unknown-talks session falls back (NaN scores); no session is recommended a talk it clicked
+    assert answer.loc[answer["session_id"] == "unknown-talks-only", "score"].isna().all()
+    clicked = request.groupby("session_id")["talk_id"].apply(set)
+    assert not any(row.talk_id in clicked[row.session_id] for row in answer.itertuples())
+    vocab = set(pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"])
+    assert set(answer["talk_id"]) <= vocab
+    model_rows = answer[answer["session_id"] != "unknown-talks-only"]
+    assert model_rows["score"].notna().all()
+    assert (model_rows.groupby("session_id")["score"].apply(lambda s: (np.diff(s.to_numpy()) <= 0).all())).all()
+
+
+def test_serving_notebook_parity_latency_and_shutdown(series):
+    manifest = series.run("05-serve")
+    m, run, params = manifest["metrics"], manifest["run"], manifest["parameters"]
+
+    # parity: reference over both protocols, serving's inputs == ETL lists, top-k == offline ranking
+    assert m["parity"] is True
+    assert m["parity_reference_http"] is True and m["parity_reference_grpc"] is True
+    pre, off = m["parity_preprocessing"], m["parity_offline"]
+    test_sessions = series.manifest("01-etl")["metrics"]["test_sessions"]
+    expected = test_sessions if params["N_PARITY_SESSIONS"] is None else min(params["N_PARITY_SESSIONS"], test_sessions)
+    assert pre["parity"] and pre["equal"] == pre["sessions"] == expected and pre["unpaired"] == 0
+    assert off["parity"] and off["sessions"] == expected and off["different"] == 0
+    assert off["identical"] + off["tie_swaps"] == expected and off["identical"] >= 0.95 * expected
+    assert off["max_score_diff"] < 1e-3
+
+    # latencies present and positive
+    one = run["one_session"]
+    assert one["served_p50_ms"] > 0 and one["bare_p50_ms"] > 0 and one["served_p95_ms"] >= one["served_p50_ms"]
+    assert one["ratio_p50"] == pytest.approx(one["served_p50_ms"] / one["bare_p50_ms"])
+    assert run["startup_seconds"] > 0 and run["reference_http_ms"] > 0 and run["reference_grpc_ms"] > 0
+    load = pd.read_csv(series.path("05-serve", "load_test"))
+    python_rows = load[load["tool"] == "python client"]
+    assert len(python_rows) == len(params["CONCURRENCY"]) * len(params["SESSIONS_PER_REQUEST"])
+    assert (python_rows["errors"] == 0).all() and (python_rows["requests"] > 0).all()
+    assert (load["p50_ms"] > 0).all() and (load["sessions_per_s"] > 0).all()
+    assert (load["p95_ms"] >= load["p50_ms"]).all()
+    # a request of many sessions moves more sessions per second than single-session requests
+    per_size = python_rows.groupby("sessions_per_request")["sessions_per_s"].max()
+    assert per_size.iloc[-1] > per_size.iloc[0]
+    pa = run["perf_analyzer"]
+    assert pa["note"] and (pa["ran"] or pa["note"].startswith("skipped"))
+    if pa["ran"]:
+        assert (load["tool"] == "perf_analyzer").any()
+
+    # post-processing table: every variant agrees and was timed at every size
+    post = pd.read_csv(series.path("05-serve", "postprocess"), index_col=0)
+    assert list(post.index) == params["POSTPROCESS_SIZES"]
+    assert {"numpy", "torch", "pandas"} <= set(post.columns) and (post.to_numpy() > 0).all()
+    assert m["postprocess_agree"] is True and "numpy" in run["postprocess_conclusion"]
+
+    # the server is gone: no process of it is left
+    assert m["server_stopped"] is True and run["server_exit_code"] is not None
+    assert server_processes(run["server_id"]) == []
+
+
+def test_serving_manifest_is_plain_json(series):
+    series.run("05-serve")
+    text = (series.root / "05-serve" / "manifest.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text)
