@@ -1,0 +1,51 @@
+"""Notebooks 02 (dataloader) and 03 (training and evaluation) under papermill at small sizes."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gtcrec import metrics, model as m
+
+pytestmark = pytest.mark.notebooks
+
+
+def test_dataloader_notebook(series):
+    manifest = series.run("02-dataloader")
+    assert manifest["metrics"]["joined_max_abs_diff"] == 0.0
+    assert manifest["metrics"]["vector_dim"] == 384
+    speed = manifest["run"]["throughput"]
+    assert speed["codes only"]["sessions_per_s"] > 0 and speed["codes + joined vectors"]["sessions"] > 0
+
+
+def test_training_beats_baselines_and_stays_below_the_oracle(series):
+    manifest = series.run("03-train")
+    test = manifest["metrics"]["test"]
+    ours = test["T4R, frozen text table"]
+    assert manifest["metrics"]["frozen_table_unchanged"] is True
+    # learning works: far above popularity and random
+    assert ours["recall@10"] > 3 * test["popularity"]["recall@10"]
+    assert ours["recall@10"] > 5 * test["random"]["recall@10"]
+    # the oracle knows the generating process: nothing beats it by more than sampling noise
+    for name, values in test.items():
+        assert values["recall@10"] <= test["oracle"]["recall@10"] + 0.03, name
+    for name in test:
+        r10, r20, n10 = test[name]["recall@10"], test[name]["recall@20"], test[name]["ndcg@10"]
+        assert 0 <= n10 <= r10 <= r20 <= 1, name
+    assert manifest["metrics"]["trace_max_score_diff"] < 1e-4
+
+
+def test_saved_trace_matches_saved_model(series):
+    manifest = series.run("03-train")
+    traced = torch.jit.load(str(series.path("03-train", "torchscript")))
+    model = m.load_model(series.path("03-train", "model"))
+    sessions = metrics.read_sessions(series.path("01-etl", "test"))[:32]
+    batch = m.sessions_to_batch(sessions, manifest["parameters"]["MAX_LEN"])
+    with torch.no_grad():
+        scores, codes = traced(batch)
+    assert codes.shape == (32, manifest["metrics"]["trace_topk"])
+    assert (codes >= 3).all()
+    eager = m.score_sessions(model, sessions)
+    np.testing.assert_array_equal(codes[:, 0].numpy(), eager.argmax(1))
+    popularity = np.load(series.path("03-train", "popularity"))
+    assert popularity[:3].sum() == 0 and popularity.sum() == sum(
+        len(s) for s in metrics.read_sessions(series.path("01-etl", "train")))
