@@ -23,6 +23,12 @@ def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
     config = (repo / m["model_name"] / "config.pbtxt").read_text()
     assert f"dims: {m['k']}" in config and "TYPE_STRING" in config
     assert (repo / m["model_name"] / "1" / "ensemble" / "ensemble.pkl").is_file()
+    if manifest["parameters"]["DYNAMIC_BATCHING"] and m["backend"] == "python":
+        batched = (repo / m["batched_model_name"] / "config.pbtxt").read_text()
+        assert "dynamic_batching" in batched and "allow_ragged_batch: true" in batched
+    # padding every session to MAX_LEN makes its scores independent of the other sessions
+    padded = m["padding_effect"]["padded to MAX_LEN"]
+    assert padded["max |score difference|"] < 1e-5 and padded["same top-K codes in order"] is True
 
     answer = pd.read_parquet(series.path("04-ensemble", "reference_answer"))
     request = pd.read_parquet(series.path("04-ensemble", "reference_request"))
@@ -53,11 +59,16 @@ def test_serving_notebook_parity_latency_and_shutdown(series):
     assert off["parity"] and off["sessions"] == expected and off["different"] == 0
     assert off["identical"] + off["tie_swaps"] == expected and off["identical"] >= 0.95 * expected
     assert off["max_score_diff"] < 1e-3
+    alone = m["parity_alone_vs_in_request"]
+    assert alone["parity"] and alone["sessions"] == min(20, expected) and alone["different"] == 0
+    if series.manifest("04-ensemble")["metrics"]["batched_model_name"]:
+        assert m["parity_reference_batched"] is True
 
     # latencies present and positive
     one = run["one_session"]
     assert one["served_p50_ms"] > 0 and one["bare_p50_ms"] > 0 and one["served_p95_ms"] >= one["served_p50_ms"]
     assert one["ratio_p50"] == pytest.approx(one["served_p50_ms"] / one["bare_p50_ms"])
+    assert one["bare_unpadded_p50_ms"] > 0
     assert run["startup_seconds"] > 0 and run["reference_http_ms"] > 0 and run["reference_grpc_ms"] > 0
     load = pd.read_csv(series.path("05-serve", "load_test"))
     python_rows = load[load["tool"] == "python client"]
@@ -68,6 +79,10 @@ def test_serving_notebook_parity_latency_and_shutdown(series):
     # a request of many sessions moves more sessions per second than single-session requests
     per_size = python_rows.groupby("sessions_per_request")["sessions_per_s"].max()
     assert per_size.iloc[-1] > per_size.iloc[0]
+    if series.manifest("04-ensemble")["metrics"]["batched_model_name"]:
+        batched_rows = load[load["tool"] == "python client, dynamic batching"]
+        assert len(batched_rows) == len(params["CONCURRENCY"]) and (batched_rows["errors"] == 0).all()
+        assert (batched_rows["sessions_per_request"] == 1).all() and (batched_rows["sessions_per_s"] > 0).all()
     pa = run["perf_analyzer"]
     assert pa["note"] and (pa["ran"] or pa["note"].startswith("skipped"))
     if pa["ran"]:

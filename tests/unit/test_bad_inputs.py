@@ -39,8 +39,10 @@ class MeanDotTopK(torch.nn.Module):
         values, offsets = inputs["item_id-list__values"], inputs["item_id-list__offsets"]
         lengths = offsets[1:] - offsets[:-1]
         segment = torch.repeat_interleave(torch.arange(lengths.shape[0]), lengths)
-        summed = torch.zeros(lengths.shape[0], self.table.shape[1]).index_add_(0, segment, self.table[values])
-        scores = (summed / lengths.unsqueeze(1).to(summed.dtype)) @ self.table.t()
+        real = (values != 0).to(self.table.dtype)  # code 0 is padding
+        summed = torch.zeros(lengths.shape[0], self.table.shape[1]).index_add_(0, segment, self.table[values] * real[:, None])
+        counts = torch.zeros(lengths.shape[0]).index_add_(0, segment, real).clamp(min=1)
+        scores = (summed / counts.unsqueeze(1)) @ self.table.t()
         top = torch.topk(scores, self.k, dim=1)
         return top.values, top.indices
 

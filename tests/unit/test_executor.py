@@ -18,7 +18,8 @@ from gtcrec.serving import client as cl
 from gtcrec.serving import executor_model, load
 from gtcrec.serving import operators as ops
 from gtcrec.serving import postprocess as pp
-from gtcrec.serving.export import build_ensemble, example_clicks, export_ensemble, lean_transform, reference_outputs
+from gtcrec.serving.export import (build_ensemble, example_clicks, export_ensemble, lean_transform,
+                                   lean_transform_batch, reference_outputs)
 
 VOCAB = [f"T{i:04d}" for i in range(80)]
 
@@ -33,7 +34,8 @@ class Scorer(torch.nn.Module):
         values, offsets = inputs["item_id-list__values"], inputs["item_id-list__offsets"]
         lengths = offsets[1:] - offsets[:-1]
         seg = torch.repeat_interleave(torch.arange(lengths.shape[0]), lengths)
-        summed = torch.zeros(lengths.shape[0], 6).index_add_(0, seg, self.table[values])
+        real = (values != 0).to(self.table.dtype)  # code 0 is padding
+        summed = torch.zeros(lengths.shape[0], 6).index_add_(0, seg, self.table[values] * real[:, None])
         top = torch.topk(summed @ self.table.t(), self.k, dim=1)
         return top.values, top.indices
 
@@ -88,7 +90,10 @@ def served(model_path, clicks, tmp_path_factory):
     for mode in ("lean", "merlin", "stock"):
         _, refs[mode] = export_ensemble(VOCAB, model_path, repo / mode, max_len=5, k=4, name=f"rec_{mode}",
                                         request=clicks, executor=mode, instance_count=1)
-    with TritonServer([repo / m for m in refs], load_models=[f"rec_{m}" for m in refs], startup_timeout=120) as s:
+    export_ensemble(VOCAB, model_path, repo / "batched", max_len=5, k=4, name="rec_batched", request=clicks,
+                    instance_count=1, dynamic_batching=True, max_batch_size=8, batch_delay_us=50_000)
+    repos = [repo / m for m in refs] + [repo / "batched"]
+    with TritonServer(repos, load_models=[f"rec_{m}" for m in refs] + ["rec_batched"], startup_timeout=120) as s:
         yield s, refs, repo
 
 
@@ -221,3 +226,78 @@ def test_server_processes_finds_a_running_server_by_id(served):
     server, _, _ = served
     assert server_processes(server.server_id) == [server.pid]
     assert server_processes("no-such-server-id") == []
+
+
+# ------------------------------------------------------------------------------------------------
+# dynamic batching
+# ------------------------------------------------------------------------------------------------
+
+def test_batched_chain_in_process_equals_one_request_at_a_time(model_path, clicks):
+    ensemble = build_ensemble(VOCAB, model_path, max_len=5, k=4, popularity=np.arange(len(VOCAB)))
+    requests = load.requests_of(clicks, 4)
+    bad = {**requests[1], "timestamp": -requests[1]["timestamp"]}
+    empty = {name: arr[:0] for name, arr in requests[0].items()}
+    batch = [requests[0], bad, empty] + requests[2:]
+    results = lean_transform_batch(ensemble, batch)
+    assert isinstance(results[1], ops.BadRequest) and "negative" in str(results[1])
+    for request, got in zip(batch, results):
+        if request is bad:
+            continue
+        want = lean_transform(ensemble, request)
+        np.testing.assert_array_equal(got["session_ids"], want["session_ids"])
+        np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
+        # one model call over more sessions: float sums in another order (last bits differ)
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)
+
+
+def test_dynamic_batching_on_the_server(served, clicks):
+    import threading
+
+    server, refs, repo = served
+    config = (repo / "batched" / "rec_batched" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in config and "allow_ragged_batch: true" in config
+    assert "max_queue_delay_microseconds: 50000" in config
+    requests = load.requests_of(clicks, 3)[:6]
+    requests[4] = {**requests[4], "timestamp": -requests[4]["timestamp"] - 1}  # one bad request among them
+    results: dict = {}
+
+    def send(i):
+        client = server.grpc_client()
+        try:
+            results[i] = cl.infer_arrays(client, requests[i], model_name="rec_batched", batched=True)
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+        finally:
+            client.close()
+
+    before = server.grpc_client()
+    stats0 = before.get_inference_statistics("rec_batched", as_json=True)["model_stats"][0]
+    before.close()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = server.grpc_client()
+    try:
+        stats = client.get_inference_statistics("rec_batched", as_json=True)["model_stats"][0]
+        for i, request in enumerate(requests):
+            if i == 4:
+                assert "bad request" in str(results[i]) and "INVALID_ARGUMENT" in str(results[i])
+                continue
+            want = cl.infer_arrays(client, request, model_name="rec_lean")
+            np.testing.assert_array_equal(results[i]["session_ids"], want["session_ids"])
+            np.testing.assert_array_equal(results[i]["talk_ids"], want["talk_ids"])
+            np.testing.assert_allclose(results[i]["scores"], want["scores"], rtol=1e-5)
+    finally:
+        client.close()
+    inferences = int(stats["inference_count"]) - int(stats0.get("inference_count", 0))
+    executions = int(stats["execution_count"]) - int(stats0.get("execution_count", 0))
+    assert inferences == len(requests) and executions < inferences  # requests shared executions
+    assert "rec_batched v1: lean executor (SessionizeClicks >> TorchScriptTopK >> DecodeTopK), dynamic batching" \
+        in server.log_path.read_text()
+
+
+def test_dynamic_batching_needs_the_lean_executor(model_path, tmp_path):
+    with pytest.raises(ValueError, match="dynamic_batching needs"):
+        export_ensemble(VOCAB, model_path, tmp_path / "r", max_len=5, k=4, executor="stock", dynamic_batching=True)

@@ -35,11 +35,13 @@ class TinyTopK(torch.nn.Module):
         self.table = torch.nn.Parameter(torch.randn(n_codes, dim, generator=gen))
         self.k = k
 
-    def scores(self, values, offsets):
+    def scores(self, values, offsets):  # code 0 is padding and ignored, as Transformers4Rec does
         lengths = offsets[1:] - offsets[:-1]
         segment = torch.repeat_interleave(torch.arange(lengths.shape[0]), lengths)
-        summed = torch.zeros(lengths.shape[0], self.table.shape[1]).index_add_(0, segment, self.table[values])
-        return (summed / lengths.unsqueeze(1).to(summed.dtype)) @ self.table.t()
+        real = (values != 0).to(self.table.dtype)
+        summed = torch.zeros(lengths.shape[0], self.table.shape[1]).index_add_(0, segment, self.table[values] * real[:, None])
+        counts = torch.zeros(lengths.shape[0]).index_add_(0, segment, real).clamp(min=1)
+        return (summed / counts.unsqueeze(1)) @ self.table.t()
 
     def forward(self, inputs: Dict[str, torch.Tensor]):
         top = torch.topk(self.scores(inputs["item_id-list__values"], inputs["item_id-list__offsets"]), self.k, dim=1)
@@ -113,6 +115,22 @@ def test_sessionize_equal_times_keep_request_order_and_str_equals_bytes():
     np.testing.assert_array_equal(out_str[f"{ops.ITEM_LIST}__values"], [4, 5, 3])
     for key in out_bytes:
         np.testing.assert_array_equal(out_str[key], out_bytes[key])
+
+
+def test_sessionize_pads_every_session_to_max_len_when_asked():
+    args = (b("a", "a", "b", "c", "b", "b"), b("S1001", "S1002", "S1003", "?", "S1004", "S1005"),
+            np.array([1, 2, 1, 1, 2, 3]))
+    ragged = ops.SessionizeClicks(VOCAB, max_len=4).sessionize(*args)
+    padded = ops.SessionizeClicks(VOCAB, max_len=4, pad=True).sessionize(*args)
+    np.testing.assert_array_equal(padded[f"{ops.ITEM_LIST}__values"], [4, 5, 0, 0, 6, 7, 8, 0])
+    np.testing.assert_array_equal(padded[f"{ops.ITEM_LIST}__offsets"], [0, 4, 8])
+    for key in (ops.SESSIONS, f"{ops.CLICKED}__values", f"{ops.CLICKED}__offsets", ops.MODEL_ROW):
+        np.testing.assert_array_equal(padded[key], ragged[key])
+    # a session's model input does not depend on the other sessions of the request
+    alone = ops.SessionizeClicks(VOCAB, max_len=4, pad=True).sessionize(b("a", "a"), b("S1001", "S1002"), np.array([1, 2]))
+    np.testing.assert_array_equal(alone[f"{ops.ITEM_LIST}__values"], padded[f"{ops.ITEM_LIST}__values"][:4])
+    empty = ops.SessionizeClicks(VOCAB, max_len=4, pad=True).sessionize(b(), b(), np.array([], np.int64))
+    assert len(empty[f"{ops.ITEM_LIST}__values"]) == 0 and list(empty[f"{ops.ITEM_LIST}__offsets"]) == [0]
 
 
 def test_sessionize_rejects_bad_input():

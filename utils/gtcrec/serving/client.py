@@ -63,8 +63,10 @@ def _module(client):
     return mod
 
 
-def make_inputs(arrays: dict[str, np.ndarray], protocol: str = "grpc") -> list:
-    """tritonclient ``InferInput`` objects (``protocol`` "http" or "grpc") for the request arrays."""
+def make_inputs(arrays: dict[str, np.ndarray], protocol: str = "grpc", batched: bool = False) -> list:
+    """tritonclient ``InferInput`` objects (``protocol`` "http" or "grpc") for the request arrays.
+
+    ``batched``: for a model exported with dynamic batching (inputs get a leading dimension of 1)."""
     if protocol == "grpc":
         import tritonclient.grpc as mod
     elif protocol == "http":
@@ -78,6 +80,8 @@ def make_inputs(arrays: dict[str, np.ndarray], protocol: str = "grpc") -> list:
             arr = arr.astype(object)
         else:
             arr = arr.astype(np.int64)
+        if batched:
+            arr = arr.reshape(1, -1)
         inp = mod.InferInput(name, list(arr.shape), _TRITON_DTYPES[name])
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
@@ -95,13 +99,17 @@ def make_outputs(protocol: str = "grpc") -> list:
 
 
 def infer_arrays(client, arrays: dict[str, np.ndarray], model_name: str = DEFAULT_MODEL_NAME,
-                 model_version: str = "") -> dict[str, np.ndarray]:
-    """Send request arrays; return the answer arrays (session_ids, talk_ids, scores)."""
+                 model_version: str = "", batched: bool = False) -> dict[str, np.ndarray]:
+    """Send request arrays; return the answer arrays (session_ids, talk_ids, scores).
+
+    ``batched``: the model was exported with dynamic batching (the batch dimension of 1 is added
+    to the request and removed from the answer)."""
     mod = _module(client)
     protocol = "grpc" if mod.__name__.endswith("grpc") else "http"
-    result = client.infer(model_name, make_inputs(arrays, protocol), model_version=model_version,
+    result = client.infer(model_name, make_inputs(arrays, protocol, batched), model_version=model_version,
                           outputs=make_outputs(protocol))
-    return {name: result.as_numpy(name) for name in OUTPUTS}
+    out = {name: result.as_numpy(name) for name in OUTPUTS}
+    return {name: arr[0] for name, arr in out.items()} if batched else out
 
 
 def to_frame(outputs: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -12,6 +12,12 @@ one of two ways, set by the ``executor`` parameter of ``config.pbtxt``:
   graph (e.g. one with ``PredictPyTorch``, which calls a second Triton model) falls back to:
 * ``merlin``: ``Ensemble.transform(..., runtime=TritonExecutorRuntime())``, as the stock file does.
 
+Dynamic batching (``max_batch_size > 0`` in ``config.pbtxt``, lean executor only): Triton hands
+``execute`` several queued requests at once. Each is sessionized on its own; their model inputs
+are concatenated into ONE model call (the costly step), whose outputs are split back per request
+for the rest of the chain (``run_batched``). Requests then carry a leading batch dimension of 1
+(inputs ``[1, n_clicks]``, answers ``[1, n_sessions, ...]``).
+
 Errors: an exception that carries ``bad_request = True`` (``gtcrec.serving.operators.BadRequest``)
 is returned to the client as ``bad request: <message>`` (status INVALID_ARG: gRPC
 INVALID_ARGUMENT, HTTP 400); anything else as ``internal error: <type>: <message>`` (INTERNAL),
@@ -63,6 +69,57 @@ def run_chain(chain, arrays):
     return arrays
 
 
+def model_step(chain):
+    """Index of the model operator in a lean chain (the one with ``predict`` and ``input_col``)."""
+    found = [i for i, op in enumerate(chain) if hasattr(op, "predict") and hasattr(op, "input_col")]
+    if len(found) != 1:
+        raise ValueError(f"dynamic batching needs exactly one model operator in the chain, found {len(found)}")
+    return found[0]
+
+
+def run_batched(chain, batch):
+    """Answer several requests with ONE call of the model operator.
+
+    ``batch``: a list of request arrays. Returns one entry per request: its answer arrays, or the
+    exception it raised (a bad request does not fail the others)."""
+    i = model_step(chain)
+    model = chain[i]
+    results = [None] * len(batch)
+    ready = []
+    for j, arrays in enumerate(batch):
+        try:
+            ready.append((j, run_chain(chain[:i], arrays)))
+        except Exception as exc:  # noqa: BLE001 - reported for this request only
+            results[j] = exc
+    if not ready:
+        return results
+    values_name, offsets_name = f"{model.input_col}__values", f"{model.input_col}__offsets"
+    values = [np.asarray(part[values_name]) for _, part in ready]
+    offsets = [np.asarray(part[offsets_name], dtype=np.int64) for _, part in ready]
+    shifts = np.cumsum([0] + [len(v) for v in values[:-1]])
+    merged = {values_name: np.concatenate(values),
+              offsets_name: np.concatenate([np.zeros(1, np.int64)] + [o[1:] + s for o, s in zip(offsets, shifts)])}
+    try:
+        out = model.transform_arrays(merged)
+    except Exception as exc:  # noqa: BLE001 - the model failed for all of them
+        for j, _ in ready:
+            results[j] = exc
+        return results
+    produced = [name for name in out if name not in merged]
+    row = 0
+    for (j, part), offs in zip(ready, offsets):
+        n = len(offs) - 1
+        part = dict(part)
+        for name in produced:
+            part[name] = out[name][row:row + n]
+        row += n
+        try:
+            results[j] = run_chain(chain[i + 1:], part)
+        except Exception as exc:  # noqa: BLE001
+            results[j] = exc
+    return results
+
+
 def _model_repository(args):
     repo = args["model_repository"]
     # some Triton releases pass the path of model.py instead of the model's folder
@@ -93,24 +150,36 @@ class TritonPythonModel:
             raise ValueError(f"parameter {PARAMETER!r} must be one of {MODES}, got {mode!r}")
         self.chain = lean_chain(self.ensemble) if mode == "lean" else None
         self.mode = "lean" if self.chain else "merlin"
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        if self.batched:
+            if not self.chain:
+                raise ValueError("dynamic batching (max_batch_size > 0) needs the lean executor and a chain graph")
+            model_step(self.chain)
         self.input_names = list(self.ensemble.input_schema.column_names)
         self.outputs = [(out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
                         for out in config["output"]]
         print(f"[gtcrec executor] {args['model_name']} v{args['model_version']}: {self.mode} executor "
-              f"({' >> '.join(type(op).__name__ for op in self.chain) if self.chain else 'Merlin LocalExecutor'})",
-              file=sys.stderr, flush=True)
+              f"({' >> '.join(type(op).__name__ for op in self.chain) if self.chain else 'Merlin LocalExecutor'})"
+              f"{', dynamic batching' if self.batched else ''}", file=sys.stderr, flush=True)
 
-    def _lean(self, request):
+    def _arrays(self, request):
         arrays = {}
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:  # Triton checks inputs already; keep a clear message anyway
                 raise KeyError(f"missing input {name!r}")
-            arrays[name] = tensor.as_numpy()
-        out = run_chain(self.chain, arrays)
+            arr = tensor.as_numpy()
+            arrays[name] = arr.reshape(-1) if self.batched else arr  # [1, n] -> [n]
+        return arrays
+
+    def _response(self, out):
         return pb_utils.InferenceResponse([
-            pb_utils.Tensor(name, np.ascontiguousarray(out[name]).astype(dtype, copy=False))
+            pb_utils.Tensor(name, np.ascontiguousarray(out[name][None] if self.batched else out[name])
+                            .astype(dtype, copy=False))
             for name, dtype in self.outputs])
+
+    def _lean(self, request):
+        return self._response(run_chain(self.chain, self._arrays(request)))
 
     def _merlin(self, request):
         from merlin.systems.dag.runtimes.triton import TritonExecutorRuntime
@@ -121,20 +190,47 @@ class TritonPythonModel:
         outputs = self.ensemble.transform(inputs, runtime=TritonExecutorRuntime())
         return tensor_table_to_triton_response(outputs, self.ensemble.output_schema)
 
+    @staticmethod
+    def _failure(exc):
+        cause = exc
+        while getattr(cause, "__cause__", None) is not None and not getattr(cause, "bad_request", False):
+            cause = cause.__cause__  # Merlin wraps operator errors
+        if getattr(cause, "bad_request", False):
+            error = _error(f"bad request: {cause}", "INVALID_ARG")
+        else:
+            error = _error(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+    def _execute_batched(self, requests):
+        batch, failed = [], {}
+        for j, request in enumerate(requests):
+            try:
+                batch.append((j, self._arrays(request)))
+            except Exception as exc:  # noqa: BLE001
+                failed[j] = exc
+        results = dict(zip([j for j, _ in batch], run_batched(self.chain, [a for _, a in batch])))
+        results.update(failed)
+        responses = []
+        for j in range(len(requests)):
+            result = results[j]
+            if isinstance(result, Exception):
+                responses.append(self._failure(result))
+                continue
+            try:
+                responses.append(self._response(result))
+            except Exception as exc:  # noqa: BLE001
+                responses.append(self._failure(exc))
+        return responses
+
     def execute(self, requests):
+        if self.batched:
+            return self._execute_batched(requests)
         answer = self._lean if self.chain else self._merlin
         responses = []
         for request in requests:
             try:
                 responses.append(answer(request))
             except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error
-                cause = exc
-                while getattr(cause, "__cause__", None) is not None and not getattr(cause, "bad_request", False):
-                    cause = cause.__cause__  # Merlin wraps operator errors
-                if getattr(cause, "bad_request", False):
-                    error = _error(f"bad request: {cause}", "INVALID_ARG")
-                else:
-                    error = _error(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
-                    traceback.print_exc(file=sys.stderr)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                responses.append(self._failure(exc))
         return responses

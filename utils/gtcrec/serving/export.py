@@ -67,13 +67,17 @@ class Reference:
 
 def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
                    popularity: Sequence[float] | None = None, call: str = "dict",
-                   num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS):
-    """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too)."""
+                   num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS, pad_sessions: bool = True):
+    """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too).
+
+    ``pad_sessions``: every session reaches the model padded to ``max_len`` (see
+    ``SessionizeClicks``), so its answer does not depend on the other sessions of the request."""
     from merlin.systems.dag import Ensemble
 
     model = ops.TorchScriptTopK(torchscript, call=call, num_threads=num_threads)
     _check_k(model.k_model, k, max_len)
-    graph = (list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks) >> model
+    graph = (list(REQUEST_COLUMNS)
+             >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks, pad=pad_sessions) >> model
              >> ops.DecodeTopK(vocab, k=k, popularity=popularity))
     return Ensemble(graph, request_schema())
 
@@ -140,7 +144,8 @@ def _check_k(k_model: int, k: int, max_len: int) -> None:
 
 
 def build_pytorch_backend_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
-                                   popularity: Sequence[float] | None = None, max_clicks: int = ops.MAX_CLICKS):
+                                   popularity: Sequence[float] | None = None, max_clicks: int = ops.MAX_CLICKS,
+                                   pad_sessions: bool = True):
     """The same graph with Merlin's stock ``PredictPyTorch`` (for a Triton with the PyTorch backend).
 
     Export only: this graph cannot answer in-process (``PredictPyTorch`` indexes a single output
@@ -154,7 +159,8 @@ def build_pytorch_backend_ensemble(vocab: Sequence[str], torchscript, max_len: i
     in_schema = Schema([ColumnSchema(ops.ITEM_LIST, dtype=md.int64, is_list=True, is_ragged=True)])
     out_schema = Schema([ColumnSchema(ops.TOPK_SCORES, dtype=md.float32, dims=(None, kk)),
                          ColumnSchema(ops.TOPK_CODES, dtype=md.int64, dims=(None, kk))])
-    pre = list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks)
+    pre = list(REQUEST_COLUMNS) >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks,
+                                                        pad=pad_sessions)
     predict = pre[[ops.ITEM_LIST]] >> PredictPyTorch(probe.model, in_schema, out_schema)
     post = (predict + pre[[ops.SESSIONS, ops.CLICKED, ops.MODEL_ROW]]) >> ops.DecodeTopK(
         vocab, k=k, popularity=popularity)
@@ -199,7 +205,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
                     version: int = 1, backend: str = "python", request: dict | pd.DataFrame | None = None,
                     call: str = "dict", num_threads: int | None = 1, self_contained: bool = False,
                     instance_count: int | None = None, overwrite: bool = False, executor: str = "lean",
-                    max_clicks: int = ops.MAX_CLICKS):
+                    max_clicks: int = ops.MAX_CLICKS, dynamic_batching: bool = False,
+                    max_batch_size: int = 32, batch_delay_us: int = 500, pad_sessions: bool = True):
     """Build, answer a reference request in-process, export. Returns ``(ensemble, reference)``.
 
     Parameters
@@ -220,6 +227,11 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     overwrite: replace an existing ``out_repo/name/version``.
     executor: ``"lean"`` (default), ``"merlin"`` or ``"stock"``; see the module docstring.
     max_clicks: larger requests are refused (``bad request``).
+    pad_sessions: pad every session to ``max_len`` before the model (see ``build_ensemble``).
+    dynamic_batching: let Triton queue requests (up to ``batch_delay_us``) and hand up to
+        ``max_batch_size`` of them to the executor at once; their sessions share ONE model call.
+        Needs ``executor="lean"``. Requests then carry a leading batch dimension of 1: inputs
+        ``[1, n_clicks]``, answers ``[1, n_sessions(, k)]`` (``client.infer_arrays(..., batched=True)``).
 
     The returned ``ensemble`` is the python graph: it still answers in-process after export.
     """
@@ -229,13 +241,15 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         raise ValueError("backend must be 'python' or 'pytorch'")
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}")
+    if dynamic_batching and (executor != "lean" or backend != "python"):
+        raise ValueError("dynamic_batching needs executor='lean' and backend='python'")
     out_repo = Path(out_repo).resolve()
     target = out_repo / name / str(int(version))
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
 
     ensemble = build_ensemble(vocab, torchscript_path, max_len=max_len, k=k, popularity=popularity,
-                              call=call, num_threads=num_threads, max_clicks=max_clicks)
+                              call=call, num_threads=num_threads, max_clicks=max_clicks, pad_sessions=pad_sessions)
     if request is None:
         request = example_clicks(vocab)
     if isinstance(request, pd.DataFrame):
@@ -246,7 +260,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         to_export = ensemble
     else:
         to_export = build_pytorch_backend_ensemble(vocab, torchscript_path, max_len=max_len, k=k,
-                                                   popularity=popularity, max_clicks=max_clicks)
+                                                   popularity=popularity, max_clicks=max_clicks,
+                                                   pad_sessions=pad_sessions)
     reference.extra["backend"] = backend
 
     import cloudpickle
@@ -260,7 +275,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
             if self_contained:
                 cloudpickle.unregister_pickle_by_value(ops)
         executor_config = _edit_config(Path(tmp) / name / "config.pbtxt", instance_count,
-                                       None if executor == "stock" else executor)
+                                       None if executor == "stock" else executor,
+                                       (max_batch_size, batch_delay_us) if dynamic_batching else None)
         if executor != "stock":
             shutil.copyfile(Path(executor_model.__file__), Path(tmp) / name / "1" / "model.py")
         reference.extra["configs"] = [executor_config] + list(node_configs)
@@ -281,12 +297,19 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     return ensemble, reference
 
 
-def _edit_config(config_path: Path, instance_count: int | None = None, executor: str | None = None):
-    """Set ``instance_count`` CPU instances and the ``executor`` parameter; returns the config."""
+def _edit_config(config_path: Path, instance_count: int | None = None, executor: str | None = None,
+                 batching: tuple[int, int] | None = None):
+    """Set ``instance_count`` CPU instances, the ``executor`` parameter and dynamic batching
+    (``(max_batch_size, max_queue_delay_us)``: ragged inputs may be batched); returns the config."""
     import tritonclient.grpc.model_config_pb2 as model_config
     from google.protobuf import text_format
 
     config = text_format.Parse(config_path.read_text(), model_config.ModelConfig())
+    if batching:
+        config.max_batch_size = int(batching[0])
+        for inp in config.input:
+            inp.allow_ragged_batch = True
+        config.dynamic_batching.max_queue_delay_microseconds = int(batching[1])
     if instance_count:
         del config.instance_group[:]
         config.instance_group.append(model_config.ModelInstanceGroup(
@@ -304,3 +327,14 @@ def lean_transform(ensemble, request: dict[str, np.ndarray]) -> dict[str, np.nda
         raise ValueError("this graph is not a chain of operators with transform_arrays")
     out = executor_model.run_chain(chain, {k: np.asarray(v) for k, v in request.items()})
     return {name: out[name] for name in ensemble.output_schema.column_names}
+
+
+def lean_transform_batch(ensemble, requests: Sequence[dict[str, np.ndarray]]) -> list:
+    """Answer several requests in-process the way the dynamically batched executor does (one model
+    call for all): a list of answer dicts, or of the exception a request raised."""
+    chain = executor_model.lean_chain(ensemble)
+    if chain is None:
+        raise ValueError("this graph is not a chain of operators with transform_arrays")
+    names = ensemble.output_schema.column_names
+    results = executor_model.run_batched(chain, [{k: np.asarray(v) for k, v in r.items()} for r in requests])
+    return [r if isinstance(r, Exception) else {n: r[n] for n in names} for r in results]

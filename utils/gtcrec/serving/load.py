@@ -44,11 +44,11 @@ def n_sessions(arrays: dict[str, np.ndarray]) -> int:
 
 
 def latency_ms(url: str, arrays: dict[str, np.ndarray], n: int = 200, warmup: int = 20,
-               protocol: str = "grpc", model_name: str = cl.DEFAULT_MODEL_NAME) -> np.ndarray:
+               protocol: str = "grpc", model_name: str = cl.DEFAULT_MODEL_NAME, batched: bool = False) -> np.ndarray:
     """Latencies (ms, sorted) of ``n`` requests sent one after another by one client."""
     client = _client(url, protocol)
     try:
-        inputs, outputs = cl.make_inputs(arrays, protocol), cl.make_outputs(protocol)
+        inputs, outputs = cl.make_inputs(arrays, protocol, batched), cl.make_outputs(protocol)
         for _ in range(warmup):
             client.infer(model_name, inputs, outputs=outputs)
         times = np.empty(n)
@@ -81,14 +81,14 @@ class LoadResult:
 
 def closed_loop(url: str, requests: Sequence[dict[str, np.ndarray]], concurrency: int = 1,
                 seconds: float = 3.0, protocol: str = "grpc", warmup: int = 3,
-                model_name: str = cl.DEFAULT_MODEL_NAME) -> LoadResult:
+                model_name: str = cl.DEFAULT_MODEL_NAME, batched: bool = False) -> LoadResult:
     """``concurrency`` threads send ``requests`` (cycled) back to back for ``seconds``.
 
     Each thread has its own client and first sends ``warmup`` unmeasured requests. A request
     that fails counts as an error (its latency is not recorded)."""
     if not requests:
         raise ValueError("no requests")
-    prepared = [(cl.make_inputs(r, protocol), n_sessions(r)) for r in requests]
+    prepared = [(cl.make_inputs(r, protocol, batched), n_sessions(r)) for r in requests]
     outputs = cl.make_outputs(protocol)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     sessions = [0] * concurrency

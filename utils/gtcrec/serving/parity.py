@@ -53,6 +53,7 @@ def preprocessing_parity(sessionize: "ops.SessionizeClicks", request: dict[str, 
             missing += 1
             continue
         served = values[offsets[row]:offsets[row + 1]] if row >= 0 else np.zeros(0, np.int64)
+        served = served[served != ops.PAD]  # padding to max_len, if the operator pads
         compared += 1
         equal += int(np.array_equal(served, np.asarray(processed_lists[text], dtype=np.int64)))
     return {"sessions": compared, "equal": equal, "unpaired": missing, "parity": compared > 0 and equal == compared}
