@@ -158,7 +158,7 @@ def test_perf_analyzer_runs_when_available(served, clicks):
         pytest.skip(load.perf_analyzer_status()["reason"])
     server, _, _ = served
     rows = load.run_perf_analyzer(server.grpc_url, load.requests_of(clicks, 2, limit=3), concurrency=(1,),
-                                  seconds=0.5, model_name="rec_lean")
+                                  seconds=0.5, model_name="rec_lean", strict=True)
     assert rows[0]["concurrency"] == 1 and rows[0]["requests_per_s"] > 0 and rows[0]["p50_ms"] > 0
 
 

@@ -3,8 +3,17 @@
 * ``gtcrec.serving.server``: ``TritonServer`` (start/stop a real ``tritonserver``), ``find_tritonserver``.
 * ``gtcrec.serving.operators``: ``SessionizeClicks``, ``TorchScriptTopK``, ``DecodeTopK`` and the
   request/answer contract.
-* ``gtcrec.serving.export``: ``build_ensemble``, ``export_ensemble`` (python or PyTorch backend).
+* ``gtcrec.serving.export``: ``build_ensemble``, ``export_ensemble`` (python or PyTorch backend,
+  lean / Merlin / stock executor, optional dynamic batching), ``choose_backend``, ``graph_table``.
+* ``gtcrec.serving.executor_model``: the python-backend ``model.py`` written into the repository
+  (lean executor, short ``bad request`` errors, dynamic batching).
 * ``gtcrec.serving.client``: clicks DataFrame -> tritonclient inputs -> answer DataFrame.
+* ``gtcrec.serving.load``: latency, closed-loop load test, perf_analyzer, bare model forward.
+* ``gtcrec.serving.parity``: served vs the model's offline ranking.
+* ``gtcrec.serving.postprocess``: the post-processing step in numpy, torch, pandas and cudf.
+
+Inputs that are not ordinary (empty requests, unknown talks, bad timestamps, ...) and what the
+server does with each are listed in ``gtcrec.serving.operators``.
 
 Importing this package is cheap: torch and Merlin load only with ``operators``/``export``.
 """
