@@ -1,7 +1,7 @@
 """Catalog-swap benchmark: speed and quality ratios measured in ONE run on this machine (nothing is asserted).
 
     python benchmarks/swap.py --artifacts-dir artifacts [--cache data/cache/embeddings]
-                              [--epochs 5] [--cli] [--cold-encode] [--json out.json]
+                              [--epochs 5 12] [--cli] [--cold-encode] [--json out.json]
 
 Needs notebooks 00 (the "fall" event: catalog, clicks, oracle), 01 (old vocabulary and training
 sessions), 03 (trained model, K) and 04 (model repository) in ARTIFACTS_DIR. It copies 04's repository
@@ -14,8 +14,8 @@ into a temporary folder, starts a real Triton server on it (explicit model contr
    otherwise the cache given is used and may already hold the vectors). ``--cli`` also runs the
    ``gtcrec-swap`` command in a new process (wall time including Python start and imports).
 2. quality on the new event (``gtcrec.swap.evaluate_new_event``): recall@10 and NDCG@10 of the swapped
-   model against the same architecture retrained on the new event's clicks (one line per ``--epochs``
-   value), the untrained model, popularity and item-kNN fitted on the old event, and the oracle.
+   model against the same architecture retrained on the new event's clicks (one run per ``--epochs``
+   value; default: notebook 03's EPOCHS, the budget the swapped model got), the untrained model, popularity and item-kNN fitted on the old event, and the oracle.
    Target: swapped >= 0.9 x retrained.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def measure_quality(args, tmp: Path) -> dict:
     oracle = d0.path("fall_oracle") if "fall_oracle" in d0["outputs"] else None
     old_train = metrics.read_sessions(e1.path("train"))
     runs = {}
-    for epochs in args.epochs:
+    for epochs in args.epochs or [int(t3["parameters"].get("EPOCHS", 5))]:
         started = time.perf_counter()
         quality = swap.evaluate_new_event(
             t3.path("model"), catalog, clicks, prepared.table, old_train, old_vocab, tmp / f"quality-{epochs}",
@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts-dir", default="artifacts")
     parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache")
-    parser.add_argument("--epochs", type=int, nargs="+", default=[5], help="epochs of the retrained model")
+    parser.add_argument("--epochs", type=int, nargs="+", default=None,
+                        help="epochs of the retrained model, one run each (default: 03's EPOCHS)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--pause", type=float, default=0.01, help="seconds between two background requests")
     parser.add_argument("--max-requests", type=int, default=30000)
