@@ -12,6 +12,11 @@ Evaluation follows :mod:`gtcrec.metrics`: the model sees the prefix ``[c1..c(n-1
 and must rank ``cn`` first. T4R pads ragged inputs itself and keeps the FIRST ``max_len`` items of
 a longer list, so every helper here keeps the LAST ``max_len`` items before the model.
 
+Two architectures: GPT-2 with causal LM (the default: it trains on every next click, its
+scores of a session do not depend on the rest of the batch, and it ranked clearly better in the
+comparisons recorded at ``DEFAULTS``) and XLNet with masked LM (T4R's usual recipe; XLNet
+attends to padded positions, so :func:`score_sessions` pads every session to ``max_len``).
+
 Main functions: :func:`build_model`, :func:`train`, :func:`score_sessions`, :func:`trace_topk` /
 :func:`check_traced`, :func:`swap_item_table`, :func:`save_model` / :func:`load_model`.
 """
@@ -24,29 +29,26 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 
 ITEM_COL = "item_id-list"
 N_RESERVED = 3
-EMBEDDING_DIM = 384
 
-# Defaults from a measured comparison on synthetic data (1,000 talks in 25 topics, 8,000
-# training sessions, 5 epochs, 1 CPU thread; recall@10 on 1,500 held-out last clicks). With
-# topical sessions only, every variant reached ~0.70-0.72 (item-kNN 0.61). With an order inside
-# topics (users mostly step forward), GPT-2 + causal LM reached 0.53 (lr 1e-3), 0.59 (lr 3e-3),
-# 0.67 (10 epochs), 0.65 (d_model 128), while XLNet + masked LM stayed at 0.22 (0.29 with learned
-# ids); dropout 0.3 cost 0.13 against 0.1; lr 1e-2 diverged (0.28). One training step of 128
-# sessions costs ~0.08 s of one core for both architectures at d_model 64.
+# Defaults from measured comparisons (5 epochs, batch 128, 1 CPU thread, recall@10 of the last
+# click given the prefix, prefix items excluded):
+# * gtcrec.data's generator, 1,000 talks, 8,000 training / 1,500 test sessions: oracle 0.785,
+#   item-kNN 0.691; GPT-2 + causal LM 0.675 (lr 1e-3), 0.701 (lr 3e-3); XLNet + masked LM 0.454;
+#   GPT-2 with learned ids 0.724.
+# * synthetic topics with an order inside each topic: GPT-2/CLM 0.53 (lr 1e-3) - 0.67 (10
+#   epochs), XLNet/MLM 0.22; dropout 0.3 cost 0.13 against 0.1; lr 1e-2 diverged.
+# One step of 128 sessions costs ~0.08 s of one core for either architecture at d_model 64.
 DEFAULTS: Dict[str, Any] = {
     "arch": "gpt2", "masking": "clm", "d_model": 64, "n_layer": 2, "n_head": 4, "dropout": 0.1,
-    "max_len": 20, "epochs": 5, "batch_size": 128, "lr": 2e-3,
+    "max_len": 20, "epochs": 5, "batch_size": 128, "lr": 3e-3,
 }
-
-LOG = logging.getLogger(__name__)
-
 
 # ----------------------------------------------------------------------------- environment
 
@@ -222,7 +224,7 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
         config = tr.XLNetConfig.build(d_model=d_model, n_head=n_head, n_layer=n_layer,
                                       total_seq_length=max_len, dropout=dropout)
     else:
-        # MLM at inference appends one position; CLM does not, but leave room anyway
+        # absolute positions: one spare beyond max_len
         config = tr.GPT2Config.build(d_model=d_model, n_head=n_head, n_layer=n_layer,
                                      total_seq_length=max_len + 1, dropout=dropout)
     task = tr.NextItemPredictionTask(weight_tying=True)
@@ -363,13 +365,23 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
 # ----------------------------------------------------------------------------- scoring
 
 def sessions_to_batch(sessions: Sequence[Sequence[int]], max_len: int = DEFAULTS["max_len"],
-                      item_col: str = ITEM_COL, device: torch.device | str | None = None
-                      ) -> Dict[str, torch.Tensor]:
+                      item_col: str = ITEM_COL, device: torch.device | str | None = None,
+                      pad: bool = False) -> Dict[str, torch.Tensor]:
     """Ragged model input ``{col__values, col__offsets}`` (int64, like merlin-dataloader yields),
-    keeping the LAST ``max_len`` codes of each session (T4R itself would keep the first)."""
+    keeping the LAST ``max_len`` codes of each session (T4R itself would keep the first).
+
+    ``pad=True`` appends padding codes (0) so that every row holds ``max_len`` values, as the
+    serving graph does: T4R pads a ragged batch to its longest row, and with a bidirectional
+    transformer (XLNet) a session's scores change with that length; padded to ``max_len`` they
+    do not depend on the other sessions of the batch (and match training, whose loader pads every
+    session to ``max_len``).
+    """
     trimmed = [np.asarray(s, dtype=np.int64).reshape(-1)[-max_len:] for s in sessions]
     if any(len(s) == 0 for s in trimmed):
         raise ValueError("empty session: the model needs at least one item")
+    if pad:
+        trimmed = [np.concatenate([s, np.zeros(max_len - len(s), dtype=np.int64)])
+                   for s in trimmed]
     lengths = np.array([len(s) for s in trimmed], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.concatenate(trimmed) if trimmed else np.zeros(0, dtype=np.int64)
@@ -381,7 +393,9 @@ def score_sessions(model, prefixes: Sequence[Sequence[int]], batch_size: int = 1
                    ) -> np.ndarray:
     """Scores ``(len(prefixes), n_codes)`` (float32 logits) for each prefix's next item.
 
-    Eval mode, no gradients; reserved codes get ``-inf``. Feed the result to
+    Eval mode, no gradients; reserved codes get ``-inf``. Each session keeps its last
+    ``max_len`` codes and is padded to ``max_len`` (``sessions_to_batch(pad=True)``, as served),
+    so a row's scores do not depend on the batch. Feed the result to
     :func:`gtcrec.metrics.evaluate_scores`.
     """
     cfg = getattr(model, "gtcrec_config", {})
@@ -395,7 +409,8 @@ def score_sessions(model, prefixes: Sequence[Sequence[int]], batch_size: int = 1
     try:
         with torch.no_grad():
             for start in range(0, len(prefixes), batch_size):
-                batch = sessions_to_batch(prefixes[start:start + batch_size], max_len, col, device)
+                batch = sessions_to_batch(prefixes[start:start + batch_size], max_len, col, device,
+                                          pad=True)
                 out[start:start + batch_size] = model(batch).float().cpu().numpy()
     finally:
         model.top_k = top_k
@@ -432,7 +447,9 @@ def trace_topk(model, example_batch: Dict[str, torch.Tensor], k: int = 20
 
     ``example_batch``: ragged input (``item_id-list__values`` / ``__offsets``, e.g. from
     :func:`sessions_to_batch` or merlin-dataloader); the traced module accepts ragged input of any
-    batch size and lengths. Callers keep the last ``max_len`` items of longer sessions. The model
+    batch size and lengths. Callers keep the last ``max_len`` items of longer sessions (and, for
+    XLNet, pad every session to ``max_len`` with code 0, see :func:`sessions_to_batch`). The trace
+    runs on the model's current device: move the model to the CPU first for CPU serving. The model
     is put in eval mode; call the result under ``torch.no_grad()``. Save with ``traced.save(path)``
     and load with ``torch.jit.load``.
     """
