@@ -66,9 +66,10 @@ def test_serving_notebook_parity_latency_and_shutdown(series):
 
     # latencies present and positive
     one = run["one_session"]
-    assert one["served_p50_ms"] > 0 and one["bare_p50_ms"] > 0 and one["served_p95_ms"] >= one["served_p50_ms"]
-    assert one["ratio_p50"] == pytest.approx(one["served_p50_ms"] / one["bare_p50_ms"])
-    assert one["bare_unpadded_p50_ms"] > 0
+    assert one["served_p50_ms"] > 0 and one["bare_p50_ms"] > 0 and one["bare_unpadded_p50_ms"] > 0
+    assert one["served_p50_ms_worst_round"] >= one["served_p50_ms"]
+    # a round trip through gRPC, Triton and the python backend costs more than the model alone
+    assert one["ratio_p50"] > 1 and one["ratio_p50_vs_unpadded"] > 1
     assert run["startup_seconds"] > 0 and run["reference_http_ms"] > 0 and run["reference_grpc_ms"] > 0
     load = pd.read_csv(series.path("05-serve", "load_test"))
     python_rows = load[load["tool"] == "python client"]
