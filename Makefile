@@ -18,6 +18,11 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	$(PY) -m pip install -q "$$(grep '^pip==' requirements.lock)" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install -q --no-deps -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e utils 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@# perf_analyzer (in the tritonclient wheel) needs libb64.so.0d: Debian's libb64-0d, unpacked into the venv.
+	@# Optional: without it notebook 05 skips perf_analyzer and says so.
+	rm -rf $(VENV)/opt/libb64 && mkdir -p $(VENV)/opt/libb64 && cd $(VENV)/opt/libb64 && \
+	  { apt-get download libb64-0d >/dev/null 2>&1 && dpkg -x libb64-0d_*.deb . && rm -f libb64-0d_*.deb \
+	    || echo "note: libb64-0d not fetched; perf_analyzer will be skipped"; }
 	touch $@
 
 run: env

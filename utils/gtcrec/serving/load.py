@@ -212,6 +212,11 @@ def _cudart_dirs() -> list[str]:
     return dirs
 
 
+def _libb64_dirs() -> list[str]:
+    """Where ``make env`` unpacks Debian's libb64-0d inside the environment."""
+    return [str(p) for p in sorted((Path(sys.prefix) / "opt" / "libb64").glob("usr/lib/*")) if p.is_dir()]
+
+
 def perf_analyzer_status() -> dict:
     """Whether ``perf_analyzer`` can run here: ``{"available", "binary", "missing", "reason", "env"}``."""
     binary = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
@@ -219,7 +224,7 @@ def perf_analyzer_status() -> dict:
     if not Path(binary).is_file():
         status["reason"] = "no perf_analyzer binary (it ships in the tritonclient wheel)"
         return status
-    extra = [d for d in os.environ.get(ENV_LIBS, "").split(os.pathsep) if d] + _cudart_dirs()
+    extra = [d for d in os.environ.get(ENV_LIBS, "").split(os.pathsep) if d] + _libb64_dirs() + _cudart_dirs()
     env = {"LD_LIBRARY_PATH": os.pathsep.join(extra + [os.environ.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)}
     status["env"] = env
     try:
