@@ -397,13 +397,18 @@ def example_sessions(n_codes: int, max_len: int, n: int = 48, seed: int = 0) -> 
 
 def trace_swapped(model, k: int, seed: int = 0):
     """Trace ``model`` to return its top ``k`` codes (:func:`gtcrec.model.trace_topk`) and check the
-    trace against the eager model on other sessions; returns ``(traced, check)``."""
+    trace against the eager model on other sessions; returns ``(traced, check)``. Both batches are
+    padded to ``max_len`` as the serving graph pads them."""
     from gtcrec import model as gm
 
     n = gm.n_codes(model)
     max_len = getattr(model, "gtcrec_config", {}).get("max_len", gm.DEFAULTS["max_len"])
-    traced = gm.trace_topk(model, gm.sessions_to_batch(example_sessions(n, max_len, seed=seed), max_len), k=k)
-    check = gm.check_traced(traced, model, gm.sessions_to_batch(example_sessions(n, max_len, seed=seed + 1), max_len))
+
+    def batch(s):
+        return gm.sessions_to_batch(example_sessions(n, max_len, seed=s), max_len, pad=True)
+
+    traced = gm.trace_topk(model, batch(seed), k=k)
+    check = gm.check_traced(traced, model, batch(seed + 1))
     return traced, check
 
 
