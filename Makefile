@@ -17,6 +17,8 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$$(grep '^pip==' requirements.lock)" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install -q --no-deps -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@# torch again, with its own dependencies: a CUDA build from PyPI needs its nvidia-* libraries (a CPU build adds nothing).
+	$(PY) -m pip install -q "$$(grep '^torch==' requirements.lock)" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e utils 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@# perf_analyzer (in the tritonclient wheel) needs libb64.so.0d: Debian's libb64-0d, unpacked into the venv.
 	@# Optional: without it notebook 05 skips perf_analyzer and says so.
