@@ -37,9 +37,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-N_RESERVED = 3  # codes 0 padding, 1 null, 2 out-of-vocabulary
+from gtcrec.etl import ITEM_LIST as ITEM_COL
+from gtcrec.etl import RESERVED as N_RESERVED  # codes 0 padding, 1 null, 2 out-of-vocabulary
+
 DEFAULT_KS = (10, 20)
-ITEM_COL = "item_id-list"
 
 
 # ----------------------------------------------------------------------------- sessions

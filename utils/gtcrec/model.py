@@ -34,8 +34,8 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 import torch
 
-ITEM_COL = "item_id-list"
-N_RESERVED = 3
+from gtcrec.etl import ITEM_LIST as ITEM_COL  # the codes are the ETL's: one definition
+from gtcrec.etl import RESERVED as N_RESERVED
 
 # Defaults from measured comparisons (5 epochs, batch 128, 1 CPU thread, recall@10 of the last
 # click given the prefix, prefix items excluded):

@@ -77,6 +77,8 @@ from merlin.dag.operator import DataFormats
 from merlin.schema import ColumnSchema, Schema, Tags
 from merlin.table import TensorTable
 
+# The ETL's codes (gtcrec.etl.RESERVED / OOV), repeated here on purpose: a self-contained export
+# pickles these operators by value and must not import the rest of gtcrec inside the server.
 PAD, NULL, OOV = 0, 1, 2
 FIRST_CODE = 3
 MAX_CLICKS = 1_000_000  # default cap on the clicks of one request
