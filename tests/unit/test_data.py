@@ -281,6 +281,37 @@ def test_single_click_sessions_are_dropped_and_counted(events, tmp_path):
     assert out["timestamp"].dtype == np.dtype("datetime64[ns]")
 
 
+def test_coarse_time_resolution_gives_tied_timestamps(small):
+    catalog, latent, clicks, _ = small
+    coarse = data.generate_sessions(catalog, latent, 3000, seed=6, time_resolution_s=600)
+    # the same draws, every time rounded down to 10 minutes
+    assert coarse["talk_id"].tolist() == clicks["talk_id"].tolist()
+    floor = clicks["timestamp"].dt.floor("600s")
+    assert coarse["timestamp"].tolist() == floor.tolist()
+    assert not clicks.duplicated(["session_id", "timestamp"]).any()
+    assert coarse.duplicated(["session_id", "timestamp"], keep=False).mean() > 0.5
+    with pytest.raises(ValueError, match="time_resolution_s"):
+        data.generate_sessions(catalog, latent, 10, seed=6, time_resolution_s=0)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_tied_timestamps_are_ordered_by_talk_id_whatever_the_file_order(events, tmp_path, suffix):
+    ids = sorted(events.spring.catalog["talk_id"].tolist()[:4])
+    clicks = pd.DataFrame({"session_id": ["b", "a", "a", "a", "b", "a"],
+                           "talk_id": [ids[1], ids[3], ids[0], ids[2], ids[0], ids[1]],
+                           "timestamp": ["2025-03-01T10:00:00"] * 2 + ["2025-03-01T09:00:00"] * 3
+                           + ["2025-03-01T08:00:00"]})
+    first = None
+    for seed in range(3):
+        path = write(clicks.sample(frac=1.0, random_state=seed), tmp_path / f"clicks{seed}{suffix}")
+        out, _ = data.load_clicks(path, events.spring.catalog)
+        assert out["session_id"].tolist() == ["a", "a", "a", "a", "b", "b"]
+        assert out["talk_id"].tolist() == [ids[1], ids[0], ids[2], ids[3], ids[0], ids[1]]
+        if first is not None:
+            pd.testing.assert_frame_equal(out, first)
+        first = out
+
+
 def test_timestamps_with_offsets_become_utc(events, tmp_path):
     ids = events.spring.catalog["talk_id"].tolist()
     clicks = pd.DataFrame({"session_id": ["s", "s"], "talk_id": ids[:2],

@@ -78,7 +78,31 @@ def test_schema_tags_for_transformers4rec(processed):
     assert col.int_domain.max == 30 + 2
 
 
-def test_filter_is_a_named_function():
+def test_filter_and_click_order_are_named_functions():
+    import nvtabular as nvt
+
     workflow = etl.build_workflow(pd.Series(["A", "B"], name="talk_id"), "/tmp/gtcrec-test-cat")
     node = etl.find_node(workflow.output_node, type(workflow.output_node.op))
     assert node.op.f is etl.at_least_two_items
+    assert etl.find_node(workflow.output_node, nvt.ops.LambdaOp).op.f is etl.click_position
+    assert etl.find_node(workflow.output_node, nvt.ops.Groupby).op.sort_cols == [etl.CLICK_POSITION]
+
+
+def test_click_position_numbers_clicks_by_time_then_talk_id_text():
+    frame = pd.DataFrame({"session_id": [1, 0, 0, 0, 1], "ts": [9, 5, 5, 2, 9], "talk_id": ["b", "c", "a", "z", "a"]},
+                         index=[10, 11, 12, 13, 14])
+    got = etl.click_position(frame["ts"], frame)
+    # order: (0, 2, z) (0, 5, a) (0, 5, c) (1, 9, a) (1, 9, b)
+    assert got.tolist() == [4, 2, 1, 0, 3] and got.index.tolist() == [10, 11, 12, 13, 14]
+
+
+def test_tied_clicks_come_out_in_talk_id_order_whatever_the_input_order(tmp_path):
+    catalog = pd.DataFrame({"talk_id": ["T2", "T10", "T1", "T3"]})  # codes 3, 4, 5, 6
+    rows = [(f"u{s}", t, pd.Timestamp("2026-03-01") + pd.Timedelta(minutes=s))
+            for s in range(10) for t in ["T3", "T1", "T10", "T2"]]  # four clicks at one time
+    clicks = pd.DataFrame(rows, columns=["session_id", "talk_id", "timestamp"])
+    for seed in (0, 1):
+        result = etl.run_etl(clicks.sample(frac=1.0, random_state=seed), catalog, tmp_path / str(seed))
+        for split in etl.SPLITS:
+            lists = etl.read_split(result.split_dirs[split])["item_id-list"]
+            assert len(lists) and all(list(x) == [5, 4, 3, 6] for x in lists)  # T1 < T10 < T2 < T3 as text

@@ -107,14 +107,23 @@ def test_sessionize_groups_sorts_maps_drops_unknown_and_keeps_the_last_clicks():
     assert out[f"{ops.ITEM_LIST}__offsets"].dtype == np.int64
 
 
-def test_sessionize_equal_times_keep_request_order_and_str_equals_bytes():
+def test_sessionize_equal_times_are_ordered_by_talk_id_text_and_str_equals_bytes():
     op = ops.SessionizeClicks(VOCAB, max_len=20)
-    sessions, talks, times = ["a", "a", "a"], ["S1002", "S1000", "S1001"], np.array([7, 7, 3])
+    sessions, talks, times = ["a", "a", "a", "a"], ["S1002", "S1010", "S1000", "S1001"], np.array([7, 7, 7, 3])
     out_str = op.sessionize(np.array(sessions, dtype=object), np.array(talks, dtype=object), times)
     out_bytes = op.sessionize(b(*sessions), b(*talks), times)
-    np.testing.assert_array_equal(out_str[f"{ops.ITEM_LIST}__values"], [4, 5, 3])
+    # S1001 (3), then the tie at 7 by talk id: S1000, S1002, S1010 -> codes 4, 3, 5, 13
+    np.testing.assert_array_equal(out_str[f"{ops.ITEM_LIST}__values"], [4, 3, 5, 13])
     for key in out_bytes:
         np.testing.assert_array_equal(out_str[key], out_bytes[key])
+    reversed_request = op.sessionize(b(*sessions[::-1]), b(*talks[::-1]), times[::-1])
+    for key in out_bytes:  # any request order, the same model input
+        np.testing.assert_array_equal(reversed_request[key], out_bytes[key])
+    # an unpickled operator (self-contained exports) rebuilds its tie keys
+    again = pickle.loads(pickle.dumps(op))
+    assert again._text_ranks is None
+    np.testing.assert_array_equal(again.sessionize(b(*sessions), b(*talks), times)[f"{ops.ITEM_LIST}__values"],
+                                  [4, 3, 5, 13])
 
 
 def test_sessionize_pads_every_session_to_max_len_when_asked():
@@ -397,6 +406,10 @@ def test_served_answer_equals_in_process_answer(model_path, tmp_path, popularity
     unknown_only = pd.DataFrame({"session_id": ["u1", "u1", "u2"], "talk_id": ["X", "Y", "Z"],
                                  "timestamp": [3, 1, 2]})
     ref_unknown = reference_outputs(ensemble, cl.request_arrays(unknown_only))
+    # tied timestamps: 9 clicks at one time, more than max_len=6: which 6 reach the model is decided
+    # by the tie rule (talk id text), not by the request order
+    tied = pd.DataFrame({"session_id": ["t"] * 9, "talk_id": VOCAB[20:29], "timestamp": [7] * 9})
+    ref_tied = reference_outputs(ensemble, cl.request_arrays(tied))
 
     with TritonServer(repo, model_control="explicit", load_models=["executor_model"], startup_timeout=120) as server:
         for mod, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
@@ -414,6 +427,10 @@ def test_served_answer_equals_in_process_answer(model_path, tmp_path, popularity
                 served_unknown = cl.infer_arrays(client, ref_unknown.request)
                 np.testing.assert_array_equal(served_unknown["talk_ids"], ref_unknown.outputs["talk_ids"])
                 assert np.isnan(served_unknown["scores"]).all()
+                for order in (tied, tied[::-1], tied.sample(frac=1.0, random_state=1)):
+                    served_tied = cl.infer_arrays(client, cl.request_arrays(order))
+                    np.testing.assert_array_equal(served_tied["talk_ids"], ref_tied.outputs["talk_ids"])
+                    np.testing.assert_array_equal(served_tied["scores"], ref_tied.outputs["scores"])
             finally:
                 client.close()
         # the stock PredictPyTorch export needs the PyTorch backend, which the wheel's Triton lacks

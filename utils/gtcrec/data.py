@@ -1069,11 +1069,18 @@ def session_prefixes(clicks: pd.DataFrame, min_position: int = 1,
 def generate_sessions(catalog: pd.DataFrame, latent: Latent, n_sessions: int, seed: int,
                       start: str | pd.Timestamp = "2025-02-03", days: float = 60.0,
                       model: ClickModel = ClickModel(), session_prefix: str | None = None,
-                      batch_size: int = 2048) -> pd.DataFrame:
+                      batch_size: int = 2048, time_resolution_s: int = 1) -> pd.DataFrame:
     """Sessions drawn from the click model: DataFrame (session_id, talk_id, timestamp) sorted by
     session then time. Session ids are ``f"{session_prefix}{i:06d}"`` (default prefix: ``"<event>-"``).
     Sessions start uniformly within ``days`` days after ``start``; steps are sampled for a batch of
-    ``batch_size`` sessions at once."""
+    ``batch_size`` sessions at once.
+
+    ``time_resolution_s`` rounds every timestamp down to a multiple of that many seconds, as logs
+    with coarse clocks or batched uploads do: with more than ~10 s, clicks of a session share
+    timestamps (tied clicks). Rows stay in the order they were drawn, but a tie no longer says
+    which click came first: whatever reads them orders ties by the click order rule (talk id)."""
+    if int(time_resolution_s) < 1:
+        raise ValueError("time_resolution_s must be >= 1")
     oracle = Oracle.from_latent(catalog, latent, model)
     n_talks = oracle.n_talks
     if n_talks < 2 or n_sessions < 1:
@@ -1102,6 +1109,7 @@ def generate_sessions(catalog: pd.DataFrame, latent: Latent, n_sessions: int, se
     offsets = np.cumsum(gaps)
     session_base = offsets[session_first]
     seconds = start_s[sess] + offsets - session_base[sess]
+    seconds = seconds // int(time_resolution_s) * int(time_resolution_s)
     timestamps = pd.Timestamp(start).to_datetime64().astype("datetime64[ns]") + seconds.astype("timedelta64[s]")
     prefix = f"{latent.event}-" if session_prefix is None else session_prefix
     width = max(6, len(str(n_sessions)))
@@ -1151,8 +1159,9 @@ EVENT_SETTINGS = {
 
 def generate_events(seed: int, n_talks: int = 5000, n_sessions: int = 50000, n_sessions_new_event: int = 10000,
                     n_talks_new_event: int | None = None, model: ClickModel = ClickModel(),
-                    days: float = 60.0) -> Events:
-    """Both events of the series from one seed (shared topic geometry, disjoint talk ids)."""
+                    days: float = 60.0, time_resolution_s: int = 1) -> Events:
+    """Both events of the series from one seed (shared topic geometry, disjoint talk ids).
+    ``time_resolution_s``: see :func:`generate_sessions` (coarse values give tied timestamps)."""
     seeds = [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(4)]
     out = {}
     sizes = {"spring": (n_talks, n_sessions), "fall": (n_talks_new_event or n_talks, n_sessions_new_event)}
@@ -1161,7 +1170,7 @@ def generate_events(seed: int, n_talks: int = 5000, n_sessions: int = 50000, n_s
         catalog, latent = generate_catalog(sizes[name][0], seeds[2 * k], event=name, id_prefix=st["id_prefix"],
                                            id_start=st["id_start"], world_seed=seed)
         clicks = generate_sessions(catalog, latent, sizes[name][1], seeds[2 * k + 1], start=st["start"],
-                                   days=days, model=model)
+                                   days=days, model=model, time_resolution_s=time_resolution_s)
         out[name] = EventData(name, catalog, clicks, latent, Oracle.from_latent(catalog, latent, model))
     return Events(out["spring"], out["fall"], int(seed), model)
 
@@ -1350,8 +1359,8 @@ def _one_timestamp(value: Any) -> Any:
 def load_clicks(path: str | Path, catalog: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read and validate clicks (CSV or parquet) against a catalog (a DataFrame from
     :func:`load_catalog`, or its path). Returns (clicks, report): clicks has session_id and talk_id as
-    str and timestamp as datetime64[ns] (UTC if the file had offsets), sorted by session then time
-    (file order breaks ties); sessions with a single click are dropped and counted in the report."""
+    str and timestamp as datetime64[ns] (UTC if the file had offsets), sorted by session id, then time,
+    then talk id (the click order rule of training and serving); sessions with a single click are dropped and counted in the report."""
     if not isinstance(catalog, pd.DataFrame):
         catalog = load_catalog(catalog)
     frame, kind, path = _read(path)
@@ -1383,7 +1392,13 @@ def load_clicks(path: str | Path, catalog: pd.DataFrame | str | Path) -> tuple[p
         out[c] = frame[c]
     out = out[CLICK_COLUMNS + extra]
     n_rows = len(out)
-    out = out.sort_values(["session_id", "timestamp"], kind="mergesort").reset_index(drop=True)
+    # THE click order of training and serving (gtcrec.serving.operators.click_order): by session
+    # (id text), then time, then talk id text. Imported here: that module loads Merlin (seconds).
+    from gtcrec.serving.operators import click_order, text_rank
+
+    order = click_order(text_rank(out["session_id"]), out["timestamp"].to_numpy().astype(np.int64),
+                        text_rank(out["talk_id"]))
+    out = out.iloc[order].reset_index(drop=True)
     sizes = out.groupby("session_id", sort=False)["talk_id"].transform("size")
     single = sizes == 1
     n_sessions_in_file = int(out["session_id"].nunique())

@@ -5,7 +5,11 @@ The item vocabulary is the catalog itself, in catalog order: ``Categorify(vocabs
 three reserved rows on top and row ``code`` holds that talk's text embedding. Nothing about the codes
 depends on the clicks, which is what lets a new catalog be swapped in later.
 
-Sessions are grouped and sorted by time inside the workflow (``Groupby``), the last ``max_len`` clicks
+Sessions are grouped and put in click order inside the workflow: a named ``LambdaOp``
+(:func:`click_position`) numbers every click by THE click order rule,
+:func:`gtcrec.serving.operators.click_order` (time, ties by talk id text), and ``Groupby`` sorts by
+that number. Serving's ``SessionizeClicks`` calls the same function, so tied timestamps give the
+same model input on both paths whatever order the clicks come in. The last ``max_len`` clicks
 are kept (``ListSlice``), sessions shorter than ``min_len`` are dropped (``Filter``), and sessions are
 split by start time into train / valid / test.
 """
@@ -61,6 +65,21 @@ def split_by_time(clicks: pd.DataFrame, valid_frac: float = 0.1, test_frac: floa
             for name, (lo, hi) in bounds.items()}
 
 
+CLICK_POSITION = "click_position"  # per click: its position in the click order of its partition
+
+
+def click_position(ts: pd.Series, frame: pd.DataFrame) -> pd.Series:
+    """LambdaOp (named, importable): every click's position in THE click order,
+    :func:`gtcrec.serving.operators.click_order` of (``session_id``, ``ts``, talk id text). The
+    positions are distinct, so the ``Groupby`` that sorts by them has no ties left to break."""
+    from gtcrec.serving.operators import click_order, text_rank
+
+    order = click_order(np.asarray(frame["session_id"]), np.asarray(ts, dtype=np.int64), text_rank(frame["talk_id"]))
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order), dtype=np.int64)
+    return pd.Series(position, index=ts.index, name=ts.name)
+
+
 def at_least_two_items(df: pd.DataFrame) -> pd.Series:
     """Filter: sessions with two or more known clicks (one to read, one to predict)."""
     return df[f"{ITEM_COL}-count"] >= 2
@@ -68,15 +87,18 @@ def at_least_two_items(df: pd.DataFrame) -> pd.Series:
 
 def build_workflow(vocab: pd.Series, out_path: str | Path, max_len: int = 20):
     """The NVTabular workflow: map talk ids through the fixed vocabulary, group clicks into sessions
-    sorted by time, keep the last ``max_len`` clicks, drop sessions of fewer than two known clicks."""
+    in click order (:func:`click_position`: time, ties by talk id text), keep the last ``max_len``
+    clicks, drop sessions of fewer than two known clicks."""
     import nvtabular as nvt
     from merlin.schema import Tags
 
     out_path = str(Path(out_path).resolve())  # relative paths lose the vocabulary file (stack notes)
     items = (["talk_id"] >> nvt.ops.Categorify(vocabs={"talk_id": vocab}, out_path=out_path)
              >> nvt.ops.Rename(f=None, name=ITEM_COL))
-    grouped = (["session_id", "ts"] + items) >> nvt.ops.Groupby(
-        groupby_cols=["session_id"], sort_cols=["ts"],
+    position = (["ts"] >> nvt.ops.LambdaOp(click_position, dependency=["session_id", "talk_id"])
+                >> nvt.ops.Rename(f=None, name=CLICK_POSITION))
+    grouped = (["session_id", "ts"] + items + position) >> nvt.ops.Groupby(
+        groupby_cols=["session_id"], sort_cols=[CLICK_POSITION],
         aggs={ITEM_COL: ["list", "count"], "ts": ["first"]}, name_sep="-")
     sliced = grouped[ITEM_LIST] >> nvt.ops.ListSlice(-max_len) >> nvt.ops.AddMetadata(
         tags=[Tags.ITEM_ID, Tags.ITEM, Tags.CATEGORICAL, Tags.LIST])

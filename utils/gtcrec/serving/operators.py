@@ -40,7 +40,9 @@ repeated clicks on a talk          kept in the model input, as in training (the 
                                    a clicked talk is never recommended
 more than ``max_len`` clicks       the last ``max_len`` known clicks (by time) reach the model;
                                    every clicked talk is still excluded from the answer
-unsorted timestamps                sorted per session (stable: equal times keep request order)
+unsorted timestamps                sorted per session by ``click_order``: by time, equal times by
+                                   talk id text (the ETL's rule), so any request order gives the
+                                   same model input
 negative timestamps                refused: ``bad request: ... timestamps are negative ...``
 NaN / non-integer timestamps       refused by Triton (the input is INT64; FP32 is a datatype
                                    error); in-process, NaN is refused with ``bad request``
@@ -130,11 +132,51 @@ def _ragged(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(values), np.ascontiguousarray(offsets, dtype=np.int64)
 
 
+# ------------------------------------------------------------------------------------------------
+# The click order: ONE rule for training and serving
+# ------------------------------------------------------------------------------------------------
+# The ETL (gtcrec.etl, the Groupby of the NVTabular workflow), the serving operator below and
+# gtcrec.data.load_clicks all order clicks with these two functions. They live here, and use
+# numpy only, because a self-contained export pickles this module by value: the Triton server
+# must not need the rest of gtcrec to run them.
+
+CLICK_ORDER_RULE = ("within a session, clicks are ordered by timestamp; clicks with the same timestamp "
+                    "by talk id, compared as text (Unicode code points, the same as UTF-8 bytes)")
+
+
+def text_rank(ids) -> np.ndarray:
+    """Integers that order ``ids`` as their text does: equal ids get equal ranks, and
+    ``text_rank(ids)[i] < text_rank(ids)[j]`` exactly when ``ids[i] < ids[j]`` as text.
+
+    ``ids``: str or bytes, possibly mixed; str is compared as its UTF-8 bytes, whose order is
+    the order of Unicode code points, i.e. how Python compares str."""
+    keys = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in np.asarray(ids, dtype=object).ravel()]
+    if not keys:
+        return np.zeros(0, dtype=np.int64)
+    _, rank = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    return rank.astype(np.int64).ravel()
+
+
+def click_order(sessions, timestamps, talk_ranks) -> np.ndarray:
+    """THE click order (``CLICK_ORDER_RULE``): the permutation that sorts clicks by session,
+    then timestamp, then talk id text.
+
+    ``sessions``: integer session keys (any numbering: only equality matters for the order
+    within a session); ``timestamps``: integers (epoch milliseconds on both the ETL and the
+    serving path); ``talk_ranks``: :func:`text_rank` of the talk ids (or of the whole vocabulary,
+    indexed by code: any ranks that order the ids as their text does give the same result).
+
+    Clicks that tie on all three keys are the same talk at the same time of the same session,
+    interchangeable: so the same clicks, given in any order, always come out as the same
+    sequence of talks. That is what keeps the model input of serving equal to training's."""
+    return np.lexsort((np.asarray(talk_ranks), np.asarray(timestamps), np.asarray(sessions)))
+
+
 class SessionizeClicks(BaseOperator):
     """Raw clicks -> model input and what post-processing needs (numpy only, no pandas).
 
     Groups clicks by session (sessions keep their order of first appearance), sorts each
-    session by time (ties keep request order), maps talk ids to training codes, drops unknown
+    session by :func:`click_order` (time, ties by talk id text: the ETL's rule), maps talk ids to training codes, drops unknown
     talks, keeps the last ``max_len`` clicks. Outputs ``item_id-list`` (ragged, only sessions
     with at least one known click), ``sessions``, ``clicked`` (ragged, all known clicks) and
     ``model_row``.
@@ -159,12 +201,18 @@ class SessionizeClicks(BaseOperator):
         self.pad = bool(pad)
         self.session_col, self.item_col, self.time_col = session_col, item_col, time_col
         self._lookup: dict | None = None
+        self._text_ranks: np.ndarray | None = None
 
-    # the lookup table is rebuilt after unpickling (smaller pickle, no duplicated state)
+    # lookup tables are rebuilt after unpickling (smaller pickle, no duplicated state)
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_lookup"] = None
+        state["_text_ranks"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_text_ranks", None)  # pickled before the tie rule existed
 
     @property
     def lookup(self) -> dict:
@@ -175,6 +223,14 @@ class SessionizeClicks(BaseOperator):
                 table[talk.encode("utf-8")] = i + FIRST_CODE
             self._lookup = table
         return self._lookup
+
+    @property
+    def text_ranks(self) -> np.ndarray:
+        """Per code: :func:`text_rank` of its talk id within the vocabulary (reserved codes -1),
+        the tie-breaking key of :func:`click_order`, computed once."""
+        if self._text_ranks is None:
+            self._text_ranks = np.concatenate([np.full(FIRST_CODE, -1, dtype=np.int64), text_rank(self.vocab)])
+        return self._text_ranks
 
     @property
     def n_codes(self) -> int:
@@ -222,7 +278,7 @@ class SessionizeClicks(BaseOperator):
             sessions[i] = key
 
         codes = self.encode(talks)
-        order = np.lexsort((times, sess_idx))  # by session, then time; stable
+        order = click_order(sess_idx, times, self.text_ranks[codes])  # the one rule, as the ETL
         codes, sess_idx = codes[order], sess_idx[order]
         known = codes >= FIRST_CODE
         codes, sess_idx = codes[known], sess_idx[known]
