@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 ARTIFACTS_DIR ?= artifacts
 SIZE ?= default
 
-.PHONY: env run test clean
+.PHONY: env run test serve clean
 
 env: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ run: env
 
 test: env
 	$(PY) -m pytest tests
+
+# Serve the model of `make run` on 127.0.0.1 until Ctrl-C (a copy of ARTIFACTS_DIR/04-ensemble's repository in
+# ARTIFACTS_DIR/serve/), or REPOSITORY=path; HTTP_PORT / GRPC_PORT (0: free ports). See `gtcrec-serve --help`.
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+serve: env
+	$(VENV)/bin/gtcrec-serve $(if $(REPOSITORY),$(REPOSITORY),--artifacts-dir $(ARTIFACTS_DIR)) \
+	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 clean:
 	rm -rf $(ARTIFACTS_DIR)

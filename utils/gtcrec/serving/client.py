@@ -98,16 +98,41 @@ def make_outputs(protocol: str = "grpc") -> list:
     return [mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
 
 
+# What the python backend answers when the stub process of the instance a request went to is
+# gone (killed, crashed): the request never ran, so sending it again is safe.
+UNHEALTHY_STUB = "is not healthy"
+
+
+def is_unhealthy_stub_error(exc: BaseException) -> bool:
+    """True for the error of a request routed to a model instance whose stub process died."""
+    text = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+    return UNHEALTHY_STUB in str(text) and "Stub process" in str(text)
+
+
+def infer_with_retry(client, model_name: str, inputs: list, retries: int = 1, **kwargs):
+    """``client.infer(model_name, inputs, **kwargs)``, sent again (up to ``retries`` times) when it
+    failed because the instance it reached lost its stub process (:func:`is_unhealthy_stub_error`).
+    A recommendation is idempotent, and Triton routes the new attempt to a free instance; any
+    other error is raised at once."""
+    for attempt in range(int(retries) + 1):
+        try:
+            return client.infer(model_name, inputs, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only the unhealthy-stub error is retried
+            if attempt >= retries or not is_unhealthy_stub_error(exc):
+                raise
+
+
 def infer_arrays(client, arrays: dict[str, np.ndarray], model_name: str = DEFAULT_MODEL_NAME,
-                 model_version: str = "", batched: bool = False) -> dict[str, np.ndarray]:
+                 model_version: str = "", batched: bool = False, retries: int = 1) -> dict[str, np.ndarray]:
     """Send request arrays; return the answer arrays (session_ids, talk_ids, scores).
 
     ``batched``: the model was exported with dynamic batching (the batch dimension of 1 is added
-    to the request and removed from the answer)."""
+    to the request and removed from the answer). ``retries``: times the request is sent again
+    when a model instance's stub process died under it (see :func:`infer_with_retry`)."""
     mod = _module(client)
     protocol = "grpc" if mod.__name__.endswith("grpc") else "http"
-    result = client.infer(model_name, make_inputs(arrays, protocol, batched), model_version=model_version,
-                          outputs=make_outputs(protocol))
+    result = infer_with_retry(client, model_name, make_inputs(arrays, protocol, batched), retries=retries,
+                              model_version=model_version, outputs=make_outputs(protocol))
     out = {name: result.as_numpy(name) for name in OUTPUTS}
     return {name: arr[0] for name, arr in out.items()} if batched else out
 
@@ -133,13 +158,13 @@ def to_frame(outputs: dict[str, np.ndarray]) -> pd.DataFrame:
 
 
 def recommend(client, clicks: pd.DataFrame, model_name: str = DEFAULT_MODEL_NAME,
-              model_version: str = "") -> pd.DataFrame:
+              model_version: str = "", retries: int = 1) -> pd.DataFrame:
     """Clicks -> served recommendations as a DataFrame (see ``to_frame``)."""
     if len(clicks) == 0:
         return to_frame({"session_ids": np.array([], dtype=object),
                          "talk_ids": np.empty((0, 0), dtype=object),
                          "scores": np.empty((0, 0), dtype=np.float32)})
-    return to_frame(infer_arrays(client, request_arrays(clicks), model_name, model_version))
+    return to_frame(infer_arrays(client, request_arrays(clicks), model_name, model_version, retries=retries))
 
 
 def split_sessions(clicks: pd.DataFrame, sessions_per_request: int) -> Iterable[pd.DataFrame]:

@@ -278,6 +278,51 @@ def server_processes(server_id: str) -> list[int]:
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class StubProcess:
+    """A live python-backend stub: one per model instance (``<model>_<group>_<index>``)."""
+
+    pid: int
+    model: str  # the model folder's name
+    version: int | None  # the version folder its model.py was loaded from
+    instance: str  # Triton's instance name, e.g. "executor_model_0_1"
+    model_file: str
+
+
+def _proc_stat(pid: int | str) -> tuple[str, int] | None:
+    """(state letter, parent pid) from /proc/<pid>/stat; None when the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def stub_processes(server_pid: int) -> list[StubProcess]:
+    """The live (not zombie) python-backend stub processes of the tritonserver ``server_pid``.
+
+    A stub's command line names the ``model.py`` it runs (``<repo>/<model>/<version>/model.py``)
+    and, as its 9th argument, the instance it serves. A stub that crashed or was killed stays a
+    zombie child of the server until the server reaps it, so it is not listed."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        stat = _proc_stat(proc.name)
+        if stat is None or stat[1] != server_pid or stat[0] == "Z":
+            continue
+        try:
+            args = [a.decode("utf-8", "replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if not args or not Path(args[0]).name.startswith("triton_python_backend_stub") or len(args) < 9:
+            continue
+        model_file = Path(args[1])
+        version = model_file.parent.name
+        found.append(StubProcess(pid=int(proc.name), model=model_file.parent.parent.name,
+                                 version=int(version) if version.isdigit() else None,
+                                 instance=args[8], model_file=str(model_file)))
+    return sorted(found, key=lambda s: (s.model, s.version or 0, s.instance, s.pid))
+
+
 _LIVE: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
 
 
@@ -553,6 +598,13 @@ class TritonServer:
             return bool(client.is_model_ready(name, version))
         finally:
             client.close()
+
+    def stub_processes(self, model: str | None = None) -> list[StubProcess]:
+        """Live python-backend stubs of this server (optionally of one model): see
+        :func:`stub_processes`."""
+        if not self.is_running():
+            return []
+        return [s for s in stub_processes(self.pid) if model is None or s.model == model]
 
     def model_index(self) -> list[dict]:
         """The repository index (name, version, state, reason) as plain dicts."""
