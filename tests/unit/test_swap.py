@@ -110,7 +110,7 @@ def bad_catalogs(world) -> dict[str, tuple[pd.DataFrame, str]]:
     empty.loc[2, "title"] = ""
     clash = base.copy()
     clash.loc[6, "talk_id"] = old_ids(world)[0]
-    return {"missing column": (base.drop(columns=["abstract"]), "header (line 1), column 'abstract': missing column"),
+    return {"missing column": (base.drop(columns=["title"]), "header (line 1), column 'title': missing column"),
             "duplicate id": (dup, "rows 2 and 5, column 'talk_id': duplicate talk id"),
             "empty text": (empty, "row 3, column 'title': empty title"),
             "old id": (clash, f"row 7, column 'talk_id': talk id '{old_ids(world)[0]}' is already in the catalog"),
@@ -239,6 +239,16 @@ def test_broken_version_is_refused_and_the_current_one_keeps_serving(world, serv
                                        for p in (world["repo"] / NAME / swap.ARCHIVE).iterdir())
     assert (world["repo"] / NAME / "config.pbtxt").read_text() == config
     assert swap.next_version(world["repo"], NAME) == int(broken.name) + 1  # numbers are never reused
+    # Triton keeps listing the refused version; --status says so and lines it up with the archive
+    listed = {int(m["version"]): m["state"] for m in swap.server_index(server, NAME)}
+    assert listed[int(broken.name)] == "UNAVAILABLE"
+    status = swap.status(server, world["repo"], NAME)
+    row = next(r for r in status["versions"] if r["version"] == int(broken.name))
+    assert row["server"] == "UNAVAILABLE" and row["folder"].startswith(f"{broken.name}-failed-")
+    assert row["agrees"] and "refused by the server and archived" in row["meaning"]
+    assert status["agree"] and status["notes"] == [swap.REFUSED_STAYS_LISTED]
+    served = next(r for r in status["versions"] if r["version"] == before[-1])
+    assert served["server"] == "READY" and served["folder"] == "kept" and served["meaning"] == "served"
 
 
 @pytest.mark.server
@@ -259,3 +269,5 @@ def test_rollback_returns_to_the_previous_version_then_refuses(world, server, sw
     status = json.loads((world["root"] / "status.json").read_text())
     assert status["serving"] == [previous] and any(a.startswith(f"{current}-retired") for a in status["archived"])
     assert [e["action"] for e in status["history"]][-1] == "rollback"
+    assert status["agree"], status["versions"]
+    assert {r["version"]: r["server"] for r in status["versions"]}[previous] == "READY"

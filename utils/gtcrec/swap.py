@@ -320,20 +320,22 @@ def next_version(repository, model_name: str = DEFAULT_MODEL_NAME) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def validate_catalog(path, old_vocab: Iterable[str] = (), min_talks: int = 1) -> pd.DataFrame:
-    """Read a new event's catalog (CSV or parquet, the contract's columns) and check it for a swap.
+    """Read a new event's catalog (CSV or parquet, the catalog format) and check it for a swap.
 
-    Everything :func:`gtcrec.data.load_catalog` checks (missing columns, empty or duplicate talk ids,
-    empty titles, bad days and slots), then: no talk id of ``old_vocab`` (the catalog being served),
-    and at least ``min_talks`` talks. Raises :class:`DataValidationError` listing every problem with
-    file, row and column."""
+    Everything :func:`gtcrec.data.load_catalog` checks (only ``talk_id`` (or ``id``) and ``title``
+    are required, other documented columns are optional and extra ones kept; empty or duplicate
+    talk ids, empty titles, bad days and slots), then: no talk id of ``old_vocab`` (the catalog
+    being served), and at least ``min_talks`` talks. Raises :class:`DataValidationError` listing
+    every problem with file, row and column; nothing is changed."""
     catalog = gdata.load_catalog(path)
     path = Path(path)
     problems = []
     old = set(map(str, old_vocab))
+    id_col = catalog.attrs.get("talk_id_column", "talk_id")
     if old:
         for i, tid in enumerate(catalog["talk_id"].tolist(), start=1):
             if tid in old:
-                problems.append(f"{path.name} row {i}, column 'talk_id': talk id {tid!r} is already in the "
+                problems.append(f"{path.name} row {i}, column '{id_col}': talk id {tid!r} is already in the "
                                 "catalog being served (a new event needs new talk ids)")
     if len(catalog) < min_talks:
         problems.append(f"{path.name}: {len(catalog)} talks, fewer than the {min_talks} the served model "
@@ -359,7 +361,8 @@ class PreparedCatalog:
 
 def prepare_catalog(path, cache_dir, old_vocab: Iterable[str] = (), min_talks: int = 1,
                     progress: bool = False) -> PreparedCatalog:
-    """Validate (:func:`validate_catalog`), embed (cache in ``cache_dir``), build vocabulary and table."""
+    """Validate (:func:`validate_catalog`), embed (cache in ``cache_dir``; the text leaves out empty
+    or absent fields, :func:`gtcrec.embeddings.talk_text`), build vocabulary and table."""
     from gtcrec import embeddings
 
     started = time.perf_counter()
@@ -376,14 +379,21 @@ def prepare_catalog(path, cache_dir, old_vocab: Iterable[str] = (), min_talks: i
 # The swapped model and its trace
 # ----------------------------------------------------------------------------------------------
 
-def swapped_model(model, table: np.ndarray):
+def swapped_model(model, table: np.ndarray, catalog: pd.DataFrame | None = None):
     """The trained model (a saved model folder, loaded fresh, or a model object, changed in place)
-    with ``table`` as its item table: :func:`gtcrec.model.swap_item_table`, no retraining."""
+    with ``table`` as its item table: :func:`gtcrec.model.swap_item_table`, no retraining. With
+    ``catalog`` (the new talks, in table order), a model whose item representation reads catalog
+    fields (track, day, ...) gets the new talks' values."""
     from gtcrec import model as gm
+    from gtcrec.representation import ItemRepresentation, catalog_fields
 
     if isinstance(model, (str, os.PathLike)):
         model = gm.load_model(model)
-    gm.swap_item_table(model, table)
+    rep = gm.item_embedding(model)
+    fields = None
+    if catalog is not None and isinstance(rep, ItemRepresentation):
+        fields = catalog_fields(catalog, rep.field_names)
+    gm.swap_item_table(model, table, fields=fields)
     return model.eval()
 
 
@@ -457,7 +467,10 @@ def load_version(url, repository, version: int, model_name: str = DEFAULT_MODEL_
     _record(repository, model_name, action=f"{action}-failed", version=int(version), ok=False,
             error=error, serving=serving, archived=str(archived) if archived else None)
     raise SwapError(f"the server could not load {model_name} version {version}; still serving "
-                    f"{serving or 'nothing'}. Server said: {error}", version=int(version),
+                    f"{serving or 'nothing'}; version {version} is archived"
+                    f"{' as ' + archived.name if archived else ''} (the server's index lists it as UNAVAILABLE "
+                    f"until the model is unloaded: see gtcrec-swap --status). Server said: {error}",
+                    version=int(version),
                     serving=serving, server_error=error)
 
 
@@ -540,7 +553,7 @@ def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_di
 
     with repository_lock(repo, model_name):
         started = time.perf_counter()
-        model = swapped_model(model_dir, prepared.table)
+        model = swapped_model(model_dir, prepared.table, prepared.catalog)
         steps["load_and_swap_model"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -637,15 +650,78 @@ def rollback(server_url, model_repository, model_name: str = DEFAULT_MODEL_NAME,
     return RollbackResult(current, target, str(moved[current]), load)
 
 
+REFUSED_STAYS_LISTED = (
+    "Triton lists every version it ever tried to load until the whole model is unloaded or the server "
+    "restarts, and it can only unload a model with all its versions (the served one too: an outage), so the "
+    "refused version stays in its index as UNAVAILABLE. It is archived: never served again, its number never "
+    "reused.")
+
+
+def version_table(index: Sequence[dict], repository, model_name: str = DEFAULT_MODEL_NAME) -> list[dict]:
+    """Every version the server lists or the model folder holds (kept or archived), one row each:
+    ``version``, ``server`` (state or "not listed"), ``reason``, ``folder`` ("kept", an archive folder
+    name, or "missing"), ``meaning`` and ``agrees`` (the server and the folder tell the same story)."""
+    folder = Path(repository) / model_name
+    kept = set(repository_versions(repository, model_name))
+    archive: dict[int, list[str]] = {}
+    if (folder / ARCHIVE).is_dir():
+        for p in sorted((folder / ARCHIVE).iterdir()):
+            head = p.name.split("-")[0]
+            if head.isdigit():
+                archive.setdefault(int(head), []).append(p.name)
+    on_server = {int(m["version"]): m for m in index if m.get("name") == model_name and m.get("version")}
+    serving = max((v for v, m in on_server.items() if m.get("state") == "READY"), default=None)
+    rows = []
+    for v in sorted(kept | set(archive) | set(on_server)):
+        entry = on_server.get(v, {})
+        state = entry.get("state", "not listed")
+        reason = entry.get("reason", "")
+        where = "kept" if v in kept else (archive[v][-1] if v in archive else "missing")
+        failed = where != "kept" and "-failed-" in where
+        if state == "READY":
+            agrees, meaning = v in kept, ("served" if v in kept else
+                                          "served, but its folder is gone: a load would drop it")
+        elif state == "UNLOADING":
+            agrees, meaning = True, "being unloaded (replaced by the served version)"
+        elif state == "LOADING":
+            agrees, meaning = False, "loading (a swap or rollback is under way)"
+        elif v in kept:
+            newer = serving is None or v > serving
+            agrees = not newer
+            meaning = ("not loaded, newer than the served version: a load would serve it" if newer
+                       else "kept for a rollback (not loaded)")
+        elif failed:
+            agrees = True
+            meaning = ("refused by the server and archived; listed by Triton until the model is unloaded or the "
+                       "server restarts" if state != "not listed" else "refused by the server and archived")
+        elif where != "missing":
+            agrees, meaning = True, "archived (rolled back or retired); not loaded"
+        else:
+            agrees, meaning = state != "READY", "known to the server only (no folder)"
+        rows.append({"version": v, "server": state, "reason": reason.strip().splitlines()[0][:200] if reason else "",
+                     "folder": where, "meaning": meaning, "agrees": bool(agrees)})
+    return rows
+
+
 def status(server_url, model_repository, model_name: str = DEFAULT_MODEL_NAME) -> dict:
-    """Versions in the repository, in the archive, on the server, and the last history events."""
+    """Versions in the repository, in the archive, on the server, and the last history events.
+
+    ``versions`` (:func:`version_table`) puts the server's index and the model folder side by side,
+    one row per version; ``agree`` is True when every row agrees. A version the server refused stays
+    in Triton's index as UNAVAILABLE after the swap archived it (``notes`` says why: Triton cannot
+    unload one version of a model); its row reads "refused by the server and archived"."""
     repo = Path(model_repository).resolve()
     folder = repo / model_name
     archived = sorted(p.name for p in (folder / ARCHIVE).iterdir()) if (folder / ARCHIVE).is_dir() else []
+    index = server_index(server_url, model_name)
+    versions = version_table(index, repo, model_name)
+    notes = []
+    if any(r["folder"].split("-")[1:2] == ["failed"] and r["server"] not in ("not listed", "READY") for r in versions):
+        notes.append(REFUSED_STAYS_LISTED)
     return {"model": model_name, "repository": str(repo),
             "repository_versions": repository_versions(repo, model_name), "archived": archived,
-            "server": server_index(server_url, model_name),
-            "serving": serving_versions(server_url, model_name),
+            "server": index, "serving": sorted(int(m["version"]) for m in index if m.get("state") == "READY"),
+            "versions": versions, "agree": all(r["agrees"] for r in versions), "notes": notes,
             "history": read_history(repo, model_name)["events"][-10:]}
 
 
@@ -906,6 +982,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     """
     from gtcrec import baselines, metrics
     from gtcrec import model as gm
+    from gtcrec.representation import settings_for
 
     log = log or _quiet
     out_dir = Path(out_dir).resolve()
@@ -931,17 +1008,22 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
 
     results, notes = {}, {}
     if swapped is None:
-        swapped = swapped_model(model_dir, new_table)
+        swapped = swapped_model(model_dir, new_table, new_catalog)
     results[SWAPPED] = evaluate(gm.score_sessions(swapped, prefixes))
     notes[SWAPPED] = "old event's clicks + new talks' text"
 
     schema = gm.load_schema(result.split_dirs["train"])
     arch = {k: cfg[k] for k in ("arch", "masking", "d_model", "n_layer", "n_head", "dropout") if k in cfg}
-    untrained = gm.build_model(schema, new_table, max_len=max_len, seed=seed, **arch)
+    rep = cfg.get("item_repr")
+    untrained = gm.build_model(schema, new_table, max_len=max_len, seed=seed,
+                               item_repr=settings_for(rep, new_catalog), **arch)
     results["untrained, new table"] = evaluate(gm.score_sessions(untrained, prefixes))
     notes["untrained, new table"] = "new talks' text only"
 
-    retrained = gm.build_model(schema, new_table, max_len=max_len, seed=seed, **arch)
+    warm = np.bincount(np.concatenate(train_sessions), minlength=n_codes) > 0
+    warm[:N_RESERVED] = False
+    retrained = gm.build_model(schema, new_table, max_len=max_len, seed=seed,
+                               item_repr=settings_for(rep, new_catalog, warm), **arch)
     history = gm.train(retrained, result.split_dirs["train"], result.split_dirs["valid"], epochs=epochs,
                        batch_size=batch_size, lr=lr, seed=seed, output_dir=out_dir / "t4r-retrained")
     results[RETRAINED] = evaluate(gm.score_sessions(retrained, prefixes))
@@ -956,6 +1038,9 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
         baseline.fit(old_train)
         results[name] = evaluate(transfer_scores(baseline.scores(old_prefixes), old_vocab, new_vocab))
         notes[name] = "old event's clicks; never saw a new talk: ~random"
+    for name, baseline in baselines.text_baselines(new_table).items():
+        results[name] = evaluate(baseline.scores(prefixes))
+        notes[name] = "new talks' text only, no training"
     for name, baseline in (("popularity (new event)", baselines.PopularityBaseline(n_codes)),
                            ("item-kNN (new event)", baselines.ItemKNNBaseline(n_codes)),
                            ("random", baselines.RandomBaseline(n_codes, seed=seed))):
@@ -981,6 +1066,8 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
         ratios[f"swapped_over_untrained_{metric}"] = ratio(SWAPPED, "untrained, new table", metric)
         ratios[f"swapped_over_old_popularity_{metric}"] = ratio(SWAPPED, "popularity (old event)", metric)
         ratios[f"swapped_over_random_{metric}"] = ratio(SWAPPED, "random", metric)
+        best_text = max(baselines.text_baselines(new_table), key=lambda name: results[name][metric])
+        ratios[f"swapped_over_best_text_{metric}"] = ratio(SWAPPED, best_text, metric)
     counts = {**result.counts, "test_sessions": len(prefixes), "train_sessions": len(train_sessions),
               "n_talks": len(new_vocab)}
     retrain = {"epochs": epochs, "seconds": history["seconds"], "steps": history["steps"],
@@ -1042,6 +1129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = status(args.url, args.repository, args.model_name)
             log(f"serving {result['serving']}; in the repository {result['repository_versions']}; "
                 f"archived {result['archived']}")
+            for row in result["versions"]:
+                log(f"  version {row['version']}: server {row['server']}, folder {row['folder']}: {row['meaning']}"
+                    + ("" if row["agrees"] else "  <- does not agree"))
+            for note in result["notes"]:
+                log(note)
             _emit(result, args.json or "-")
             return 0
         if args.rollback:
