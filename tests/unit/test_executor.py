@@ -301,3 +301,56 @@ def test_dynamic_batching_on_the_server(served, clicks):
 def test_dynamic_batching_needs_the_lean_executor(model_path, tmp_path):
     with pytest.raises(ValueError, match="dynamic_batching needs"):
         export_ensemble(VOCAB, model_path, tmp_path / "r", max_len=5, k=4, executor="stock", dynamic_batching=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# warm-up before a version is ready
+# ------------------------------------------------------------------------------------------------
+
+def test_warmup_requests_cover_several_session_counts(clicks):
+    request = cl.request_arrays(clicks)
+    parts = executor_model.warmup_requests(request)
+    n_sessions = len(set(request["session_id"].tolist()))
+    assert [len(set(p["session_id"].tolist())) for p in parts] == [n_sessions, 1, 2, 4]
+    first = request["session_id"][0]
+    np.testing.assert_array_equal(parts[1]["talk_id"], request["talk_id"][request["session_id"] == first])
+    assert all(len(p["talk_id"]) == len(p["timestamp"]) == len(p["session_id"]) for p in parts)
+
+
+def test_each_version_is_warmed_up_on_its_reference_request_before_it_is_ready(served):
+    server, refs, repo = served
+    for mode in ("lean", "merlin"):
+        saved = executor_model.read_warmup_request(repo / mode / f"rec_{mode}" / "1")
+        for name, want in refs[mode].request.items():
+            np.testing.assert_array_equal(saved[name], want)
+    assert not (repo / "stock" / "rec_stock" / "1" / executor_model.WARMUP_FILE).exists()  # Merlin's own file
+    calls = executor_model.WARMUP_ROUNDS * len(executor_model.warmup_requests(refs["lean"].request))
+    log = server.log_path.read_text()
+    assert f"rec_lean v1: warmed up with {calls} calls" in log
+    assert f"rec_batched v1: warmed up with {calls} calls" in log
+    assert "rec_merlin v1: the merlin executor is not warmed up" in log
+
+
+def test_a_version_that_fails_its_warm_up_is_refused_and_the_old_one_serves(served):
+    import shutil
+
+    from tritonclient.utils import InferenceServerException
+
+    server, refs, repo = served
+    folder = repo / "lean" / "rec_lean"
+    broken = folder / "2"
+    shutil.copytree(folder / "1", broken)
+    request = {**refs["lean"].request, "timestamp": -refs["lean"].request["timestamp"] - 1}  # a bad request
+    executor_model.write_warmup_request(broken, request)
+    try:
+        with pytest.raises(InferenceServerException, match="warm-up request failed"):
+            server.load_model("rec_lean")
+    finally:
+        shutil.rmtree(broken)
+    client = server.grpc_client()
+    try:
+        assert client.is_model_ready("rec_lean", "1") and not client.is_model_ready("rec_lean", "2")
+        out = cl.infer_arrays(client, refs["lean"].request, model_name="rec_lean")
+    finally:
+        client.close()
+    np.testing.assert_array_equal(out["talk_ids"], refs["lean"].outputs["talk_ids"])

@@ -24,11 +24,21 @@ INVALID_ARGUMENT, HTTP 400); anything else as ``internal error: <type>: <message
 with the traceback in the server log. One failing request
 never fails the others of the same ``execute`` call.
 
+Warm-up: a new copy of the model answers its first requests slowly (TorchScript optimises a
+traced model during its first calls: 80-180 ms per request for the first two requests of each
+instance on 2 CPU cores, against ~4 ms afterwards). ``initialize`` therefore answers the version's
+own reference request (``<version>/warmup_request.json``, written by the export) and parts of it
+of other sizes, a few times, before it returns: Triton marks a version READY, and routes requests
+to it, only once every instance is initialised, so no client request meets a cold model. A
+warm-up request that fails makes the load fail (the version cannot answer): Triton keeps serving
+the previous version. Without the file (older exports) there is no warm-up.
+
 The file imports nothing from ``gtcrec`` (a self-contained export runs without it) and can be
 imported outside Triton (for ``lean_chain`` / ``run_chain``).
 """
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -41,6 +51,46 @@ except ImportError:  # imported outside Triton (export, tests)
 
 PARAMETER = "executor"
 MODES = ("lean", "merlin")
+WARMUP_FILE = "warmup_request.json"  # in the version folder, next to ensemble/
+WARMUP_ROUNDS = 2  # each warm-up request is answered this many times
+
+
+def write_warmup_request(version_dir, request) -> Path:
+    """Save request arrays (session_id, talk_id as bytes or str; timestamp) as the warm-up request of
+    an exported version."""
+    def text(v):
+        return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+
+    doc = {name: ([int(x) for x in np.asarray(values).ravel()] if name == "timestamp"
+                  else [text(x) for x in np.asarray(values, dtype=object).ravel()])
+           for name, values in request.items()}
+    path = Path(version_dir) / WARMUP_FILE
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def read_warmup_request(version_dir):
+    """The saved warm-up request as request arrays (strings as bytes), or ``None`` without the file."""
+    path = Path(version_dir) / WARMUP_FILE
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    return {name: (np.asarray(values, dtype=np.int64) if name == "timestamp"
+                   else np.array([v.encode("utf-8", "surrogateescape") for v in values], dtype=object))
+            for name, values in doc.items()}
+
+
+def warmup_requests(request):
+    """The request, and requests of its first 1, 2 and 4 sessions: the model is then called with
+    several batch sizes (a traced model is optimised per input shape it sees)."""
+    sessions = np.asarray(request["session_id"], dtype=object)
+    order = list(dict.fromkeys(sessions.tolist()))
+    out = [request]
+    for n in (1, 2, 4):
+        if n < len(order):
+            keep = np.isin(sessions, np.array(order[:n], dtype=object))
+            out.append({name: np.asarray(values)[keep] for name, values in request.items()})
+    return out
 
 
 def lean_chain(ensemble):
@@ -158,9 +208,39 @@ class TritonPythonModel:
         self.input_names = list(self.ensemble.input_schema.column_names)
         self.outputs = [(out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
                         for out in config["output"]]
-        print(f"[gtcrec executor] {args['model_name']} v{args['model_version']}: {self.mode} executor "
+        name = f"{args['model_name']} v{args['model_version']}"
+        print(f"[gtcrec executor] {name}: {self.mode} executor "
               f"({' >> '.join(type(op).__name__ for op in self.chain) if self.chain else 'Merlin LocalExecutor'})"
               f"{', dynamic batching' if self.batched else ''}", file=sys.stderr, flush=True)
+        self.warmup_ms = self.warm_up(path.parent, name)
+
+    def warm_up(self, version_dir, name=""):
+        """Answer the version's warm-up request (and parts of it) ``WARMUP_ROUNDS`` times; returns the
+        milliseconds of each call (empty: no warm-up file, or not the lean executor). Raises when a
+        call fails, which fails the load."""
+        request = read_warmup_request(version_dir)
+        if request is None or not self.chain:
+            why = "no warm-up request" if request is None else "the merlin executor is not warmed up"
+            print(f"[gtcrec executor] {name}: {why}", file=sys.stderr, flush=True)
+            return []
+        times = []
+        for _ in range(WARMUP_ROUNDS):
+            for part in warmup_requests(request):
+                started = time.perf_counter()
+                try:
+                    if self.batched:
+                        result = run_batched(self.chain, [part])[0]
+                        if isinstance(result, Exception):
+                            raise result
+                    else:
+                        run_chain(self.chain, dict(part))
+                except Exception as exc:
+                    raise RuntimeError(f"warm-up request failed ({type(exc).__name__}: {exc}); this version "
+                                       "cannot answer its own reference request") from exc
+                times.append((time.perf_counter() - started) * 1e3)
+        print(f"[gtcrec executor] {name}: warmed up with {len(times)} calls in {sum(times):.0f} ms "
+              f"(first {times[0]:.1f} ms, last {times[-1]:.1f} ms)", file=sys.stderr, flush=True)
+        return times
 
     def _arrays(self, request):
         arrays = {}

@@ -18,6 +18,10 @@ the default, or ``"merlin"``): it loads the same pickled ensemble as Merlin's st
 chain of gtcrec operators on plain arrays (lean) or through Merlin's executor, and answers bad
 requests with ``bad request: <message>``. ``executor="stock"`` keeps Merlin's own file.
 
+With gtcrec's executor on the python backend, the reference request is also saved as the version's
+``warmup_request.json``: the executor answers it before Triton marks the version ready (see
+``gtcrec.serving.executor_model``), so a new version's first requests are not slow.
+
 ``Ensemble.export()`` swaps operators in place (``PredictPyTorch`` -> its Triton op), so the
 reference is computed first. It also writes the executor into version ``1/`` whatever
 ``version`` says; ``export_ensemble`` exports to a scratch folder and moves the result into
@@ -291,6 +295,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.move(str(model_dir / "1"), str(dest))
+            if executor != "stock" and backend == "python":  # gtcrec's executor warms up on it
+                executor_model.write_warmup_request(dest, request)
             for extra in model_dir.iterdir():
                 if extra.name not in ("1", "config.pbtxt"):
                     shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
