@@ -421,10 +421,10 @@ def test_wrong_type_of_day(tiny_catalog, tmp_path, suffix):
 
 
 def test_wrong_type_of_day_in_a_numeric_parquet_column(tiny_catalog, tmp_path):
-    path = write(tiny_catalog.assign(day=[1.0, np.nan, 2.5, 3.0]), tmp_path / "catalog.parquet")
-    with raises_naming(path, "row 2, column 'day'", "row 3, column 'day'", "integer >= 1") as info:
+    path = write(tiny_catalog.assign(day=[1.0, np.nan, 2.5, 0.0]), tmp_path / "catalog.parquet")
+    with raises_naming(path, "row 3, column 'day'", "row 4, column 'day'", "integer >= 1") as info:
         data.load_catalog(path)
-    assert len(info.value.problems) == 2
+    assert len(info.value.problems) == 2  # the empty day (NaN, row 2) is a missing value, not a problem
     fine = data.load_catalog(write(tiny_catalog.assign(day=[1.0, 2.0, 3.0, 4.0]), tmp_path / "ok.parquet"))
     assert fine["day"].dtype == np.int64 and fine["day"].tolist() == [1, 2, 3, 4]
 
@@ -448,3 +448,67 @@ def test_unsupported_file_type(tmp_path):
     path.write_text("{}")
     with pytest.raises(data.DataValidationError, match="unsupported file type"):
         data.load_catalog(path)
+
+
+# ---- optional columns: only talk_id and title are required
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_catalog_with_only_talk_id_and_title(tmp_path, suffix):
+    path = write(pd.DataFrame({"talk_id": ["T1", "T2"], "title": ["A talk", "Another"]}), tmp_path / f"c{suffix}")
+    catalog = data.load_catalog(path)
+    assert list(catalog.columns) == data.CATALOG_COLUMNS
+    assert catalog["talk_id"].tolist() == ["T1", "T2"] and catalog["title"].tolist() == ["A talk", "Another"]
+    for col in ["abstract", "track", "level", "format", "organization", "slot"]:
+        assert catalog[col].tolist() == ["", ""], col
+    assert str(catalog["day"].dtype) == "Int64" and catalog["day"].isna().all()
+    # what notebook 00 writes is read back the same
+    again = data.load_catalog(write(catalog, tmp_path / "again.parquet"))
+    pd.testing.assert_frame_equal(again, catalog)
+
+
+REAL_WORLD_CSV = """id,title,abstract,speakers,tags,recording time
+S71001,Scaling LLM Inference,How we serve a 70B model.,"Ada Lovelace; Alan Turing","llm,inference",2025-03-18 10:00
+S71002,Robot Grasping in Simulation,,Grace Hopper,robotics,
+"""
+
+
+def test_real_world_catalog_keeps_its_columns_and_takes_id_as_talk_id(tmp_path):
+    path = tmp_path / "real.csv"
+    path.write_text(REAL_WORLD_CSV, encoding="utf-8")
+    catalog = data.load_catalog(path)
+    assert list(catalog.columns) == data.CATALOG_COLUMNS + ["speakers", "tags", "recording time"]
+    assert catalog["talk_id"].tolist() == ["S71001", "S71002"]
+    assert catalog["abstract"].tolist() == ["How we serve a 70B model.", ""]
+    assert catalog["speakers"].tolist() == ["Ada Lovelace; Alan Turing", "Grace Hopper"]
+    assert catalog["recording time"].tolist() == ["2025-03-18 10:00", ""]
+    assert catalog["track"].eq("").all() and catalog["day"].isna().all()
+    # its problems name the file's own column
+    path.write_text(REAL_WORLD_CSV + "S71001,Again,,,,\n,No id,,,,\n", encoding="utf-8")
+    with raises_naming(path, "rows 1 and 3, column 'id'", "duplicate talk id 'S71001'",
+                       "row 4, column 'id'", "empty talk id") as info:
+        data.load_catalog(path)
+    assert len(info.value.problems) == 2
+
+
+def test_talk_id_column_wins_over_id(tiny_catalog, tmp_path):
+    catalog = data.load_catalog(write(tiny_catalog.assign(id=["x", "y", "z", "w"]), tmp_path / "c.csv"))
+    assert catalog["talk_id"].tolist() == ["T1", "T2", "T3", "T4"] and catalog["id"].tolist() == ["x", "y", "z", "w"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_missing_talk_id_and_title_are_still_refused(tmp_path, suffix):
+    path = write(pd.DataFrame({"name": ["a"], "abstract": ["b"]}), tmp_path / f"c{suffix}")
+    header = "header (line 1)" if suffix == ".csv" else "schema"
+    with raises_naming(path, header, "column 'talk_id': missing column (or 'id'", "column 'title': missing column",
+                       "'name', 'abstract'") as info:
+        data.load_catalog(path)
+    assert len(info.value.problems) == 2
+
+
+def test_empty_days_are_missing_values(tiny_catalog, tmp_path):
+    catalog = data.load_catalog(write(tiny_catalog.assign(day=["1", "", "3", " "]), tmp_path / "c.csv"))
+    assert str(catalog["day"].dtype) == "Int64"
+    assert catalog["day"].tolist()[0] == 1 and catalog["day"].tolist()[2] == 3 and catalog["day"].isna().sum() == 2
+    full = data.load_catalog(write(tiny_catalog, tmp_path / "full.csv"))
+    assert full["day"].dtype == np.int64  # no empty day: plain integers, as before

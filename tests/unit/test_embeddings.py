@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,3 +42,28 @@ def test_talk_text_uses_title_and_abstract():
     catalog = pd.DataFrame({"title": ["T"], "abstract": ["A body."], "track": ["HPC"], "format": ["Talk"],
                             "level": ["Beginner"]})
     assert embeddings.talk_text(catalog) == ["T. HPC; Talk, Beginner. A body."]
+
+
+def test_talk_text_leaves_out_empty_and_absent_fields():
+    full = pd.DataFrame({"title": ["T", "T", "T", "T", "T"], "abstract": ["A body.", "", "A body.", None, "  "],
+                         "track": ["HPC", "HPC", "", "", float("nan")], "format": ["Talk", "", "Talk", "", ""],
+                         "level": ["Beginner", "", "", "Advanced", ""]})
+    assert embeddings.talk_text(full) == ["T. HPC; Talk, Beginner. A body.", "T. HPC", "T. Talk. A body.",
+                                          "T. Advanced", "T"]
+    # a catalog with only talk_id and title, and a real-world one with other columns
+    only_title = pd.DataFrame({"talk_id": ["a", "b"], "title": ["Scaling LLMs", "Robot grasping"]})
+    assert embeddings.talk_text(only_title) == ["Scaling LLMs", "Robot grasping"]
+    real = pd.DataFrame({"talk_id": ["1"], "title": ["Scaling LLMs"], "abstract": ["How we trained it."],
+                         "speakers": ["Ada"], "tags": ["llm"], "recording time": ["2025-03-18 10:00"]})
+    assert embeddings.talk_text(real) == ["Scaling LLMs. How we trained it."]
+    for text in embeddings.talk_text(full) + embeddings.talk_text(only_title) + embeddings.talk_text(real):
+        assert all(part.strip(" .;,") for part in re.split(r"[.;,] ", text)), text  # no empty fragment
+        assert text == text.strip() and not text.endswith((";", ","))
+
+
+def test_talk_text_keys_of_full_rows_are_unchanged():
+    """Full rows keep the text (and so the cache keys) of earlier versions."""
+    row = pd.DataFrame({"title": ["A"], "abstract": ["B c."], "track": ["T"], "format": ["F"], "level": ["L"]})
+    old_format = "{title}. {track}; {format}, {level}. {abstract}".format(**row.iloc[0])
+    assert embeddings.talk_text(row) == [old_format]
+    assert embeddings.text_key(old_format) == embeddings.text_key(embeddings.talk_text(row)[0])

@@ -46,6 +46,9 @@ import numpy as np
 import pandas as pd
 
 CATALOG_COLUMNS = ["talk_id", "title", "abstract", "track", "level", "format", "organization", "day", "slot"]
+CATALOG_REQUIRED = ["talk_id", "title"]  # the other columns are optional: absent means empty
+CATALOG_TEXT_COLUMNS = ["talk_id", "title", "abstract", "track", "level", "format", "organization", "slot"]
+TALK_ID_ALIASES = ["id"]  # taken as the talk id when the file has no talk_id column
 CLICK_COLUMNS = ["session_id", "talk_id", "timestamp"]
 LEVELS = ["Beginner", "Intermediate", "Advanced"]
 LEVEL_WEIGHTS = [0.3, 0.45, 0.25]
@@ -1282,51 +1285,67 @@ _SLOT_RE = re.compile(r"^([01]?\d|2[0-3]):[0-5]\d$")
 
 
 def load_catalog(path: str | Path) -> pd.DataFrame:
-    """Read and validate a catalog (CSV or parquet by suffix); returns the contract's columns first
-    (talk_id, title, abstract, track, level, format, organization as str; day as int64; slot as str),
-    then any extra columns, in file order. Raises :class:`DataValidationError`."""
+    """Read and validate a catalog (CSV or parquet by suffix). Raises :class:`DataValidationError`.
+
+    Only ``talk_id`` (or, when the file has no ``talk_id`` column, ``id``) and ``title`` are
+    required. Returns every documented column first (talk_id, title, abstract, track, level, format,
+    organization, slot as str, ``""`` when empty or absent; day as int64, or as pandas' nullable
+    Int64 with missing values when some days are empty or the column is absent), then the file's
+    other columns, in file order. ``attrs["talk_id_column"]`` names the file's talk id column."""
     frame, kind, path = _read(path)
-    problems = _missing_columns(frame, CATALOG_COLUMNS, path, kind)
+    id_col = next((c for c in ["talk_id"] + TALK_ID_ALIASES if c in frame.columns), "talk_id")
+    problems = []
+    if id_col not in frame.columns:
+        header = "header (line 1)" if kind == "csv" else "schema"
+        found = ", ".join(map(repr, frame.columns)) or "none"
+        problems.append(f"{path.name} {header}, column 'talk_id': missing column (or 'id'; found: {found})")
+    problems += _missing_columns(frame, ["title"], path, kind)
     out = pd.DataFrame(index=frame.index)
-    for col in ["talk_id", "title", "abstract", "track", "level", "format", "organization", "slot"]:
-        if col in frame.columns:
-            out[col] = [_as_str(v) for v in frame[col].tolist()]
-    if "talk_id" in out:
+    for col in CATALOG_TEXT_COLUMNS:
+        source = id_col if col == "talk_id" else col
+        out[col] = [_as_str(v) for v in frame[source].tolist()] if source in frame.columns else ""
+    if id_col in frame.columns:
         first_row: dict[str, int] = {}
         dup_rows: dict[str, list[int]] = {}
         for i, tid in enumerate(out["talk_id"].tolist(), start=1):
             if not tid:
-                problems.append(f"{_where(path, i, 'talk_id')}: empty talk id")
+                problems.append(f"{_where(path, i, id_col)}: empty talk id")
             elif tid in first_row:
                 dup_rows.setdefault(tid, [first_row[tid]]).append(i)
             else:
                 first_row[tid] = i
         for tid, rows in dup_rows.items():
             listed = ", ".join(map(str, rows[:-1])) + f" and {rows[-1]}"
-            problems.append(f"{path.name} rows {listed}, column 'talk_id': duplicate talk id {tid!r}")
-    if "title" in out:
+            problems.append(f"{path.name} rows {listed}, column '{id_col}': duplicate talk id {tid!r}")
+    if "title" in frame.columns:
         for i, title in enumerate(out["title"].tolist(), start=1):
             if not title:
                 problems.append(f"{_where(path, i, 'title')}: empty title")
+    days: list[int | None] = [None] * len(frame)
     if "day" in frame.columns:
-        days = []
         for i, v in enumerate(frame["day"].tolist(), start=1):
+            if _is_blank(v):
+                continue  # an empty day is a missing value
             d = _parse_day(v)
             if d is None or d < 1:
-                problems.append(f"{_where(path, i, 'day')}: day must be an integer >= 1, got {v!r}")
-                d = 0
-            days.append(d)
-        out["day"] = np.array(days, dtype=np.int64)
-    if "slot" in out:
-        for i, s in enumerate(out["slot"].tolist(), start=1):
-            if s and not _SLOT_RE.match(s):
-                problems.append(f"{_where(path, i, 'slot')}: slot must be 'HH:MM' (or empty), got {s!r}")
+                problems.append(f"{_where(path, i, 'day')}: day must be an integer >= 1 (or empty), got {v!r}")
+            else:
+                days[i - 1] = d
+    for i, s in enumerate(out["slot"].tolist(), start=1):
+        if s and not _SLOT_RE.match(s):
+            problems.append(f"{_where(path, i, 'slot')}: slot must be 'HH:MM' (or empty), got {s!r}")
     if problems:
         raise DataValidationError(path, problems)
-    extra = [c for c in frame.columns if c not in CATALOG_COLUMNS]
+    if all(d is not None for d in days):
+        out["day"] = np.array(days, dtype=np.int64)
+    else:
+        out["day"] = pd.array(days, dtype="Int64")
+    extra = [c for c in frame.columns if c not in CATALOG_COLUMNS and c != id_col]
     for c in extra:
         out[c] = frame[c]
-    return out[CATALOG_COLUMNS + extra].reset_index(drop=True)
+    out = out[CATALOG_COLUMNS + extra].reset_index(drop=True)
+    out.attrs["talk_id_column"] = id_col  # the file's name for it, for later messages
+    return out
 
 
 def _parse_timestamps(values: pd.Series) -> pd.Series:

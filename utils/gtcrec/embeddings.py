@@ -29,10 +29,30 @@ def model_dir() -> Path:
     return path
 
 
+TEXT_FIELDS = ("title", "track", "format", "level", "abstract")
+
+
+def _field(value) -> str:
+    """A catalog value as text: missing (None, NaN, NA) and blank values are ``""``."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value).strip()
+
+
+def one_talk_text(title: str, track: str = "", fmt: str = "", level: str = "", abstract: str = "") -> str:
+    """``"{title}. {track}; {format}, {level}. {abstract}"``, leaving out every empty field with its
+    separator (no ``". ;"`` or ``", ."`` fragments): a talk with only a title is embedded as its title."""
+    title, track, fmt, level, abstract = (_field(v) for v in (title, track, fmt, level, abstract))
+    kind = ", ".join(v for v in (fmt, level) if v)
+    about = "; ".join(v for v in (track, kind) if v)
+    return ". ".join(v for v in (title, about, abstract) if v)
+
+
 def talk_text(catalog: pd.DataFrame) -> list[str]:
-    """The text a talk is embedded from: title, track, format and level, then the abstract."""
-    return [f"{r.title}. {r.track}; {r.format}, {r.level}. {r.abstract}"
-            for r in catalog[["title", "track", "format", "level", "abstract"]].itertuples(index=False)]
+    """The text each talk is embedded from: title, track, format and level, then the abstract
+    (:func:`one_talk_text`). Columns the catalog lacks, and empty values, are left out."""
+    columns = {f: (catalog[f].tolist() if f in catalog.columns else [""] * len(catalog)) for f in TEXT_FIELDS}
+    return [one_talk_text(*values) for values in zip(*(columns[f] for f in TEXT_FIELDS))]
 
 
 def text_key(text: str) -> str:
