@@ -150,11 +150,13 @@ def text_rank(ids) -> np.ndarray:
 
     ``ids``: str or bytes, possibly mixed; str is compared as its UTF-8 bytes, whose order is
     the order of Unicode code points, i.e. how Python compares str."""
-    keys = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in np.asarray(ids, dtype=object).ravel()]
-    if not keys:
-        return np.zeros(0, dtype=np.int64)
-    _, rank = np.unique(np.array(keys, dtype=object), return_inverse=True)
-    return rank.astype(np.int64).ravel()
+    first: dict = {}  # distinct ids in order of appearance; only those are sorted
+    seen = np.fromiter((first.setdefault(v if isinstance(v, bytes) else str(v).encode("utf-8"), len(first))
+                        for v in np.asarray(ids, dtype=object).ravel()), dtype=np.int64)
+    distinct = list(first)
+    rank_of = np.empty(len(distinct), dtype=np.int64)
+    rank_of[sorted(range(len(distinct)), key=distinct.__getitem__)] = np.arange(len(distinct), dtype=np.int64)
+    return rank_of[seen]
 
 
 def click_order(sessions, timestamps, talk_ranks) -> np.ndarray:
