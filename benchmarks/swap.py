@@ -9,7 +9,9 @@ into a temporary folder, starts a real Triton server on it (explicit model contr
 
 1. speed: the in-process swap ``gtcrec.swap.swap_catalog`` from the new catalog file to the new
    version serving, step by step, with a background client sending requests the whole time (failed
-   requests, old/new answers around the switch); then a rollback. Target: <= 30 s on 2 CPU cores
+   requests, old/new answers around the switch, latency of the first answers of the new version);
+   then a rollback; then the same swap with the new version's warm-up request removed (``--no-cold``
+   leaves it out), for the first-request latency without warm-up, and a rollback. Target: <= 30 s on 2 CPU cores
    without text encoding, which is reported apart (``--cold-encode`` measures it with an empty cache;
    otherwise the cache given is used and may already hold the vectors). ``--cli`` also runs the
    ``gtcrec-swap`` command in a new process (wall time including Python start and imports).
@@ -88,6 +90,19 @@ def measure_swap(args, tmp: Path) -> dict:
         out["rollback"] = {"from": back.from_version, "to": back.to_version, "seconds": back.load.seconds,
                            "traffic": swap.traffic_summary(frame, client.at(back.load.started),
                                                            client.at(back.load.ended), before="new", after="old")}
+        if not args.no_cold:  # the same swap, its new version without a warm-up request
+            from gtcrec.serving import executor_model
+
+            client = traffic()
+            cold = swap.swap_catalog(catalog_file, repo, server, t3.path("model"), args.cache, k_model=k_model,
+                                     model_name=name,
+                                     _before_load=lambda folder: (folder / executor_model.WARMUP_FILE).unlink())
+            time.sleep(1.0)
+            frame = client.stop()
+            out["cold_swap"] = {"version": cold.version, "load_seconds": cold.load.seconds,
+                                "traffic": swap.traffic_summary(frame, client.at(cold.load.started),
+                                                                client.at(cold.load.ended))}
+            swap.rollback(server, repo, name)
         if args.cli:
             command = [str(Path(sys.executable).parent / "gtcrec-swap"), str(catalog_file), "--repository", str(repo),
                        "--url", server.grpc_url, "--model-dir", str(t3.path("model")), "--cache", str(args.cache),
@@ -145,6 +160,15 @@ def report(speed: dict | None, quality: dict | None) -> None:
                   "p50 before/during/after " + "/".join(
                       "-" if part[k] is None else f"{part[k]:.1f}" for k in ("p50_ms_before", "p50_ms_during",
                                                                              "p50_ms_after")) + " ms")
+        first = {"warm-up (default)": s["traffic"]["first_ms_after"]}
+        if "cold_swap" in speed:
+            first["no warm-up"] = speed["cold_swap"]["traffic"]["first_ms_after"]
+        print("first answers of the new version after the switch (ms): " + "; ".join(
+            f"{label}: {', '.join(f'{x:.1f}' for x in values)}" for label, values in first.items())
+            + f"; p50 after {s['traffic']['p50_ms_after'] or 0:.1f} ms")
+        if "cold_swap" in speed:
+            print(f"load call with / without warm-up: {s['load']['seconds']:.1f} / "
+                  f"{speed['cold_swap']['load_seconds']:.1f} s")
         if "cli" in speed:
             c = speed["cli"]
             print(f"gtcrec-swap command: exit {c['exit_code']}, {c['wall_seconds']:.1f} s wall (Python start and "
@@ -176,6 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-requests", type=int, default=30000)
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--cli", action="store_true", help="also time the gtcrec-swap command")
+    parser.add_argument("--no-cold", action="store_true", help="skip the swap without warm-up (first-request "
+                        "latency of a cold version)")
     parser.add_argument("--cold-encode", action="store_true", help="time text encoding with an empty cache")
     parser.add_argument("--skip", choices=["speed", "quality"], help="leave one part out")
     parser.add_argument("--json", help="write every number to this file")

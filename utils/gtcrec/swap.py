@@ -863,7 +863,9 @@ def traffic_summary(frame: pd.DataFrame, switch_start: float, switch_end: float,
     ``before_only``: every answer received before the load request came from the ``before`` catalog;
     ``after_only``: every request sent after the load returned was answered from ``after``;
     ``ordered``: no ``before`` answer arrived after the first ``after`` answer (one switch, no
-    flapping). ``gap_ms``: from the last ``before`` answer to the first ``after`` answer."""
+    flapping). ``gap_ms``: from the last ``before`` answer to the first ``after`` answer.
+    ``first_ms_after``: latencies of the first five answers from ``after`` (a cold new version
+    answers its first requests slowly; see the warm-up in ``gtcrec.serving.executor_model``)."""
     ok = frame[frame["ok"]]
     pre = frame[frame["received"] <= switch_start]
     post = frame[frame["sent"] >= switch_end]
@@ -889,6 +891,7 @@ def traffic_summary(frame: pd.DataFrame, switch_start: float, switch_end: float,
         "p50_ms_before": p(pre, 50), "p50_ms_during": p(during, 50), "p95_ms_during": p(during, 95),
         "max_ms_during": float(during["latency_ms"].max()) if len(during) else None,
         "p50_ms_after": p(post, 50),
+        "first_ms_after": [float(x) for x in ok[ok["catalog"] == after].sort_values("received")["latency_ms"].head(5)],
     }
 
 
