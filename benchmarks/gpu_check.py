@@ -161,7 +161,7 @@ def notebook_metrics(artifacts: Path, stem: str) -> dict[str, Any]:
     if stem == "03-train":
         test = m.get("test") or {}
         out = {"device": run.get("device"), "chosen": m.get("chosen"),
-               "recall@10_model": _get(test, "T4R, frozen text table", "recall@10"),
+               "recall@10_model": _get(test, m.get("model_key", ""), "recall@10"),
                "recall@10_oracle": _get(test, "oracle", "recall@10"),
                "recall@10_item_knn": _get(test, "item-knn", "recall@10"),
                "model_over_oracle": _get(m, "ratios", "model_over_oracle_recall@10"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gtcrec.baselines import (ItemKNNBaseline, PopularityBaseline, RandomBaseline,
-                              all_baselines)
+                              TextSimilarityBaseline, all_baselines, text_baselines)
 from gtcrec.metrics import evaluate_scores, sessions_to_prefixes
 
 # codes 3..7 are items; 0..2 reserved
@@ -138,3 +138,41 @@ def test_knn_is_fast_at_event_scale():
     assert scores.shape == (1000, 5003)
     assert knn.similarity_.nnz <= 5003 * 100
     assert elapsed < 30, f"fit + score took {elapsed:.1f} s"
+
+
+def small_text_table():
+    """Codes 3..7 with 2-d unit vectors: 3 and 4 point one way, 5 and 6 another, 7 between."""
+    table = np.zeros((8, 2), dtype=np.float32)
+    table[3:] = [[1, 0], [0.96, 0.28], [0, 1], [0.28, 0.96], [0.71, 0.71]]
+    return table
+
+
+def test_text_similarity_last_mean_and_recency_by_hand():
+    table = small_text_table()
+    prefix = [[3, 5]]  # last click 5
+    last = TextSimilarityBaseline(table, "last").fit(TRAIN).scores(prefix)[0]
+    np.testing.assert_allclose(last[3:], table[3:] @ table[5], rtol=1e-6)
+    mean = TextSimilarityBaseline(table, "mean").scores(prefix)[0]
+    np.testing.assert_allclose(mean[3:], table[3:] @ ((table[3] + table[5]) / 2), rtol=1e-6)
+    recency = TextSimilarityBaseline(table, "recency", decay=0.5).scores(prefix)[0]
+    np.testing.assert_allclose(recency[3:], table[3:] @ (0.5 * table[3] + table[5]), rtol=1e-6)
+    assert np.isinf(last[:3]).all() and np.isinf(mean[:3]).all()
+    # the nearest other talk to the last click (5) is 6
+    assert int(np.argmax(np.where(np.isin(np.arange(8), [5]), -np.inf, last))) == 6
+    # reserved codes in a prefix are ignored; an all-reserved prefix scores 0 everywhere
+    np.testing.assert_allclose(TextSimilarityBaseline(table).scores([[3, 5, 0]])[0][3:], last[3:])
+    assert (TextSimilarityBaseline(table).scores([[2]])[0][3:] == 0).all()
+
+
+def test_text_similarity_refuses_bad_input():
+    table = small_text_table()
+    with pytest.raises(ValueError, match="mode"):
+        TextSimilarityBaseline(table, "max")
+    with pytest.raises(ValueError, match="decay"):
+        TextSimilarityBaseline(table, "recency", decay=0.0)
+    with pytest.raises(ValueError, match="outside"):
+        TextSimilarityBaseline(table).scores([[3, 9]])
+    with pytest.raises(ValueError, match="n_codes"):
+        TextSimilarityBaseline(table).fit([[3, 9]])
+    assert set(text_baselines(table)) == {"text: last click", "text: session mean", "text: recency-weighted"}
+    assert set(all_baselines(8, table=table)) == {"random", "popularity", "item-knn", *text_baselines(table)}

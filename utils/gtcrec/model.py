@@ -36,6 +36,7 @@ import torch
 
 from gtcrec.etl import ITEM_LIST as ITEM_COL  # the codes are the ETL's: one definition
 from gtcrec.etl import RESERVED as N_RESERVED
+from gtcrec.representation import ItemRepresentation, LastClickSkip
 
 # Defaults from measured comparisons (5 epochs, batch 128, 1 CPU thread, recall@10 of the last
 # click given the prefix, prefix items excluded):
@@ -158,6 +159,12 @@ def item_embedding(model) -> torch.nn.Embedding:
     return _input_block(model).item_embedding_table
 
 
+def text_table(model) -> torch.Tensor:
+    """The pre-trained text rows the model reads (frozen unless built ``trainable``)."""
+    emb = item_embedding(model)
+    return (emb.text if isinstance(emb, ItemRepresentation) else emb.weight).detach()
+
+
 def n_codes(model) -> int:
     return int(item_embedding(model).num_embeddings)
 
@@ -173,7 +180,7 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
                 max_len: int = DEFAULTS["max_len"], arch: str = DEFAULTS["arch"],
                 masking: str = DEFAULTS["masking"], pretrained: bool = True,
                 trainable: bool = False, dropout: float = DEFAULTS["dropout"],
-                seed: int | None = 0):
+                seed: int | None = 0, item_repr: Dict[str, Any] | None = None):
     """Build a T4R next-item model whose item table is ``item_table`` (``(n_codes, 384)``).
 
     ``schema``: merlin Schema with the item-list column (tag ITEM_ID; other columns are ignored);
@@ -184,6 +191,12 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
     the same architecture with a learned table (T4R's default normal initialisation; ``item_table``
     then only gives the shape). The output layer is tied to the table
     (``NextItemPredictionTask(weight_tying=True)``; T4R adds the ``d_model -> 384`` projection).
+
+    ``item_repr`` (with ``pretrained=True``) replaces T4R's item table by a
+    :class:`gtcrec.representation.ItemRepresentation` over the frozen ``item_table``: keys
+    ``adapter``, ``residual``, ``bias``, ``drop`` (its switches), ``fields`` (``{name: value per
+    code}``), ``warm`` (codes with training clicks), ``skip`` (use
+    :class:`gtcrec.representation.LastClickSkip` as the task block) and ``gain`` (its start).
     """
     import transformers4rec.torch as tr
     from transformers4rec.torch.features.embedding import PretrainedEmbeddingsInitializer
@@ -220,6 +233,21 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
     inputs = tr.TabularSequenceFeatures.from_schema(
         schema, max_sequence_length=max_len, d_output=d_model, masking=masking,
         embedding_dims={item_col: dim}, embeddings_initializers=initializers)
+    rep_cfg, task_block = None, None
+    if item_repr is not None:
+        if not pretrained:
+            raise ValueError("item_repr builds on the pre-trained table: use pretrained=True")
+        rep_cfg = dict(item_repr)
+        fields, warm = rep_cfg.pop("fields", None), rep_cfg.pop("warm", None)
+        skip, gain = bool(rep_cfg.pop("skip", True)), float(rep_cfg.pop("gain", 10.0))
+        if skip and masking != "clm":
+            raise ValueError("the last-click skip needs causal LM (masked LM would see the label)")
+        rep = ItemRepresentation(table, fields=fields, warm=warm, **rep_cfg)
+        inputs.categorical_module.embedding_tables[item_col] = rep  # where T4R keeps its table
+        if skip:
+            task_block = LastClickSkip(d_model, dim, bias=rep.use_bias, gain=gain)
+        rep_cfg = {"adapter": rep.use_adapter, "residual": rep.use_residual, "bias": rep.use_bias,
+                   "drop": rep.drop, "skip": skip, "gain": gain, "fields": rep.field_names}
     if arch == "xlnet":
         config = tr.XLNetConfig.build(d_model=d_model, n_head=n_head, n_layer=n_layer,
                                       total_seq_length=max_len, dropout=dropout)
@@ -232,16 +260,18 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
     level = t4r_logger.level
     t4r_logger.setLevel(logging.ERROR)  # the projection warning is expected when d_model != 384
     try:
-        model = config.to_torch_model(inputs, task, max_sequence_length=max_len)
+        model = config.to_torch_model(inputs, task, task_blocks=task_block,
+                                      max_sequence_length=max_len)
     finally:
         t4r_logger.setLevel(level)
-    emb = item_embedding(model)
-    if pretrained and not torch.equal(emb.weight.detach().cpu(), torch.from_numpy(table)):
+    if task_block is not None:  # T4R copies the block when it builds the task: link the copy
+        _task(model).task_block.link(_input_block(model).categorical_module)
+    if pretrained and not torch.equal(text_table(model).cpu(), torch.from_numpy(table)):
         raise RuntimeError("the item table was not initialised from item_table")
     model.gtcrec_config = {"arch": arch, "masking": masking, "d_model": d_model,
                            "n_layer": n_layer, "n_head": n_head, "max_len": max_len,
                            "pretrained": pretrained, "trainable": trainable,
-                           "dropout": dropout, "item_col": item_col}
+                           "dropout": dropout, "item_col": item_col, "item_repr": rep_cfg}
     return model
 
 
@@ -518,7 +548,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str | None = None
 
 # ----------------------------------------------------------------------------- catalog swap
 
-def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None):
+def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None,
+                    fields: Dict[str, Sequence[str]] | None = None):
     """Point the model at a new catalog: replace the item table's rows, no retraining.
 
     The single ``nn.Embedding`` gets ``new_table`` as weight (and ``num_embeddings``), so the input
@@ -526,6 +557,9 @@ def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None)
     output module), the table config's vocabulary size, its initializer and every stored schema
     are updated. ``new_table`` must have the old embedding dimension and follow the same code
     layout (rows 0..2 reserved). The weight stays frozen unless ``trainable`` (default: as before).
+    With an :class:`ItemRepresentation`, its text rows and ``fields`` (one value per code) are
+    replaced and the new talks get no residual and a zero bias
+    (:meth:`ItemRepresentation.set_catalog`); the adapter and field vectors stay as trained.
     Modifies ``model`` in place and returns it.
     """
     from transformers4rec.torch.features.embedding import PretrainedEmbeddingsInitializer
@@ -537,10 +571,14 @@ def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None)
     if table.shape[0] <= N_RESERVED:
         raise ValueError("new table has no item rows")
     n_new = table.shape[0]
-    requires_grad = emb.weight.requires_grad if trainable is None else trainable
-    weight = torch.from_numpy(table.copy()).to(device=emb.weight.device, dtype=emb.weight.dtype)
-    emb.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
-    emb.num_embeddings = n_new
+    if isinstance(emb, ItemRepresentation):
+        emb.set_catalog(table, fields)
+        requires_grad = False
+    else:
+        requires_grad = emb.weight.requires_grad if trainable is None else trainable
+        weight = torch.from_numpy(table.copy()).to(device=emb.weight.device, dtype=emb.weight.dtype)
+        emb.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
+        emb.num_embeddings = n_new
 
     inputs = _input_block(model)
     cat = inputs.categorical_module

@@ -1,0 +1,279 @@
+"""The item representation plugged into Transformers4Rec where it keeps its item table.
+
+T4R looks items up in ``embedding_tables[item_col]`` (the input side) and, with weight tying, scores
+every item with ``item_embedding_table.weight`` (the output side). :class:`ItemRepresentation`
+takes that place. It is a ``torch.nn.Module`` with ``num_embeddings``, ``embedding_dim``, a
+``weight`` (the whole table, computed) and ``forward(codes)`` (rows of the same table), so input
+lookup and tied output use one representation:
+
+    item_j = text_j                       frozen pre-trained text vector (row j of the old table)
+           + text_j @ A                   shared linear adapter, zero-initialised: transfers
+           + sum_f field_f[value_jf]      catalog fields (track, level, format, ...), zero-initialised,
+                                          by value: a new event with the same tracks reuses them
+           + residual_j                   learned per talk, zero-initialised, only for talks with
+                                          training clicks ("warm"), dropped at random in training
+
+and, on the output side only, one more column holding a learned per-talk bias (warm talks only,
+dropped with the residual; 0 for new talks), which lets the model express popularity.
+
+:class:`LastClickSkip` is the task block of ``NextItemPredictionTask``: it maps the transformer's
+hidden state to the item space (``d_model -> dim``) and adds ``gain * item(last click)`` plus a
+constant 1 that meets the bias column. Its projection starts at zero, so an untrained model ranks
+exactly by text similarity to the last click (scaled by ``gain``), and training departs from there.
+
+Catalog swap (:meth:`ItemRepresentation.set_catalog`): the text rows and field values of the new
+talks replace the old ones; residuals and biases become zero (no new talk has clicks); the adapter,
+field tables, gain and transformer stay as trained.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+MISSING = ""  # a field value that is absent or empty: no field vector
+
+
+class ItemRepresentation(torch.nn.Module):
+    """Item table for T4R: frozen text + shared adapter + field vectors + per-talk residual/bias.
+
+    ``text``: ``(n_codes, dim)`` float32, reserved rows first (as :func:`gtcrec.etl.item_table`).
+    ``fields``: ``{name: values}``, one value per code (text; ``""`` for absent), or ``None``.
+    ``warm``: boolean ``(n_codes,)``, the codes that may learn a residual and a bias (talks with
+    training clicks); ``None``: no code. ``adapter`` / ``residual`` / ``bias`` switch those parts;
+    ``drop``: probability that a warm talk's residual and bias are left out of a training step.
+    """
+
+    def __init__(self, text: np.ndarray, fields: Mapping[str, Sequence[str]] | None = None,
+                 warm: np.ndarray | None = None, adapter: bool = True, residual: bool = True,
+                 bias: bool = True, drop: float = 0.5):
+        super().__init__()
+        text = np.asarray(text, dtype=np.float32)
+        if text.ndim != 2:
+            raise ValueError(f"text must be 2-D, got {text.shape}")
+        if not 0.0 <= drop < 1.0:
+            raise ValueError("drop must be in [0, 1)")
+        n, dim = text.shape
+        self.num_embeddings, self.embedding_dim = int(n), int(dim)
+        self.use_adapter, self.use_residual, self.use_bias = bool(adapter), bool(residual), bool(bias)
+        self.drop = float(drop)
+        self.register_buffer("text", torch.from_numpy(text.copy()))
+        self.adapter = torch.nn.Parameter(torch.zeros(dim, dim)) if adapter else None
+        # fields: a vocabulary of values per field, learned from this catalog; index 0 = absent
+        self.field_names = list(fields or {})
+        self.field_vocab: dict[str, list[str]] = {}
+        tables = {}
+        for name in self.field_names:
+            values = sorted({str(v) for v in fields[name]} - {MISSING})
+            self.field_vocab[name] = values
+            tables[name] = torch.nn.Embedding(len(values) + 1, dim)
+            torch.nn.init.zeros_(tables[name].weight)
+        self.fields = torch.nn.ModuleDict(tables)
+        self.register_buffer("field_codes", self._field_codes(fields, n))
+        self.register_buffer("warm", self._warm(warm, n))
+        self.residual = torch.nn.Parameter(torch.zeros(n, dim)) if residual else None
+        self.item_bias = torch.nn.Parameter(torch.zeros(n)) if bias else None
+        self._clear()
+
+    # ------------------------------------------------------------------ parts
+    def _field_codes(self, fields, n: int) -> torch.Tensor:
+        codes = np.zeros((n, len(self.field_names)), dtype=np.int64)
+        for f, name in enumerate(self.field_names):
+            values = [str(v) for v in fields[name]]
+            if len(values) != n:
+                raise ValueError(f"field {name!r} has {len(values)} values for {n} codes")
+            index = {v: i + 1 for i, v in enumerate(self.field_vocab[name])}
+            codes[:, f] = [index.get(v, 0) for v in values]  # unknown or absent: 0, a zero vector
+        return torch.from_numpy(codes)
+
+    @staticmethod
+    def _warm(warm, n: int) -> torch.Tensor:
+        if warm is None:
+            return torch.zeros(n)
+        warm = np.asarray(warm, dtype=bool).reshape(-1)
+        if len(warm) != n:
+            raise ValueError(f"warm has {len(warm)} entries for {n} codes")
+        return torch.from_numpy(warm.astype(np.float32))
+
+    def _keep_mask(self) -> torch.Tensor:
+        """Which codes use their residual and bias now: warm ones, each dropped at random in training."""
+        if self.training and self.drop > 0:
+            if self._keep is None:  # one draw per training step (set by forward, reused by weight)
+                self._keep = self.warm * (torch.rand_like(self.warm) >= self.drop).float()
+            return self._keep
+        return self.warm
+
+    def _compute(self) -> torch.Tensor:
+        out = self.text
+        if self.adapter is not None:
+            out = out + out @ self.adapter
+        for f, name in enumerate(self.field_names):
+            out = out + self.fields[name](self.field_codes[:, f])
+        if self.residual is not None:
+            out = out + self.residual * self._keep_mask()[:, None]
+        return out
+
+    def table(self) -> torch.Tensor:
+        """The item vectors ``(num_embeddings, embedding_dim)``, shared by input and output.
+
+        In training, computed once per step (by :meth:`forward`) and reused by the skip path and
+        the output layer of that step, with the same random drop. In eval mode, computed once and
+        kept until the next :meth:`train` or :meth:`set_catalog` (a trace holds it as a constant,
+        so serving never recomputes the table)."""
+        if self._step_table is None:
+            if self.training:
+                return self._compute()
+            with torch.no_grad():
+                self._step_table = self._compute()
+        return self._step_table
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The output table T4R's tied output layer reads: the item vectors, plus the bias column."""
+        table = self.table()
+        if self.item_bias is None:
+            return table
+        if not self.training:
+            if self._eval_weight is None:
+                with torch.no_grad():
+                    self._eval_weight = torch.cat([table, self.item_bias[:, None] * self.warm[:, None]], 1)
+            return self._eval_weight
+        return torch.cat([table, (self.item_bias * self._keep_mask())[:, None]], dim=1)
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim + (1 if self.item_bias is not None else 0)
+
+    def forward(self, codes: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of :meth:`table` for ``codes`` (any shape). T4R calls it once per batch, first:
+        in training this starts a step (a new random drop, the table computed once)."""
+        if offsets is not None:
+            raise ValueError("ItemRepresentation takes padded code sequences, not bags")
+        if self.training:  # a new step: a new draw, the table computed once for it
+            self._keep = None
+            self._step_table = self._compute()
+        return self.rows(codes)
+
+    def rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """Rows of the current table for ``codes``, without starting a new step."""
+        return self.table()[codes.long()]
+
+    # ------------------------------------------------------------------ swap
+    def set_catalog(self, text: np.ndarray, fields: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Point at a new catalog: its text rows and field values; residuals and biases 0 (no clicks).
+
+        Field values the training catalog never had get no field vector. A field of the training
+        catalog that the new one lacks counts as absent for every talk.
+        """
+        text = np.asarray(text, dtype=np.float32)
+        if text.ndim != 2 or text.shape[1] != self.embedding_dim:
+            raise ValueError(f"new text must be (n, {self.embedding_dim}), got {text.shape}")
+        n = text.shape[0]
+        device = self.text.device
+        fields = dict(fields or {})
+        full = {name: fields.get(name, [MISSING] * n) for name in self.field_names}
+        self.num_embeddings = int(n)
+        self.text = torch.from_numpy(text.copy()).to(device)
+        self.field_codes = self._field_codes(full, n).to(device)
+        self.warm = torch.zeros(n, device=device)
+        if self.residual is not None:
+            self.residual = torch.nn.Parameter(torch.zeros(n, self.embedding_dim, device=device))
+        if self.item_bias is not None:
+            self.item_bias = torch.nn.Parameter(torch.zeros(n, device=device))
+        self._clear()
+
+    def _clear(self) -> None:
+        """Forget the computed table, weight and draw (a step's, or eval mode's)."""
+        self._keep: torch.Tensor | None = None
+        self._step_table: torch.Tensor | None = None
+        self._eval_weight: torch.Tensor | None = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._clear()  # moved or cast: the kept table would be stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._clear()  # a step's draw never outlives the step; eval computes the table anew
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_keep"] = state["_step_table"] = state["_eval_weight"] = None  # derived: not saved
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, adapter={self.use_adapter}, "
+                f"fields={self.field_names}, residual={self.use_residual}, bias={self.use_bias}, "
+                f"drop={self.drop}")
+
+
+class LastClickSkip(torch.nn.Module):
+    """Task block of ``NextItemPredictionTask(weight_tying=True)``: hidden state -> item space.
+
+    ``out = hidden @ P + gain * item(code at the same position)`` (+ a constant 1 for the bias
+    column). In T4R's causal LM the hidden state at position ``t`` predicts the click after the item
+    at ``t``, and in inference the last position holds the last click, so the added vector is the
+    last click's. The item codes come from T4R's own record of the batch (``item_seq`` of its
+    embedding module, set by :func:`link`). ``P`` starts at zero: untrained, the model ranks by
+    ``gain * item(last) . item(j)``, text similarity to the last click.
+    """
+
+    def __init__(self, d_model: int, dim: int, bias: bool = True, gain: float = 10.0):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_model, dim)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+        self.gain = torch.nn.Parameter(torch.tensor(float(gain)))
+        self.dim, self.with_bias = int(dim), bool(bias)
+        self._source: list = []  # [T4R embedding module], kept out of the module tree
+
+    def link(self, embedding_module) -> None:
+        """Read item codes from ``embedding_module.item_seq`` and vectors from its item table."""
+        self._source = [embedding_module]
+
+    def output_size(self):
+        return torch.Size([-1, -1, self.dim + (1 if self.with_bias else 0)])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self._source:
+            raise RuntimeError("LastClickSkip is not linked to the model's item table")
+        embeddings = self._source[0]
+        codes = embeddings.item_seq
+        items = embeddings.item_embedding_table.rows(codes)
+        out = self.proj(hidden) + self.gain * items[:, : hidden.shape[1]]
+        if self.with_bias:
+            out = torch.cat([out, torch.ones_like(out[..., :1])], dim=-1)
+        return out
+
+
+# ---------------------------------------------------------------------- catalog fields
+
+FIELDS = ("track", "level", "format", "organization", "day")  # catalog columns used when present
+
+
+def _field_text(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return MISSING
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)  # a day read as 2.0 is day 2
+    return str(value).strip()
+
+
+def catalog_fields(catalog, names: Sequence[str] = FIELDS, reserved: int = 3) -> dict[str, list[str]]:
+    """``{field: value per code}`` for an :class:`ItemRepresentation`: the catalog's columns among
+    ``names`` (absent columns are left out), in catalog order after ``reserved`` empty rows."""
+    return {name: [MISSING] * reserved + [_field_text(v) for v in catalog[name].tolist()]
+            for name in names if name in catalog.columns}
+
+
+def settings_for(settings: Mapping | None, catalog, warm: np.ndarray | None = None) -> dict | None:
+    """``build_model(item_repr=...)`` for ``catalog``: ``settings`` (switches and field names, as
+    stored in a model's ``gtcrec_config["item_repr"]``) with that catalog's field values and
+    ``warm`` codes. ``None`` stays ``None`` (T4R's plain table)."""
+    if settings is None:
+        return None
+    out = dict(settings)
+    out["fields"] = catalog_fields(catalog, out.get("fields", FIELDS))
+    out["warm"] = warm
+    return out
