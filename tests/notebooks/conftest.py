@@ -22,11 +22,10 @@ class Series:
     def run(self, stem: str) -> dict:
         """Execute ``stem`` (and every earlier notebook not yet run); returns its manifest."""
         for earlier in notebook_stems():
-            if earlier in self.done:
-                continue
-            run_notebook(earlier, self.root, self.params(earlier))
-            self.done.add(earlier)
-            if earlier == stem:
+            if earlier not in self.done:
+                run_notebook(earlier, self.root, self.params(earlier))
+                self.done.add(earlier)
+            if earlier == stem:  # never past the one asked for, run before or not
                 break
         return self.manifest(stem)
 

@@ -128,7 +128,11 @@ def test_bad_settings_are_refused():
 
 
 def test_catalog_fields_handle_absent_and_float_values():
-    catalog = pd.DataFrame({"talk_id": ["a", "b"], "day": [2.0, np.nan], "track": ["x", None]})
-    fields = catalog_fields(catalog, ["track", "day", "level"])
-    assert fields == {"track": ["", "", "", "x", ""], "day": ["", "", "", "2", ""]}
+    catalog = pd.DataFrame({"talk_id": ["a", "b", "c"], "day": [2.0, np.nan, 3.0], "track": ["x", None, " "],
+                            "level": pd.Series([pd.NA, "Advanced", ""], dtype="string")})
+    fields = catalog_fields(catalog, ["track", "day", "level", "format"])
+    assert fields == {"track": ["", "", "", "x", "", ""], "day": ["", "", "", "2", "", "3"],
+                      "level": ["", "", "", "", "Advanced", ""]}
+    nullable_day = pd.DataFrame({"talk_id": ["a", "b"], "day": pd.array([1, None], dtype="Int64")})
+    assert catalog_fields(nullable_day, ["day"]) == {"day": ["", "", "", "1", ""]}
     assert settings_for(None, catalog) is None

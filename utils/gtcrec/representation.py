@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 MISSING = ""  # a field value that is absent or empty: no field vector
@@ -253,7 +254,7 @@ FIELDS = ("track", "level", "format", "organization", "day")  # catalog columns 
 
 
 def _field_text(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
         return MISSING
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)  # a day read as 2.0 is day 2
