@@ -1,0 +1,351 @@
+"""``gtcrec-serve`` as a user runs it: a subprocess on an artifacts folder laid out like ``make run``'s,
+queried with the README's own request (curl when installed), a ``gtcrec-swap`` in between, a
+python-backend stub killed while a client keeps asking, and SIGTERM at the end.
+
+The world is small: a spring catalog of 40 talks (ids S50001...) and a fall one of 60 (F30001...),
+an untrained tiny Transformers4Rec model (the serving path does not care), text vectors written
+straight into the embedding cache (random unit vectors: no text encoder run), two CPU instances.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from gtcrec import data, embeddings, etl, swap
+from gtcrec import model as gm
+from gtcrec.manifest import write_manifest
+from gtcrec.serving import client as cl
+from gtcrec.serving import serve
+from gtcrec.serving.export import export_ensemble, lean_transform
+from gtcrec.serving.server import free_ports, stub_processes
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+NAME = "executor_model"
+MAX_LEN, K_MODEL, K = 8, 30, 10
+BIN = Path(sys.executable).parent
+
+
+# ------------------------------------------------------------------------------------------------ no server
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys):
+    assert serve.main(["--artifacts-dir", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "notebook 04-ensemble has not run" in err and "make run" in err
+    (tmp_path / "repo" / "other" / "1").mkdir(parents=True)
+    assert serve.main([str(tmp_path / "repo")]) == 2
+    assert f"has no model {NAME!r}" in capsys.readouterr().err
+    assert serve.main([str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        serve.main([str(tmp_path / "repo"), "--reset"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        serve.main(["--http-port", "70000"])
+    assert not (tmp_path / "nothing" / "serve").exists()  # nothing was created
+
+
+def readme_request() -> tuple[dict, str]:
+    """The request JSON and the URL path of the README's curl example."""
+    text = README.read_text()
+    body = re.search(r"cat > request\.json <<'EOF'\n(.*?)\nEOF", text, re.S)
+    url = re.search(r"curl [^\n]*http://127\.0\.0\.1:8000(/v2/models/\w+/infer)", text)
+    assert body and url, "the README's shell path lost its curl example"
+    return json.loads(body.group(1)), url.group(1)
+
+
+def test_the_readme_request_follows_the_serving_contract():
+    request, path = readme_request()
+    assert path == f"/v2/models/{NAME}/infer"
+    inputs = {i["name"]: i for i in request["inputs"]}
+    assert set(inputs) == {"session_id", "talk_id", "timestamp"}
+    assert [inputs[n]["datatype"] for n in ("session_id", "talk_id", "timestamp")] == ["BYTES", "BYTES", "INT64"]
+    assert len({len(i["data"]) for i in inputs.values()}) == 1
+    assert all(i["shape"] == [len(i["data"])] for i in inputs.values())
+
+
+# ------------------------------------------------------------------------------------------------ the world
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    art, cache = root / "artifacts", root / "cache"
+    old, _ = data.generate_catalog(40, seed=1, event="spring", id_prefix="S")
+    new, _ = data.generate_catalog(60, seed=2, event="fall", id_prefix="F", id_start=30001)
+    new.to_csv(root / "fall.csv", index=False)
+    rng = np.random.default_rng(0)
+    texts = embeddings.talk_text(old) + embeddings.talk_text(new)
+    vectors = rng.normal(size=(len(texts), embeddings.DIM)).astype(np.float32)
+    embeddings.EmbeddingCache(cache).add([embeddings.text_key(t) for t in texts],
+                                         vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    old_vectors, newly = embeddings.embed_catalog(old, cache, progress=False)
+    assert newly == 0
+    old_table = etl.item_table(old_vectors)
+    model = gm.build_model(gm.make_schema(len(old_table), MAX_LEN), old_table, d_model=16, n_layer=1, n_head=2,
+                           max_len=MAX_LEN, arch="gpt2", masking="clm", seed=0)
+    model_dir = gm.save_model(model, art / "03-train" / "model")
+    traced = gm.trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
+                           k=K_MODEL)
+    traced.save(str(root / "topk.pt"))
+    ensemble, _ = export_ensemble(old["talk_id"].tolist(), root / "topk.pt", art / "04-ensemble" / "model_repository",
+                                  max_len=MAX_LEN, k=K, name=NAME, instance_count=2)
+    # the manifests `make run` leaves (only what gtcrec-serve reads)
+    write_manifest(art, "03-train", {}, {"model": model_dir})
+    write_manifest(art, "04-ensemble", {}, {"model_repository": art / "04-ensemble" / "model_repository"})
+    return {"root": root, "art": art, "cache": cache, "old": old, "new": new, "model_dir": model_dir,
+            "ensemble_v1": ensemble, "fall": root / "fall.csv"}
+
+
+class Served:
+    """``gtcrec-serve`` in a subprocess; its stdout lines are collected by a thread."""
+
+    def __init__(self, args, cwd):
+        self.http_port, self.grpc_port = free_ports(2)
+        self.proc = subprocess.Popen([str(BIN / "gtcrec-serve"), *map(str, args), "--http-port", str(self.http_port),
+                                      "--grpc-port", str(self.grpc_port)], cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 180.0, after: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"gtcrec-serve never printed {text!r}:\n" + "\n".join(self.lines[-30:]))
+
+    def server_pid(self) -> int:
+        children = psutil.Process(self.proc.pid).children()
+        assert len(children) == 1 and children[0].name().startswith("tritonserver"), children
+        return children[0].pid
+
+    def tree(self) -> list[int]:
+        proc = psutil.Process(self.proc.pid)
+        return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
+
+    def kill(self):
+        if self.proc.poll() is None:
+            for pid in reversed(self.tree()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(world):
+    s = Served(["--artifacts-dir", world["art"]], cwd=world["root"])
+    try:
+        s.wait_for("Ctrl-C or SIGTERM stops it")
+        yield s
+    finally:
+        s.kill()  # the last test stops it with SIGTERM; this is for a failed test
+
+
+def post(url: str, body: dict) -> dict:
+    """POST JSON with curl (as the README does) when it is installed, else with urllib."""
+    payload = json.dumps(body)
+    if shutil.which("curl"):
+        done = subprocess.run(["curl", "-s", "-X", "POST", url, "-H", "Content-Type: application/json", "-d", payload],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    import urllib.request
+
+    req = urllib.request.Request(url, payload.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def outputs(answer: dict) -> dict:
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
+
+
+def request_arrays(body: dict) -> dict:
+    inputs = {i["name"]: i["data"] for i in body["inputs"]}
+    return {"session_id": np.array([s.encode() for s in inputs["session_id"]], dtype=object),
+            "talk_id": np.array([s.encode() for s in inputs["talk_id"]], dtype=object),
+            "timestamp": np.asarray(inputs["timestamp"], dtype=np.int64)}
+
+
+def load_version_ensemble(repo: Path, version: int):
+    from merlin.dag import postorder_iter_nodes
+    from merlin.systems.dag import Ensemble
+
+    path = repo / NAME / str(version) / "ensemble"
+    ensemble = Ensemble.load(str(path))
+    for node in postorder_iter_nodes(ensemble.graph.output_node, flatten_subgraphs=True):
+        node.op.load_artifacts(str(path))
+    return ensemble
+
+
+def assert_answer_equals(answer: dict, want: dict):
+    got = outputs(answer)
+    np.testing.assert_array_equal(got["session_ids"].astype(str), np.asarray(want["session_ids"]).astype(str))
+    np.testing.assert_array_equal(got["talk_ids"].astype(str), np.asarray(want["talk_ids"]).astype(str))
+    np.testing.assert_allclose(got["scores"].astype(np.float32), want["scores"], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ the shell path
+
+@pytest.mark.server
+def test_serve_curl_swap_curl_as_the_readme_says(world, served):
+    repo = world["art"] / "serve" / "model_repository"
+    url = f"http://127.0.0.1:{served.http_port}"
+    assert served.wait_for("HTTP ").endswith(f"http://127.0.0.1:{served.http_port}  "
+                                             f"(KServe v2: POST /v2/models/{NAME}/infer)")
+    assert f"gRPC  127.0.0.1:{served.grpc_port}" in served.wait_for("gRPC ")
+    assert f"serving {NAME} version 1 from {repo} (2 instances" in served.wait_for("serving ")
+    assert f"--model-dir {world['model_dir']}" in served.wait_for("swap a catalog")
+    assert (repo / NAME / "1").is_dir()  # a copy: swaps leave notebook 04's export alone
+    export = world["art"] / "04-ensemble" / "model_repository" / NAME
+
+    body, path = readme_request()
+    answer = post(url + path, body)
+    assert answer["model_version"] == "1"
+    assert_answer_equals(answer, lean_transform(world["ensemble_v1"], request_arrays(body)))
+    assert set(outputs(answer)["talk_ids"].ravel()) <= set(world["old"]["talk_id"])
+
+    done = subprocess.run([str(BIN / "gtcrec-swap"), str(world["fall"]), "--repository", str(repo),
+                           "--url", f"127.0.0.1:{served.grpc_port}", "--model-dir", str(world["model_dir"]),
+                           "--cache", str(world["cache"])], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "version 2 serving" in done.stderr
+
+    fall_ids = world["new"]["talk_id"].tolist()
+    fall_body = json.loads(json.dumps(body))
+    talks = next(i for i in fall_body["inputs"] if i["name"] == "talk_id")
+    talks["data"] = [fall_ids[i] for i in (0, 6, 11)][:len(talks["data"])]
+    answer = post(url + path, fall_body)
+    assert answer["model_version"] == "2"
+    assert_answer_equals(answer, lean_transform(load_version_ensemble(repo, 2), request_arrays(fall_body)))
+    got = outputs(answer)["talk_ids"].ravel().tolist()
+    assert set(got) <= set(fall_ids) and not set(got) & set(talks["data"])
+    # the spring request now gets the new catalog's fallback: catalog order, NaN scores
+    old_answer = outputs(post(url + path, body))
+    assert old_answer["talk_ids"].ravel().tolist() == fall_ids[:K] and np.isnan(old_answer["scores"]).all()
+
+    status = subprocess.run([str(BIN / "gtcrec-swap"), "--status", "--repository", str(repo), "--url",
+                             f"127.0.0.1:{served.grpc_port}"], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["serving"] == [2] and doc["agree"]
+    assert sorted(p.name for p in export.iterdir() if p.name.isdigit()) == ["1"]  # notebook 04's export untouched
+
+
+# ------------------------------------------------------------------------------------------------ healing
+
+def probe(world) -> dict[str, np.ndarray]:
+    fall = world["new"]["talk_id"].tolist()
+    clicks = pd.DataFrame({"session_id": ["a", "a", "b", "b", "b"], "talk_id": [fall[1], fall[4], fall[9], fall[2], fall[7]],
+                           "timestamp": np.arange(5, dtype=np.int64) * 60_000})
+    return cl.request_arrays(clicks)
+
+
+@pytest.mark.server
+def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_path):
+    """Kill one of the two stub processes (SIGKILL, as an out-of-memory kill would) while one client
+    sends requests for 60 s, alternating the client helpers (one retry on the unhealthy-stub error)
+    and plain requests (no retry). Target: correct answers again within 5 s of the kill, at most 2% of
+    the requests of the next 60 s failed."""
+    import tritonclient.grpc as grpcclient
+
+    server_pid = served.server_pid()
+    stubs = {s.instance: s for s in stub_processes(server_pid) if s.model == NAME}
+    assert sorted(stubs) == [f"{NAME}_0_0", f"{NAME}_0_1"], stubs
+    request = probe(world)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
+    want = cl.infer_arrays(client, request)
+    for _ in range(20):  # both instances answer alike before the kill
+        got = cl.infer_arrays(client, request, retries=0)
+        np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
+    mark = len(served.lines)
+    victim = stubs[f"{NAME}_0_1"]
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    rows = []
+    while time.monotonic() - killed_at < 60.0:
+        for retries in (1, 0):  # helpers, then a plain request
+            sent = time.monotonic()
+            try:
+                got = cl.infer_arrays(client, request, retries=retries)
+                ok = bool(np.array_equal(got["talk_ids"], want["talk_ids"])
+                          and np.allclose(got["scores"], want["scores"], rtol=1e-5, equal_nan=True))
+                error = "" if ok else "wrong answer"
+            except Exception as exc:  # noqa: BLE001 - counted
+                ok, error = False, str(exc)[:200]
+            rows.append({"helpers": retries == 1, "sent": sent - killed_at, "ms": (time.monotonic() - sent) * 1e3,
+                         "ok": ok, "error": error})
+    client.close()
+    frame = pd.DataFrame(rows)
+    healed = served.wait_for("reloaded: version ", timeout=5, after=mark)
+    seconds = float(re.search(r"reloaded in ([0-9.]+) s", healed).group(1))
+    helpers, plain = frame[frame["helpers"]], frame[~frame["helpers"]]
+
+    def last_failure(part):
+        bad = part[~part["ok"]]
+        return float(bad["sent"].max() + bad["ms"].max() / 1e3) if len(bad) else 0.0
+
+    result = {"requests": len(frame), "helpers_failed": int((~helpers["ok"]).sum()),
+              "helpers_requests": len(helpers), "plain_failed": int((~plain["ok"]).sum()),
+              "plain_requests": len(plain), "helpers_correct_after_s": last_failure(helpers),
+              "plain_correct_after_s": last_failure(plain), "reload_seconds": seconds,
+              "errors": sorted(set(frame.loc[~frame["ok"], "error"]))[:3]}
+    (tmp_path / "heal.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    # the instance was healed: both instances have live stubs again, none of them the killed one
+    after = {s.instance: s.pid for s in stub_processes(server_pid) if s.model == NAME}
+    assert sorted(after) == sorted(stubs) and victim.pid not in after.values()
+    assert not psutil.pid_exists(victim.pid) or psutil.Process(victim.pid).status() == psutil.STATUS_ZOMBIE
+    # what a client sees
+    assert result["helpers_correct_after_s"] <= 5.0, result
+    assert result["helpers_failed"] <= 0.02 * len(helpers), result
+    assert result["plain_failed"] <= 0.02 * len(plain), result
+    assert all("is not healthy" in e for e in result["errors"]), result  # no other kind of failure
+    assert len(helpers) > 500  # the client really kept asking
+    # answers after the heal are those of before the kill
+    late = frame[frame["sent"] > result["plain_correct_after_s"] + 1]
+    assert len(late) > 100 and late["ok"].all()
+
+
+# ------------------------------------------------------------------------------------------------ stopping
+
+@pytest.mark.server
+def test_sigterm_stops_the_server_and_leaves_no_process(world, served):
+    from gtcrec.serving.server import _port_is_free
+
+    pids = served.tree()
+    assert len(pids) >= 4  # gtcrec-serve, tritonserver, two stubs
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() !=
+                                              psutil.STATUS_ZOMBIE for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+    assert served.wait_for("[gtcrec-serve] stopped", timeout=5)
+    assert "SIGTERM: stopping" in "\n".join(served.lines)
+    assert _port_is_free("127.0.0.1", served.http_port) and _port_is_free("127.0.0.1", served.grpc_port)
