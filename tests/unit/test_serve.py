@@ -57,6 +57,103 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys):
     assert not (tmp_path / "nothing" / "serve").exists()  # nothing was created
 
 
+def test_a_taken_port_is_refused_with_a_hint(tmp_path, capsys):
+    import socket
+
+    (tmp_path / "repo" / NAME / "1").mkdir(parents=True)
+    (tmp_path / "repo" / NAME / "config.pbtxt").write_text(f'name: "{NAME}"\nbackend: "python"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main([str(tmp_path / "repo"), "--http-port", str(port), "--grpc-port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"http_port={port}" in err and "already in use" in err and "--http-port" in err
+
+
+class FakeClient:
+    def __init__(self, loads, fail=None):
+        self.loads, self.fail = loads, fail
+
+    def load_model(self, name, client_timeout=None):
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.loads.append(name)
+
+    def close(self):
+        pass
+
+
+class FakeServer:
+    """What the watcher reads from a server: its stubs and a gRPC client."""
+
+    def __init__(self):
+        self.stubs, self.loads, self.fail = [], [], None
+
+    def is_running(self):
+        return True
+
+    def stub_processes(self, model=None):
+        return [s for s in self.stubs if model is None or s.model == model]
+
+    def grpc_client(self):
+        return FakeClient(self.loads, self.fail)
+
+
+def stub(pid, version, index):
+    from gtcrec.serving.server import StubProcess
+
+    return StubProcess(pid=pid, model=NAME, version=version, instance=f"{NAME}_0_{index}", model_file="model.py")
+
+
+def test_the_watcher_reloads_a_ready_version_that_lost_a_stub_and_nothing_else(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for v in (1, 2):
+        (repo / NAME / str(v)).mkdir(parents=True)
+    fake = FakeServer()
+    ready = [2]
+    watcher = serve.InstanceWatcher(fake, repo, NAME, grace=0.0)
+    monkeypatch.setattr(watcher, "ready_versions", lambda: list(ready))
+    fake.stubs = [stub(10, 2, 0), stub(11, 2, 1), stub(5, 1, 0)]  # version 1's stubs: not served, ignored
+    assert watcher.check() is None and fake.loads == []
+    fake.stubs = [stub(10, 2, 0)]  # instance 1 of the served version died
+    old_time = (repo / NAME / "2").stat().st_mtime_ns
+    os.utime(repo / NAME / "2", ns=(old_time - 10**9, old_time - 10**9))
+    event = watcher.check()
+    assert event.action == "reloaded" and event.version == 2 and event.instances == [f"{NAME}_0_1"]
+    assert event.pids == [11] and fake.loads == [NAME]
+    assert (repo / NAME / "2").stat().st_mtime_ns > old_time - 10**9  # renewed: Triton reloads newer files
+    fake.stubs = [stub(20, 2, 0), stub(21, 2, 1)]  # the new copy
+    assert watcher.check() is None and len(fake.loads) == 1
+    # a swap: version 3 replaces 2, whose stubs go away normally -> no reload
+    (repo / NAME / "3").mkdir()
+    ready[:] = [3]
+    fake.stubs = [stub(30, 3, 0), stub(31, 3, 1)]
+    assert watcher.check() is None and len(fake.loads) == 1
+    # a crash while gtcrec-swap holds the model folder's lock: wait for the swap
+    fake.stubs = [stub(30, 3, 0)]
+    with swap.repository_lock(repo, NAME):
+        event = watcher.check()
+    assert event.action == "skipped" and "not now" in event.detail and len(fake.loads) == 1
+    watcher._not_before = 0.0
+    assert watcher.check().action == "reloaded" and len(fake.loads) == 2
+    # the newest folder is not the served version: a load would serve it, so no reload
+    fake.stubs = [stub(40, 3, 0), stub(41, 3, 1)]
+    watcher.check()
+    (repo / NAME / "4").mkdir()
+    fake.stubs = [stub(40, 3, 0)]
+    event = watcher.check()
+    assert event.action == "skipped" and "newest version folder is 4" in event.detail and len(fake.loads) == 2
+    # a refused reload is reported, and tried again later, not in a loop
+    (repo / NAME / "4").rmdir()
+    watcher._not_before = 0.0
+    fake.fail = "the server refused"
+    event = watcher.check()
+    assert event.action == "failed" and "the server refused" in event.detail
+    assert watcher.check() is None  # within retry_after
+    assert [e.action for e in watcher.events] == ["reloaded", "reloaded", "skipped", "failed"]
+
+
 def readme_request() -> tuple[dict, str]:
     """The request JSON and the URL path of the README's curl example."""
     text = README.read_text()
