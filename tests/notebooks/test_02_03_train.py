@@ -20,8 +20,19 @@ def test_dataloader_notebook(series):
 def test_training_beats_baselines_and_stays_below_the_oracle(series):
     manifest = series.run("03-train")
     test = manifest["metrics"]["test"]
-    ours = test["T4R, frozen text table"]
+    ours = test[manifest["metrics"]["model_key"]]
     assert manifest["metrics"]["frozen_table_unchanged"] is True
+    # the item representation wins the validation comparison clearly (0.795 vs 0.625 measured)
+    selection = manifest["metrics"]["selection"]
+    assert manifest["metrics"]["chosen"] == "item representation"
+    assert selection["item representation"]["recall@10"] >= selection["frozen text table"]["recall@10"] + 0.05
+    # bands at the CI size (400 test sessions, one SE of recall@10 is ~0.02); measured: model 0.800,
+    # learned ids 0.785, item-kNN 0.780, best text similarity 0.618, oracle 0.853
+    for text in ("text: last click", "text: session mean", "text: recency-weighted"):
+        assert ours["recall@10"] >= 1.15 * test[text]["recall@10"], text
+    assert ours["recall@10"] >= 0.97 * test["item-knn"]["recall@10"]
+    assert ours["recall@10"] >= 0.97 * test["learned ids"]["recall@10"]
+    assert ours["recall@10"] >= 0.85 * test["oracle"]["recall@10"]
     # learning works: far above popularity and random
     assert ours["recall@10"] > 3 * test["popularity"]["recall@10"]
     assert ours["recall@10"] > 5 * test["random"]["recall@10"]

@@ -239,7 +239,7 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
             raise ValueError("item_repr builds on the pre-trained table: use pretrained=True")
         rep_cfg = dict(item_repr)
         fields, warm = rep_cfg.pop("fields", None), rep_cfg.pop("warm", None)
-        skip, gain = bool(rep_cfg.pop("skip", True)), float(rep_cfg.pop("gain", 10.0))
+        skip, gain = bool(rep_cfg.pop("skip", True)), float(rep_cfg.pop("gain", 5.0))
         if skip and masking != "clm":
             raise ValueError("the last-click skip needs causal LM (masked LM would see the label)")
         rep = ItemRepresentation(table, fields=fields, warm=warm, **rep_cfg)

@@ -48,7 +48,7 @@ class ItemRepresentation(torch.nn.Module):
 
     def __init__(self, text: np.ndarray, fields: Mapping[str, Sequence[str]] | None = None,
                  warm: np.ndarray | None = None, adapter: bool = True, residual: bool = True,
-                 bias: bool = True, drop: float = 0.5):
+                 bias: bool = True, drop: float = 0.7):
         super().__init__()
         text = np.asarray(text, dtype=np.float32)
         if text.ndim != 2:
@@ -220,7 +220,7 @@ class LastClickSkip(torch.nn.Module):
     ``gain * item(last) . item(j)``, text similarity to the last click.
     """
 
-    def __init__(self, d_model: int, dim: int, bias: bool = True, gain: float = 10.0):
+    def __init__(self, d_model: int, dim: int, bias: bool = True, gain: float = 5.0):
         super().__init__()
         self.proj = torch.nn.Linear(d_model, dim)
         torch.nn.init.zeros_(self.proj.weight)
