@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RESERVED = 3  # codes 0 padding, 1 null, 2 out-of-vocabulary
-OOV = 2
-ITEM_COL = "item_id"
-ITEM_LIST = "item_id-list"
+from gtcrec.layout import ITEM_COL, ITEM_LIST, OOV, RESERVED  # noqa: F401  (the code layout)
+
 SPLITS = ("train", "valid", "test")
 
 

@@ -37,8 +37,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from gtcrec.etl import ITEM_LIST as ITEM_COL
-from gtcrec.etl import RESERVED as N_RESERVED  # codes 0 padding, 1 null, 2 out-of-vocabulary
+from gtcrec.layout import ITEM_LIST as ITEM_COL
+from gtcrec.layout import RESERVED as N_RESERVED  # codes 0 padding, 1 null, 2 out-of-vocabulary
 
 DEFAULT_KS = (10, 20)
 

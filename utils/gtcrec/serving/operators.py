@@ -79,10 +79,9 @@ from merlin.dag.operator import DataFormats
 from merlin.schema import ColumnSchema, Schema, Tags
 from merlin.table import TensorTable
 
-# The ETL's codes (gtcrec.etl.RESERVED / OOV), repeated here on purpose: a self-contained export
-# pickles these operators by value and must not import the rest of gtcrec inside the server.
-PAD, NULL, OOV = 0, 1, 2
-FIRST_CODE = 3
+# The code layout (gtcrec.layout, which imports nothing): a self-contained export pickles these
+# operators by value, and cloudpickle stores these names' values, so the server needs no gtcrec.
+from gtcrec.layout import FIRST_CODE, ITEM_LIST, NULL, OOV, PAD  # noqa: F401
 MAX_CLICKS = 1_000_000  # default cap on the clicks of one request
 
 
@@ -93,7 +92,7 @@ class BadRequest(ValueError):
     bad_request = True  # checked by attribute: the class may be pickled by value
 
 # Names of the columns flowing through the graph
-ITEM_LIST = "item_id-list"  # ragged codes fed to the model (the T4R input name)
+# ITEM_LIST (gtcrec.layout): ragged codes fed to the model (the T4R input name)
 SESSIONS = "sessions"  # per session, order of first appearance
 CLICKED = "clicked"  # ragged: every known talk the session clicked (for removal)
 MODEL_ROW = "model_row"  # per session: row in the model's output, -1 when it has no known click
