@@ -48,7 +48,14 @@ def test_it_sits_where_t4r_keeps_its_table(world):
     assert isinstance(task.task_block, LastClickSkip)
     assert task.task_block._source[0] is M._input_block(model).categorical_module
     assert tuple(rep.weight.shape) == (N_ITEMS + 3, DIM + 1)  # item vectors + the bias column
-    assert model.gtcrec_config["item_repr"]["fields"] == ["track", "day"]
+    described = M.describe(model)  # read from the modules, as build_model takes it
+    assert {k: v for k, v in described["item_repr"].items() if k != "gain"} == {
+        k: v for k, v in SETTINGS.items() if k != "gain"}
+    assert described["item_repr"]["gain"] != SETTINGS["gain"]  # trained
+    assert {k: described[k] for k in SMALL} == SMALL and described["arch"] == "gpt2" and described["pretrained"]
+    plain = M.describe(M.build_model(M.make_schema(13), make_table(10, 0), arch="xlnet", masking="mlm", **SMALL))
+    assert plain["item_repr"] is None and plain["arch"] == "xlnet" and plain["masking"] == "mlm"
+    assert {k: plain[k] for k in SMALL} == SMALL and plain["n_codes"] == 13 and plain["pretrained"]
 
 
 def test_training_leaves_the_text_unchanged_and_cold_talks_without_residual(world):

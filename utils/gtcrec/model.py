@@ -165,6 +165,36 @@ def text_table(model) -> torch.Tensor:
     return (emb.text if isinstance(emb, ItemRepresentation) else emb.weight).detach()
 
 
+def describe(model) -> Dict[str, Any]:
+    """The settings of a T4R model, read from its modules (so that a model built on screen in a
+    notebook and one from :func:`build_model` describe themselves alike): ``arch``, ``masking``,
+    ``d_model``, ``n_layer``, ``n_head``, ``dropout``, ``max_len``, ``item_col``, ``n_codes``,
+    ``pretrained`` and ``item_repr`` (the :class:`ItemRepresentation` switches, field names and
+    the skip's gain; ``None`` for T4R's plain table), as :func:`build_model` takes them."""
+    transformer = _head(model).body[1].transformer
+    conf = transformer.config
+    arch = "gpt2" if type(transformer).__name__ == "GPT2Model" else "xlnet"
+    inputs = _input_block(model)
+    emb = item_embedding(model)
+    out: Dict[str, Any] = {
+        "arch": arch, "masking": "clm" if type(inputs.masking).__name__ == "CausalLanguageModeling" else "mlm",
+        "d_model": int(conf.n_embd if arch == "gpt2" else conf.d_model), "n_layer": int(conf.n_layer),
+        "n_head": int(conf.n_head), "dropout": float(conf.resid_pdrop if arch == "gpt2" else conf.dropout),
+        "max_len": int(model.max_sequence_length), "item_col": item_column(model),
+        "n_codes": n_codes(model), "item_repr": None}
+    if isinstance(emb, ItemRepresentation):
+        block = _task(model).task_block
+        skip = isinstance(block, LastClickSkip)
+        out["pretrained"] = True
+        out["item_repr"] = {"adapter": emb.use_adapter, "residual": emb.use_residual, "bias": emb.use_bias,
+                            "drop": emb.drop, "skip": skip, "fields": list(emb.field_names),
+                            "gain": float(block.gain.detach()) if skip else None}
+    else:
+        table_cfg = inputs.categorical_module.feature_config[out["item_col"]].table
+        out["pretrained"] = type(table_cfg.initializer).__name__ == "PretrainedEmbeddingsInitializer"
+    return out
+
+
 def n_codes(model) -> int:
     return int(item_embedding(model).num_embeddings)
 
@@ -233,7 +263,7 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
     inputs = tr.TabularSequenceFeatures.from_schema(
         schema, max_sequence_length=max_len, d_output=d_model, masking=masking,
         embedding_dims={item_col: dim}, embeddings_initializers=initializers)
-    rep_cfg, task_block = None, None
+    task_block = None
     if item_repr is not None:
         if not pretrained:
             raise ValueError("item_repr builds on the pre-trained table: use pretrained=True")
@@ -246,8 +276,7 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
         inputs.categorical_module.embedding_tables[item_col] = rep  # where T4R keeps its table
         if skip:
             task_block = LastClickSkip(d_model, dim, bias=rep.use_bias, gain=gain)
-        rep_cfg = {"adapter": rep.use_adapter, "residual": rep.use_residual, "bias": rep.use_bias,
-                   "drop": rep.drop, "skip": skip, "gain": gain, "fields": rep.field_names}
+
     if arch == "xlnet":
         config = tr.XLNetConfig.build(d_model=d_model, n_head=n_head, n_layer=n_layer,
                                       total_seq_length=max_len, dropout=dropout)
@@ -268,10 +297,6 @@ def build_model(schema, item_table: np.ndarray, d_model: int = DEFAULTS["d_model
         _task(model).task_block.link(_input_block(model).categorical_module)
     if pretrained and not torch.equal(text_table(model).cpu(), torch.from_numpy(table)):
         raise RuntimeError("the item table was not initialised from item_table")
-    model.gtcrec_config = {"arch": arch, "masking": masking, "d_model": d_model,
-                           "n_layer": n_layer, "n_head": n_head, "max_len": max_len,
-                           "pretrained": pretrained, "trainable": trainable,
-                           "dropout": dropout, "item_col": item_col, "item_repr": rep_cfg}
     return model
 
 
@@ -348,8 +373,7 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
     from transformers4rec.config.trainer import T4RecTrainingArguments
     from transformers4rec.torch import Trainer
 
-    cfg = getattr(model, "gtcrec_config", {})
-    max_len = cfg.get("max_len", DEFAULTS["max_len"])
+    max_len = int(model.max_sequence_length)
     schema = _model_schema(model)
     n_train = _num_rows(train_data)
     if logging_steps is None:
@@ -428,8 +452,7 @@ def score_sessions(model, prefixes: Sequence[Sequence[int]], batch_size: int = 1
     so a row's scores do not depend on the batch. Feed the result to
     :func:`gtcrec.metrics.evaluate_scores`.
     """
-    cfg = getattr(model, "gtcrec_config", {})
-    max_len = cfg.get("max_len", DEFAULTS["max_len"])
+    max_len = int(model.max_sequence_length)
     col = item_column(model)
     device = model_device(model)
     top_k, model.top_k = model.top_k, None
@@ -530,10 +553,7 @@ def save_model(model, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save(str(path))
-    cfg = getattr(model, "gtcrec_config", None)
-    if cfg is not None:
-        (path / "gtcrec_config.json").write_text(json.dumps({**cfg, "n_codes": n_codes(model)},
-                                                            indent=2))
+    (path / "gtcrec_config.json").write_text(json.dumps(describe(model), indent=2))  # for readers
     return path
 
 
@@ -608,7 +628,4 @@ def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None,
         schema = getattr(module, "_schema", None)
         if schema is not None and hasattr(schema, "column_names") and col in schema.column_names:
             module._schema = _with_cardinality(schema, col, n_new)
-    cfg = getattr(model, "gtcrec_config", None)
-    if cfg is not None:
-        cfg["n_codes"] = n_new
     return model

@@ -270,7 +270,7 @@ def catalog_fields(catalog, names: Sequence[str] = FIELDS, reserved: int = 3) ->
 
 def settings_for(settings: Mapping | None, catalog, warm: np.ndarray | None = None) -> dict | None:
     """``build_model(item_repr=...)`` for ``catalog``: ``settings`` (switches and field names, as
-    stored in a model's ``gtcrec_config["item_repr"]``) with that catalog's field values and
+    as :func:`gtcrec.model.describe` reads them from a model) with that catalog's field values and
     ``warm`` codes. ``None`` stays ``None`` (T4R's plain table)."""
     if settings is None:
         return None

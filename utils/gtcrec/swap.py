@@ -412,7 +412,7 @@ def trace_swapped(model, k: int, seed: int = 0):
     from gtcrec import model as gm
 
     n = gm.n_codes(model)
-    max_len = getattr(model, "gtcrec_config", {}).get("max_len", gm.DEFAULTS["max_len"])
+    max_len = int(model.max_sequence_length)
 
     def batch(s):
         return gm.sessions_to_batch(example_sessions(n, max_len, seed=s), max_len, pad=True)
@@ -991,8 +991,8 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     out_dir = Path(out_dir).resolve()
     ks = tuple(ks)
     trained = gm.load_model(model_dir)
-    cfg = dict(getattr(trained, "gtcrec_config", {}))
-    max_len = int(cfg.get("max_len", gm.DEFAULTS["max_len"]))
+    cfg = gm.describe(trained)
+    max_len = cfg["max_len"]
     new_vocab = etl.vocabulary(new_catalog).tolist()
     n_codes = len(new_vocab) + N_RESERVED
     if new_table.shape[0] != n_codes:
