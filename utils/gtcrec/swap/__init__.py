@@ -1,0 +1,118 @@
+"""Catalog swap: a new event's talks in the trained model, hot-loaded into a running Triton server.
+
+The trained model scores talks through ONE table of text embeddings (input lookup and weight-tied
+output layer). A new event (new talks, no clicks yet) therefore needs no retraining: embed the new
+catalog, build its vocabulary and item table, replace the table in the model
+(:func:`gtcrec.model.swap_item_table`), trace, export the serving ensemble as the NEXT version of the
+served model and ask the running Triton server (``--model-control-mode=explicit``) to load it over
+gRPC. Triton keeps answering with the old version until the new one is ready, then switches, so the
+swap costs no failed requests. :func:`swap_catalog` does all of it; notebook 06, the benchmark and the
+``gtcrec-swap`` command call the same function.
+
+Safety rules, in order:
+
+1. **Validate before touching anything.** The new catalog is read with
+   :func:`gtcrec.data.load_catalog` (missing column, duplicate or empty talk id, empty title, bad day
+   or slot) plus two swap rules: no talk id of the catalog being served (a new event's ids must be
+   new, so that answers tell the catalogs apart and old sessions cannot leak into new codes), and at
+   least ``K`` talks (the candidates the traced model returns). Problems raise
+   :class:`gtcrec.data.DataValidationError` naming file, row and column; the repository and the
+   server are not touched.
+2. **A failed load leaves the old version serving.** If Triton cannot load the new version, the
+   version folder is moved to ``<model>/archive/`` (Triton ignores folders whose name is not a
+   number), the model's ``config.pbtxt`` is restored, and :class:`SwapError` carries the server's
+   message and the version still serving.
+3. **Rollback is a load too.** :func:`rollback` moves the serving version to the archive, restores
+   the previous version's ``config.pbtxt`` and loads: Triton serves the highest version left.
+
+Each model folder keeps ``gtcrec_swap_history.json`` (every swap, failed load and rollback, and the
+``config.pbtxt`` of every version), and a lock file so that two swaps cannot run at once.
+
+Serving settings of the new version (answer size ``k``, ``max_len``, CPU instances, executor, padding,
+dynamic batching) are read from the version being replaced, so the new version is served the same
+way; only ``K`` (candidates the traced model returns) can be chosen. The fallback ranking of the new
+version (sessions of unknown talks only) is catalog order: a new event has no clicks yet.
+
+Command line (``gtcrec-swap``)::
+
+    gtcrec-swap NEW_CATALOG --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR
+                [--cache DIR] [--k K] [--model-name NAME] [--timeout S] [--json FILE]
+    gtcrec-swap --rollback --repository REPO --url HOST:GRPC_PORT [--model-name NAME]
+    gtcrec-swap --status --repository REPO --url HOST:GRPC_PORT [--model-name NAME]
+
+Exit status: 0 done; 2 bad arguments or an invalid catalog file (nothing changed); 1 the server
+refused the new version or the rollback (the serving version is unchanged, see the message).
+
+Modules, by job (every public name is importable from ``gtcrec.swap``):
+
+* ``repository``: server and repository state (versions served and held, a version's settings), the
+  history and lock of a model folder, archiving and copying versions;
+* ``catalog``: the new catalog (validation, its item table) and the swapped, traced model;
+* ``switch``: loading a version, :func:`swap_catalog`, :func:`rollback`, :func:`status`;
+* ``traffic``: requests while the swap happens (:class:`Traffic`, :func:`traffic_summary`, the timeline plot);
+* ``quality``: the swapped model measured on the new event (:func:`evaluate_new_event`): the new
+  event's clicks through the NVTabular ETL with the new vocabulary, every method on the same time-split
+  test sessions;
+* ``cli``: the ``gtcrec-swap`` command (``python -m gtcrec.swap`` runs it too).
+"""
+
+from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, HISTORY_FILE, LOCK_FILE, ARCHIVE, Log, SwapError,
+                                    grpc_target, serving_versions, server_index, repository_versions,
+                                    VersionSettings, read_version, current_version, read_history, repository_lock,
+                                    archive_version, copy_version, next_version)
+from gtcrec.swap.catalog import (validate_catalog, PreparedCatalog, prepare_catalog, swapped_model,
+                                 example_sessions, trace_swapped)
+from gtcrec.swap.switch import (LoadResult, load_version, SwapResult, swap_catalog, RollbackResult, rollback,
+                                REFUSED_STAYS_LISTED, version_table, status)
+from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_summary, plot_timeline
+from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, SWAPPED, RETRAINED,
+                                 evaluate_new_event)
+from gtcrec.swap.cli import main
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "HISTORY_FILE",
+    "LOCK_FILE",
+    "ARCHIVE",
+    "Log",
+    "SwapError",
+    "grpc_target",
+    "serving_versions",
+    "server_index",
+    "repository_versions",
+    "VersionSettings",
+    "read_version",
+    "current_version",
+    "read_history",
+    "repository_lock",
+    "archive_version",
+    "copy_version",
+    "next_version",
+    "validate_catalog",
+    "PreparedCatalog",
+    "prepare_catalog",
+    "swapped_model",
+    "example_sessions",
+    "trace_swapped",
+    "LoadResult",
+    "load_version",
+    "SwapResult",
+    "swap_catalog",
+    "RollbackResult",
+    "rollback",
+    "REFUSED_STAYS_LISTED",
+    "version_table",
+    "status",
+    "probe_request",
+    "answer_catalog",
+    "Traffic",
+    "traffic_summary",
+    "plot_timeline",
+    "transfer_scores",
+    "translate_prefixes",
+    "Quality",
+    "SWAPPED",
+    "RETRAINED",
+    "evaluate_new_event",
+    "main",
+]

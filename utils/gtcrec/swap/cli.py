@@ -1,0 +1,98 @@
+"""The ``gtcrec-swap`` command line (swap, ``--rollback``, ``--status``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from gtcrec.data import DataValidationError
+from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError
+from gtcrec.swap.switch import rollback, status, swap_catalog
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gtcrec-swap",
+        description="Swap a new event's catalog into the served session model (no retraining) and hot-load "
+                    "it into a running Triton server as the next model version; or roll back.",
+        epilog="Exit status: 0 done; 2 bad arguments or invalid catalog (nothing changed); 1 the server refused "
+               "the new version or the rollback (the serving version is unchanged).")
+    parser.add_argument("catalog", nargs="?", help="the new catalog file (CSV or parquet, the catalog format)")
+    parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
+    parser.add_argument("--url", required=True, help="the server's gRPC address, host:port")
+    parser.add_argument("--model-dir", help="the trained model saved by notebook 03 (artifacts/03-train/model)")
+    parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache folder "
+                        "(default: %(default)s)")
+    parser.add_argument("--k", type=int, default=None, help="candidates the traced model returns "
+                        "(default: the same as the serving version)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="default: %(default)s")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server's load")
+    parser.add_argument("--json", help="also write the result as JSON to this file ('-': stdout)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--rollback", action="store_true", help="return to the previous version")
+    action.add_argument("--status", action="store_true", help="show versions served, kept and archived")
+    return parser
+
+
+def _emit(result: dict, target: str | None) -> None:
+    if not target:
+        return
+    text = json.dumps(result, indent=2, default=str)
+    if target == "-":
+        print(text)
+    else:
+        Path(target).write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*Tensorflow dtype mappings.*")
+    parser = _parser()
+    args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"[gtcrec-swap] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        if args.status:
+            result = status(args.url, args.repository, args.model_name)
+            log(f"serving {result['serving']}; in the repository {result['repository_versions']}; "
+                f"archived {result['archived']}")
+            for row in result["versions"]:
+                log(f"  version {row['version']}: server {row['server']}, folder {row['folder']}: {row['meaning']}"
+                    + ("" if row["agrees"] else "  <- does not agree"))
+            for note in result["notes"]:
+                log(note)
+            _emit(result, args.json or "-")
+            return 0
+        if args.rollback:
+            rb = rollback(args.url, args.repository, args.model_name, timeout=args.timeout, log=log)
+            _emit({"action": "rollback", **asdict(rb)}, args.json)
+            return 0
+        if not args.catalog or not args.model_dir:
+            parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
+        res = swap_catalog(args.catalog, args.repository, args.url, args.model_dir, args.cache, k_model=args.k,
+                           model_name=args.model_name, timeout=args.timeout, log=log)
+        _emit({"action": "swap", **res.summary()}, args.json)
+        return 0
+    except DataValidationError as exc:
+        print(f"gtcrec-swap: invalid catalog, nothing changed:\n{exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"gtcrec-swap: {exc}", file=sys.stderr)
+        return 2
+    except SwapError as exc:
+        print(f"gtcrec-swap: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
