@@ -1,4 +1,5 @@
-"""merlin-dataloader over the processed sessions, with the pre-trained vectors joined in the loader.
+"""Helpers around merlin-dataloader over the processed sessions (the ``Loader`` itself is built on
+screen in notebook 02, with ``EmbeddingOperator`` joining the pre-trained vectors).
 
 The torch ``Loader`` yields a ragged list column as two tensors, ``<name>__values`` (every code of
 the batch, session after session) and ``<name>__offsets`` (where each session starts; one more entry
@@ -8,7 +9,6 @@ item table and adds ``item_vectors__values`` (n_codes, 384) with the same offset
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -17,31 +17,15 @@ from gtcrec.etl import ITEM_LIST
 VECTORS = "item_vectors"
 
 
-def dataset(split_dir: str | Path):
-    """A merlin Dataset over a processed split, reading only the item list (what the model uses)."""
-    from merlin.io import Dataset
-
-    ds = Dataset(str(split_dir), engine="parquet", cpu=True)
-    ds.schema = ds.schema.select_by_name([ITEM_LIST])
-    return ds
-
-
-def make_loader(split_dir: str | Path, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
-                item_table: np.ndarray | None = None):
-    """A torch Loader over ``split_dir``; with ``item_table`` the vectors are joined to every code."""
-    from merlin.dataloader.ops.embeddings import EmbeddingOperator
-    from merlin.dataloader.torch import Loader
-
-    transforms = None
-    if item_table is not None:
-        transforms = [EmbeddingOperator(item_table, lookup_key=ITEM_LIST, embedding_name=VECTORS)]
+def shuffle_seeds(seed: int):
+    """A ``seed_fn`` for ``Loader(..., shuffle=True, seed_fn=...)``: the loader asks it for a new shuffle
+    seed every epoch; a fixed sequence drawn from ``seed`` gives the same batches on every run."""
     rng = np.random.default_rng(seed)
 
-    def seed_fn() -> int:  # a fixed sequence of shuffle seeds: same seed, same batches
+    def seed_fn() -> int:
         return int(rng.integers(0, 2**31 - 1))
 
-    return Loader(dataset(split_dir), batch_size=batch_size, shuffle=shuffle, seed_fn=seed_fn,
-                  transforms=transforms)
+    return seed_fn
 
 
 def session_lists(batch: dict) -> list[np.ndarray]:
