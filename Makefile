@@ -1,4 +1,5 @@
-# Two commands do everything: `make run` (the notebook series) and `make test` (the test suite).
+# Two commands do everything: `make run` (the notebook series) and `make test` (the test suite);
+# `make test-fast` runs the unit tests that need no server and no notebook.
 # Both create the virtual environment from requirements.lock when it is missing.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 ARTIFACTS_DIR ?= artifacts
 SIZE ?= default
 
-.PHONY: env run test serve clean
+.PHONY: env run test test-fast serve clean
 
 env: $(VENV)/.installed
 
@@ -32,6 +33,10 @@ run: env
 
 test: env
 	$(PY) -m pytest tests
+
+# The fast tier: unit tests that start no tritonserver and run no notebook (see pytest.ini).
+test-fast: env
+	$(PY) -m pytest -m "not server and not notebooks" tests
 
 # Serve the model of `make run` on 127.0.0.1 until Ctrl-C (a copy of ARTIFACTS_DIR/04-ensemble's repository in
 # ARTIFACTS_DIR/serve/), or REPOSITORY=path; HTTP_PORT / GRPC_PORT (0: free ports). See `gtcrec-serve --help`.

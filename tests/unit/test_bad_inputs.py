@@ -125,6 +125,7 @@ def talks_of(out, row=0) -> list[str]:
 # answered (documented behaviour)
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_empty_request_gets_an_empty_answer(server, client, setup):
     out = raw_infer(client, arrays([], [], []))
     assert out["session_ids"].shape == (0,)
@@ -132,6 +133,7 @@ def test_empty_request_gets_an_empty_answer(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_session_of_unknown_talks_gets_the_popular_fallback(server, client, setup):
     out = raw_infer(client, arrays(["u", "u"], ["NOPE", "S9999"], [1, 2]))
     assert talks_of(out) == FALLBACK[:K]
@@ -139,6 +141,7 @@ def test_session_of_unknown_talks_gets_the_popular_fallback(server, client, setu
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_unknown_talks_among_known_ones_are_dropped(server, client, setup):
     mixed = raw_infer(client, arrays(["m"] * 4, ["S2001", "???", "S2002", "S2003x"], [1, 2, 3, 4]))
     clean = raw_infer(client, arrays(["m"] * 2, ["S2001", "S2002"], [1, 3]))
@@ -148,6 +151,7 @@ def test_unknown_talks_among_known_ones_are_dropped(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_repeated_clicks_stay_in_the_input_and_are_never_recommended(server, client, setup):
     req = arrays(["d"] * 4, ["S2005", "S2005", "S2005", "S2006"], [1, 2, 3, 4])
     out = raw_infer(client, req)
@@ -159,6 +163,7 @@ def test_repeated_clicks_stay_in_the_input_and_are_never_recommended(server, cli
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_long_session_keeps_the_last_clicks_and_excludes_all_clicked(server, client, setup):
     talks = [f"S20{i:02d}" for i in range(20, 32)]  # 12 clicks > MAX_LEN = 4
     out = raw_infer(client, arrays(["L"] * 12, talks, range(12)))
@@ -175,6 +180,7 @@ def test_long_session_keeps_the_last_clicks_and_excludes_all_clicked(server, cli
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_unsorted_timestamps_are_sorted_per_session(server, client, setup):
     ordered = arrays(["a", "a", "a", "b", "b"], ["S2001", "S2002", "S2003", "S2007", "S2008"], [1, 2, 3, 10, 20])
     perm = np.array([4, 2, 0, 3, 1])
@@ -185,6 +191,7 @@ def test_unsorted_timestamps_are_sorted_per_session(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_non_utf8_bytes(server, client, setup):
     bad_talk = raw_infer(client, arrays(["n"] * 3, [b"S2001", b"\xff\xfeS2002", b"S2004"], [1, 2, 3]))
     clean = raw_infer(client, arrays(["n"] * 2, ["S2001", "S2004"], [1, 3]))
@@ -195,6 +202,7 @@ def test_non_utf8_bytes(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_ten_thousand_sessions_in_one_request(server, client, setup):
     rng = np.random.default_rng(0)
     n_sessions, per = 10_000, 6
@@ -221,6 +229,7 @@ def refused(client, tensors, dtypes=None) -> str:
     return str(info.value)
 
 
+@pytest.mark.server
 def test_missing_input_is_refused_by_triton(server, client, setup):
     req = arrays(["a"], ["S2001"], [1])
     del req["timestamp"]
@@ -229,6 +238,7 @@ def test_missing_input_is_refused_by_triton(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_wrong_datatype_is_refused_by_triton(server, client, setup):
     req = arrays(["a"], ["S2001"], [1])
     req["timestamp"] = np.array([1.0], dtype=np.float32)
@@ -240,6 +250,7 @@ def test_wrong_datatype_is_refused_by_triton(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_nan_timestamps_cannot_be_sent(server, client, setup):
     req = arrays(["a", "a"], ["S2001", "S2002"], [1, 2])
     req["timestamp"] = np.array([1.0, np.nan])
@@ -252,6 +263,7 @@ def test_nan_timestamps_cannot_be_sent(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_negative_timestamps_are_refused(server, client, setup):
     msg = refused(client, arrays(["a", "a", "b"], ["S2001", "S2002", "S2003"], [5, -1, -7]))
     assert "bad request" in msg and "2 timestamps are negative" in msg and "click 1" in msg
@@ -266,6 +278,7 @@ def test_negative_timestamps_are_refused(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_inputs_of_different_lengths_are_refused(server, client, setup):
     req = arrays(["a", "a"], ["S2001", "S2002"], [1, 2])
     req["timestamp"] = req["timestamp"][:1]
@@ -274,12 +287,14 @@ def test_inputs_of_different_lengths_are_refused(server, client, setup):
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_two_dimensional_inputs_are_refused_by_triton(server, client, setup):
     req = {name: arr.reshape(1, -1) for name, arr in arrays(["a"], ["S2001"], [1]).items()}
     assert "shape" in refused(client, req)
     assert_still_serving(server, client, setup)
 
 
+@pytest.mark.server
 def test_too_many_clicks_are_refused(server, client, setup):
     n = MAX_CLICKS + 1
     req = {"session_id": np.full(n, b"s", dtype=object), "talk_id": np.full(n, b"S2001", dtype=object),
@@ -297,6 +312,7 @@ def test_k_beyond_the_catalog_or_the_model_is_refused_at_export(setup, tmp_path)
     assert not (tmp_path / "repo").exists()  # nothing half-exported
 
 
+@pytest.mark.server
 def test_the_server_log_has_no_traceback_for_client_errors(server, setup):
     log = server.log_path.read_text(errors="replace")
     assert "lean executor" in log

@@ -97,6 +97,7 @@ def served(model_path, clicks, tmp_path_factory):
         yield s, refs, repo
 
 
+@pytest.mark.server
 def test_the_three_executors_answer_alike(served, clicks):
     server, refs, repo = served
     config = (repo / "lean" / "rec_lean" / "config.pbtxt").read_text()
@@ -117,6 +118,7 @@ def test_the_three_executors_answer_alike(served, clicks):
     assert "rec_merlin v1: merlin executor (Merlin LocalExecutor)" in log
 
 
+@pytest.mark.server
 def test_closed_loop_and_latency_on_the_server(served, clicks):
     server, _, _ = served
     requests = load.requests_of(clicks, 3, limit=4)
@@ -153,6 +155,7 @@ def test_perf_analyzer_status_and_input_file(tmp_path, clicks):
     assert all(isinstance(t, str) for t in first["talk_id"]["content"])
 
 
+@pytest.mark.server
 def test_perf_analyzer_runs_when_available(served, clicks):
     if not load.perf_analyzer_status()["available"]:
         pytest.skip(load.perf_analyzer_status()["reason"])
@@ -220,6 +223,7 @@ def test_choose_backend(tmp_path, monkeypatch):
     assert backend == "python" and "backends: python" in why
 
 
+@pytest.mark.server
 def test_server_processes_finds_a_running_server_by_id(served):
     from gtcrec.serving.server import server_processes
 
@@ -250,6 +254,7 @@ def test_batched_chain_in_process_equals_one_request_at_a_time(model_path, click
         np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)
 
 
+@pytest.mark.server
 def test_dynamic_batching_on_the_server(served, clicks):
     import threading
 
@@ -317,6 +322,7 @@ def test_warmup_requests_cover_several_session_counts(clicks):
     assert all(len(p["talk_id"]) == len(p["timestamp"]) == len(p["session_id"]) for p in parts)
 
 
+@pytest.mark.server
 def test_each_version_is_warmed_up_on_its_reference_request_before_it_is_ready(served):
     server, refs, repo = served
     for mode in ("lean", "merlin"):
@@ -331,6 +337,7 @@ def test_each_version_is_warmed_up_on_its_reference_request_before_it_is_ready(s
     assert "rec_merlin v1: the merlin executor is not warmed up" in log
 
 
+@pytest.mark.server
 def test_a_version_that_fails_its_warm_up_is_refused_and_the_old_one_serves(served):
     import shutil
 

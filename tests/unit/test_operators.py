@@ -390,6 +390,7 @@ def test_client_timestamps_and_request_arrays():
 # Served answer == in-process answer, on a real Triton
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_served_answer_equals_in_process_answer(model_path, tmp_path, popularity):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient

@@ -85,7 +85,8 @@ def wait_gone(pids, timeout=20.0) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------
 
-def test_find_tritonserver_assembles_the_python_backend(tmp_path):
+def test_find_tritonserver_assembles_the_python_backend(tmp_path, monkeypatch):
+    monkeypatch.delenv(srv.ENV_BINARY, raising=False)  # tests/conftest.py points it at a stub here
     binary = find_tritonserver(cache_root=tmp_path)
     assert binary.executable.is_file() and os.access(binary.executable, os.X_OK)
     if not binary.bundled:
@@ -110,6 +111,7 @@ def test_explicit_binary_that_does_not_exist_is_refused(tmp_path, monkeypatch):
         find_tritonserver()
 
 
+@pytest.mark.server
 def test_server_is_ready_and_infers_over_http_and_grpc(server):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -134,6 +136,7 @@ def test_server_is_ready_and_infers_over_http_and_grpc(server):
     assert "Started HTTPService" in server.log_tail(200)
 
 
+@pytest.mark.server
 def test_taken_ports_are_refused(server, repo):
     with pytest.raises(PortInUseError, match="already in use"):
         TritonServer(repo, http_port=server.http_port).start()
@@ -147,6 +150,7 @@ def test_taken_ports_are_refused(server, repo):
             TritonServer(repo, http_port=s.getsockname()[1]).start()
 
 
+@pytest.mark.server
 def test_explicit_mode_loads_and_unloads_over_grpc(repo, tmp_path):
     with TritonServer(repo, model_control="explicit", log_path=tmp_path / "explicit.log") as s:
         assert not s.is_model_ready("double")
@@ -162,6 +166,7 @@ def test_explicit_mode_loads_and_unloads_over_grpc(repo, tmp_path):
     assert (tmp_path / "explicit.log").stat().st_size > 0
 
 
+@pytest.mark.server
 def test_stop_leaves_no_process(repo):
     s = TritonServer(repo, model_control="none").start()
     pids = tree_pids(s.pid)
@@ -174,6 +179,7 @@ def test_stop_leaves_no_process(repo):
     assert s.stop() == code  # idempotent
 
 
+@pytest.mark.server
 def test_startup_timeout_raises_with_log_tail(tmp_path):
     slow = DOUBLE_MODEL.replace("class TritonPythonModel:",
                                 "class TritonPythonModel:\n    def initialize(self, args):\n"
@@ -190,6 +196,7 @@ def test_startup_timeout_raises_with_log_tail(tmp_path):
     assert not s.is_running()
 
 
+@pytest.mark.server
 def test_broken_model_makes_start_fail_with_its_error(tmp_path):
     broken = DOUBLE_MODEL.replace("class TritonPythonModel:",
                                   "class TritonPythonModel:\n    def initialize(self, args):\n"
@@ -201,6 +208,7 @@ def test_broken_model_makes_start_fail_with_its_error(tmp_path):
     assert "deliberately broken model" in str(info.value)
 
 
+@pytest.mark.server
 def test_server_dies_with_the_process_that_started_it(repo, tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent(f"""

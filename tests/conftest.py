@@ -1,0 +1,59 @@
+"""Test tiers, and a guard that keeps them honest.
+
+* ``make test-fast`` (``pytest -m "not server and not notebooks"``): unit tests without a Triton server
+  and without papermill.
+* ``make test`` (CI): everything.
+
+A test that starts ``tritonserver`` (in-process through :class:`gtcrec.serving.server.TritonServer`, through a
+``gtcrec-serve`` subprocess, or inside a notebook's kernel) must carry the ``server`` marker. The guard
+enforces it: while a test WITHOUT the marker runs (its fixtures included), ``$GTCREC_TRITONSERVER`` (the
+first place :func:`gtcrec.serving.server.find_tritonserver` looks after an explicit argument) names a stub
+that exits with an error saying so, and every child process inherits it. So a server test that lost its
+marker fails in the full tier instead of slowing down the fast one.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ENV_BINARY = "GTCREC_TRITONSERVER"
+# Notebook tests whose notebooks start a server (05 serves, 06 hot-swaps); marked here so that the notebook
+# test files need not know about the guard.
+SERVER_NOTEBOOK_TESTS = {"test_04_05_serving.py", "test_06_swap.py"}
+STUB_MESSAGE = "tritonserver was started by a test without the `server` marker (see tests/conftest.py)"
+
+_stub_dir = Path(tempfile.mkdtemp(prefix="gtcrec-no-server-"))
+STUB = _stub_dir / "tritonserver"
+STUB.write_text(f"#!/bin/sh\necho '{STUB_MESSAGE}' >&2\nexit 3\n")
+STUB.chmod(STUB.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+_ORIGINAL = os.environ.get(ENV_BINARY)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SERVER_NOTEBOOK_TESTS:
+            item.add_marker(pytest.mark.server)
+
+
+def _restore() -> None:
+    if _ORIGINAL is None:
+        os.environ.pop(ENV_BINARY, None)
+    else:
+        os.environ[ENV_BINARY] = _ORIGINAL
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("server") is None:
+        os.environ[ENV_BINARY] = str(STUB)
+    else:
+        _restore()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    _restore()
