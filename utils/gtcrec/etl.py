@@ -86,7 +86,11 @@ def at_least_two_items(df: pd.DataFrame) -> pd.Series:
 def build_workflow(vocab: pd.Series, out_path: str | Path, max_len: int = 20):
     """The NVTabular workflow: map talk ids through the fixed vocabulary, group clicks into sessions
     in click order (:func:`click_position`: time, ties by talk id text), keep the last ``max_len``
-    clicks, drop sessions of fewer than two known clicks."""
+    clicks, drop sessions of fewer than two known clicks.
+
+    Notebook 01 writes this workflow in its cells, operator by operator, to teach it; this is the
+    definition for code that runs without the notebook (the swap's new-event evaluation, benchmarks,
+    unit tests). ``tests/notebooks/test_lessons_match_package.py`` checks that both give the same splits."""
     import nvtabular as nvt
     from merlin.schema import Tags
 

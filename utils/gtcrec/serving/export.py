@@ -2,7 +2,8 @@
 
 ``export_ensemble`` builds ``SessionizeClicks >> TorchScriptTopK >> DecodeTopK`` (see
 ``gtcrec.serving.operators`` for the request/answer contract), answers a reference request
-in-process, then exports. Two backends:
+in-process, then exports with Merlin's ``Ensemble.export`` and ``install_export`` (which notebook 04
+calls on its own on-screen ensemble). Two backends:
 
 * ``backend="python"`` (default, runs on the CPU-only Triton of the nvidia-pytriton wheel): the
   whole graph, model included, runs inside Merlin's python-backend ``executor_model``.
@@ -73,6 +74,10 @@ def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int 
                    popularity: Sequence[float] | None = None, call: str = "dict",
                    num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS, pad_sessions: bool = True):
     """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too).
+
+    Notebook 04 writes this graph in its cells to teach it; this is the definition the catalog swap,
+    the benchmarks and the unit tests use. ``tests/notebooks/test_lessons_match_package.py`` checks
+    that both answer the reference request identically.
 
     ``pad_sessions``: every session reaches the model padded to ``max_len`` (see
     ``SessionizeClicks``), so its answer does not depend on the other sessions of the request."""
@@ -278,29 +283,57 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         finally:
             if self_contained:
                 cloudpickle.unregister_pickle_by_value(ops)
-        executor_config = _edit_config(Path(tmp) / name / "config.pbtxt", instance_count,
-                                       None if executor == "stock" else executor,
-                                       (max_batch_size, batch_delay_us) if dynamic_batching else None)
-        if executor != "stock":
-            shutil.copyfile(Path(executor_model.__file__), Path(tmp) / name / "1" / "model.py")
+        executor_config = install_export(tmp, out_repo, name=name, version=version, backend=backend,
+                                         request=request, instance_count=instance_count, executor=executor,
+                                         dynamic_batching=dynamic_batching, max_batch_size=max_batch_size,
+                                         batch_delay_us=batch_delay_us)
         reference.extra["configs"] = [executor_config] + list(node_configs)
         reference.extra["executor"] = executor
-        out_repo.mkdir(parents=True, exist_ok=True)
-        for model_dir in sorted(Path(tmp).iterdir()):
-            dest_model = out_repo / model_dir.name
-            dest_model.mkdir(exist_ok=True)
-            shutil.copy2(model_dir / "config.pbtxt", dest_model / "config.pbtxt")
-            # Merlin writes the executor into 1/ (and artifacts into <version>/): gather all in 1/
-            dest = dest_model / str(int(version))
-            if dest.exists():
-                shutil.rmtree(dest)
-            shutil.move(str(model_dir / "1"), str(dest))
-            if executor != "stock" and backend == "python":  # gtcrec's executor warms up on it
-                executor_model.write_warmup_request(dest, request)
-            for extra in model_dir.iterdir():
-                if extra.name not in ("1", "config.pbtxt"):
-                    shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
     return ensemble, reference
+
+
+def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version: int = 1,
+                   backend: str = "python", request: dict | None = None, instance_count: int | None = None,
+                   executor: str = "lean", dynamic_batching: bool = False, max_batch_size: int = 32,
+                   batch_delay_us: int = 500, overwrite: bool = True):
+    """Move what ``Ensemble.export(merlin_dir, name=name)`` wrote into ``out_repo/<model>/<version>/``
+    and adapt it for serving; returns the executor model's config.
+
+    Merlin writes the executor into ``1/`` and the operators' artifacts into ``<version>/`` whatever
+    ``version`` says: everything is gathered into ``<version>/``. The config gets
+    ``instance_count`` CPU instances, the ``executor`` parameter (``"lean"`` / ``"merlin"`` use gtcrec's
+    executor file, ``"stock"`` keeps Merlin's) and, with ``dynamic_batching``, Triton's dynamic
+    batching with ragged inputs. With gtcrec's executor on the python backend, ``request`` (arrays as
+    sent to Triton) is saved as the version's warm-up request. ``merlin_dir`` is consumed."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}")
+    if dynamic_batching and (executor != "lean" or backend != "python"):
+        raise ValueError("dynamic_batching needs executor='lean' and backend='python'")
+    merlin_dir, out_repo = Path(merlin_dir), Path(out_repo).resolve()
+    target = out_repo / name / str(int(version))
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
+    executor_config = _edit_config(merlin_dir / name / "config.pbtxt", instance_count,
+                                   None if executor == "stock" else executor,
+                                   (max_batch_size, batch_delay_us) if dynamic_batching else None)
+    if executor != "stock":
+        shutil.copyfile(Path(executor_model.__file__), merlin_dir / name / "1" / "model.py")
+    out_repo.mkdir(parents=True, exist_ok=True)
+    for model_dir in sorted(merlin_dir.iterdir()):
+        dest_model = out_repo / model_dir.name
+        dest_model.mkdir(exist_ok=True)
+        shutil.copy2(model_dir / "config.pbtxt", dest_model / "config.pbtxt")
+        # Merlin writes the executor into 1/ (and artifacts into <version>/): gather all in <version>/
+        dest = dest_model / str(int(version))
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(model_dir / "1"), str(dest))
+        if executor != "stock" and backend == "python" and request is not None:  # gtcrec's executor warms up on it
+            executor_model.write_warmup_request(dest, request)
+        for extra in model_dir.iterdir():
+            if extra.name not in ("1", "config.pbtxt"):
+                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    return executor_config
 
 
 def _edit_config(config_path: Path, instance_count: int | None = None, executor: str | None = None,
