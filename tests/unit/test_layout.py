@@ -15,7 +15,7 @@ def test_one_layout_everywhere():
     assert (etl.RESERVED, etl.OOV, etl.ITEM_LIST) == (layout.RESERVED, layout.OOV, layout.ITEM_LIST)
     assert (ops.FIRST_CODE, ops.OOV, ops.NULL, ops.PAD, ops.ITEM_LIST) == (
         layout.FIRST_CODE, layout.OOV, layout.NULL, layout.PAD, layout.ITEM_LIST)
-    assert (metrics.N_RESERVED, metrics.ITEM_COL) == (layout.RESERVED, layout.ITEM_LIST)
+    assert (metrics.N_RESERVED, metrics.ITEM_LIST) == (layout.RESERVED, layout.ITEM_LIST)
 
 
 def test_layout_imports_nothing():

@@ -37,7 +37,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from gtcrec.layout import ITEM_LIST as ITEM_COL
+from gtcrec.layout import ITEM_LIST
 from gtcrec.layout import RESERVED as N_RESERVED  # codes 0 padding, 1 null, 2 out-of-vocabulary
 
 DEFAULT_KS = (10, 20)
@@ -50,7 +50,7 @@ def _as_codes(session) -> np.ndarray:
     return arr
 
 
-def read_sessions(path: str | Path, column: str = ITEM_COL) -> list[np.ndarray]:
+def read_sessions(path: str | Path, column: str = ITEM_LIST) -> list[np.ndarray]:
     """Read a processed-sessions parquet file or folder into a list of int64 code arrays."""
     import pandas as pd
 
