@@ -16,6 +16,10 @@ all three, and measures:
 2. throughput in sessions/s for every (sessions per request, concurrency) pair, python client in a
    closed loop (and perf_analyzer), plus single-session requests to the batched model.
    Target: >= 1,000 sessions/s on 2 cores.
+3. post-processing (in process, no server): the step after the model (drop clicked talks, keep k,
+   codes to talk ids) written in numpy (the served operator), torch, pandas and, with a GPU, cudf,
+   on real model outputs for test sessions, timed per request size; every variant must agree with
+   numpy. ``--postprocess-only`` runs just this part (it moved here from notebook 05).
 
 The client runs on the same machine as the server and takes CPU from it; perf_analyzer (C++)
 takes less than the python client.
@@ -52,6 +56,31 @@ def in_process_ms(fn, n: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+def postprocess_comparison(vocab, torchscript, clicks: pd.DataFrame, max_len: int, k: int, sizes) -> dict:
+    """Median ms per call of each post-processing variant per request size, on real model outputs for
+    test sessions (one process, no server); every variant must give numpy's answer."""
+    from gtcrec.serving import postprocess as pp
+
+    model_op = ops.TorchScriptTopK(torchscript)
+    sessionize = ops.SessionizeClicks(vocab, max_len=max_len)
+    decoder = pp.plain_decoder(vocab, k)
+    all_test = cl.request_arrays(clicks)
+    inputs = {n: pp.model_candidates(model_op, sessionize, all_test, n) for n in sizes}
+    agreement = {n: pp.agree(decoder, *args) for n, args in inputs.items()}
+    if not all(all(a.values()) for a in agreement.values()):
+        raise AssertionError(f"post-processing variants disagree: {agreement}")
+    table = pp.time_variants(decoder, inputs)
+    relative = table.div(table["numpy"], axis=0)
+    print("\npost-processing, median ms per call (x numpy), every variant agrees with numpy:")
+    print((table.round(3).astype(str) + " ms (" + relative.round(1).astype(str) + "x)").to_string(), flush=True)
+    fastest = table.idxmin(axis=1)
+    print("fastest per size:", ", ".join(f"{n} session(s) -> {v}" for n, v in fastest.items()),
+          "" if "cudf" in table else "(cudf not installed: no GPU)", flush=True)
+    return {"ms": {str(n): row for n, row in table.to_dict(orient="index").items()},
+            "relative_to_numpy": {str(n): row for n, row in relative.to_dict(orient="index").items()},
+            "fastest": {str(n): v for n, v in fastest.items()}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts-dir", default="artifacts")
@@ -64,6 +93,9 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-requests", type=int, default=500, help="per one-session measure, all rounds")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the one-session measures")
     parser.add_argument("--no-perf-analyzer", action="store_true")
+    parser.add_argument("--postprocess-sizes", type=int, nargs="+", default=[1, 10, 100, 1000],
+                        help="sessions per request for the post-processing comparison")
+    parser.add_argument("--postprocess-only", action="store_true", help="only the post-processing comparison")
     parser.add_argument("--json", help="write every number to this file")
     args = parser.parse_args(argv)
 
@@ -82,6 +114,13 @@ def main(argv=None) -> int:
                     "talks": len(vocab), "max_len": max_len, "k": args.k, "one_session_clicks": len(one["talk_id"])}
     print(f"{len(vocab):,} talks, MAX_LEN {max_len}, k {args.k}; one session = {len(one['talk_id'])} clicks; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    # -- post-processing: numpy, torch, pandas (cudf) ------------------------------------------
+    report["postprocess"] = postprocess_comparison(vocab, torchscript, clicks, max_len, args.k, args.postprocess_sizes)
+    if args.postprocess_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+        return 0
 
     # -- in process ---------------------------------------------------------------------------
     from merlin.table import TensorTable

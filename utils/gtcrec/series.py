@@ -23,7 +23,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "03-train": {"EPOCHS": 3},
     "04-ensemble": {},
     "05-serve": {"LOAD_TEST_SECONDS": 1, "CONCURRENCY": [1, 4], "SESSIONS_PER_REQUEST": [1, 50],
-                 "POSTPROCESS_SIZES": [1, 100], "N_PARITY_SESSIONS": 300},
+                 "N_PARITY_SESSIONS": 300},
     "06-catalog-swap": {"EPOCHS_RETRAINED": 3},
 }
 

@@ -1,4 +1,5 @@
-"""The post-processing step of serving, written four ways, to measure which one to serve with.
+"""The post-processing step of serving, written four ways, to measure which one to serve with
+(``python benchmarks/serving.py --postprocess-only``).
 
 The step (``DecodeTopK`` without the fallback): for each session, drop the model's candidates
 that the session already clicked or that are reserved codes, keep the first ``k``, and map codes
