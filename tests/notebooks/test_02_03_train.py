@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gtcrec import metrics, model as m
+from gtcrec import data, metrics, model as m
+from gtcrec.representation import settings_for
 
 pytestmark = pytest.mark.notebooks
 
@@ -60,3 +61,24 @@ def test_saved_trace_matches_saved_model(series):
     popularity = np.load(series.path("03-train", "popularity"))
     assert popularity[:3].sum() == 0 and popularity.sum() == sum(
         len(s) for s in metrics.read_sessions(series.path("01-etl", "train")))
+
+
+def test_notebook_model_is_the_package_model(series):
+    """Notebook 03 builds its T4R model on screen; the swap and the tests use gtcrec.model.build_model.
+    Both must be the same model: the package's, given the saved model's settings and weights, scores alike."""
+    series.run("03-train")
+    saved = m.load_model(series.path("03-train", "model"))
+    settings = m.describe(saved)
+    catalog = data.load_catalog(series.path("00-data", "spring_catalog"))
+    table = np.load(series.path("01-etl", "item_table"))
+    train = metrics.read_sessions(series.path("01-etl", "train"))
+    warm = np.bincount(np.concatenate(train), minlength=len(table)) > 0
+    warm[:3] = False
+    package = m.build_model(m.load_schema(series.path("01-etl", "train")), table,
+                            item_repr=settings_for(settings["item_repr"], catalog, warm),
+                            **{k: settings[k] for k in ("arch", "masking", "d_model", "n_layer", "n_head",
+                                                        "max_len", "dropout")})
+    package.load_state_dict(saved.state_dict())  # strict: the same modules with the same shapes
+    assert m.describe(package) == settings
+    sessions = metrics.read_sessions(series.path("01-etl", "test"))[:64]
+    np.testing.assert_allclose(m.score_sessions(package, sessions), m.score_sessions(saved, sessions), atol=1e-5)

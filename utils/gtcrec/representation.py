@@ -68,7 +68,7 @@ class ItemRepresentation(torch.nn.Module):
         for name in self.field_names:
             values = sorted({str(v) for v in fields[name]} - {MISSING})
             self.field_vocab[name] = values
-            tables[name] = torch.nn.Embedding(len(values) + 1, dim)
+            tables[name] = torch.nn.Embedding(len(values) + 1, dim, padding_idx=0)  # 0: no vector, ever
             torch.nn.init.zeros_(tables[name].weight)
         self.fields = torch.nn.ModuleDict(tables)
         self.register_buffer("field_codes", self._field_codes(fields, n))
