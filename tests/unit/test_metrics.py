@@ -1,13 +1,15 @@
 """Hand-computed cases for gtcrec.metrics (ranking metrics with one relevant item)."""
 import math
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from gtcrec.metrics import (apply_exclusions, evaluate_scores, evaluate_topk, format_metrics,
-                            read_sessions, sessions_to_prefixes)
+from gtcrec.metrics import (DEFAULT_KS, N_RESERVED, _as_codes, _check_ks, _metrics_from_rank_ranges, _summarise,
+                            _to_numpy, apply_exclusions, evaluate_scores, format_metrics, read_sessions,
+                            sessions_to_prefixes)
 
 
 def row(*item_scores, reserved_scores=(0.0, 0.0, 0.0)):
@@ -112,6 +114,43 @@ def test_chunking_and_per_session():
     per = evaluate_scores(scores, targets, per_session=True)
     assert per["recall@10"].shape == (57,)
     assert per["recall@10"].mean() == pytest.approx(a["recall@10"])
+
+
+def evaluate_topk(topk_codes, targets, ks: Sequence[int] = DEFAULT_KS,
+                  exclude: Sequence[Sequence[int]] | None = None, reserved: int = N_RESERVED,
+                  per_session: bool = False):
+    """Reference for :func:`gtcrec.metrics.evaluate_scores` (which only tests used, so it lives here):
+    metrics of ranked code lists ``(n, K)`` (best first, e.g. a served top-k) against targets.
+
+    Excluded codes (reserved and per-row ``exclude``) are removed from each list, keeping the
+    order, before the first ``k`` are taken; the lists must then be long enough for ``max(ks)``
+    or a shorter list simply recommends fewer items. The rank is the first position of the
+    target; a list has no ties.
+    """
+    ks = _check_ks(ks)
+    topk = _to_numpy(topk_codes).astype(np.int64)
+    targets = _to_numpy(targets).astype(np.int64).reshape(-1)
+    if topk.ndim != 2:
+        raise ValueError(f"top-k codes must be 2-D (n, K), got shape {topk.shape}")
+    n = topk.shape[0]
+    if len(targets) != n:
+        raise ValueError(f"{n} lists but {len(targets)} targets")
+    if exclude is not None and len(exclude) != n:
+        raise ValueError(f"exclude has {len(exclude)} rows, lists {n}")
+    keep = topk >= reserved
+    if exclude is not None:
+        for i, codes in enumerate(exclude):
+            keep[i] &= ~np.isin(topk[i], _as_codes(codes))
+    # position among kept entries (1-based); non-kept entries never match
+    pos = np.cumsum(keep, axis=1)
+    match = keep & (topk == targets[:, None])
+    found = match.any(axis=1)
+    first = np.argmax(match, axis=1)
+    rank = np.where(found, pos[np.arange(n), first], 0)
+    # a list gives an exact rank: a range of one position
+    greater = np.where(found, rank - 1, 0)
+    return _summarise(_metrics_from_rank_ranges(greater, np.ones(n, dtype=np.int64), found, ks),
+                      per_session, n)
 
 
 def test_topk_lists_match_score_matrix():

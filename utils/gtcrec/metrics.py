@@ -7,8 +7,7 @@ A processed session is a list of item codes ``[c1, ..., cn]`` in time order (``n
 task is the one serving answers: given the prefix ``[c1, ..., c(n-1)]``, rank every code so that
 the LAST click ``cn`` comes first. :func:`sessions_to_prefixes` turns a list of sessions into
 ``(prefixes, targets)``; every model and baseline produces a score matrix ``(n_sessions, n_codes)``
-(or a top-k list of codes) for the prefixes, and :func:`evaluate_scores` / :func:`evaluate_topk`
-compare it with the targets. One relevant item per session, so
+for the prefixes, and :func:`evaluate_scores` compares it with the targets. One relevant item per session, so
 
 * ``recall@k`` (= hit rate) is 1 when the target is among the first ``k`` codes,
 * ``ndcg@k`` is ``1 / log2(rank + 1)`` when ``rank <= k`` (the ideal DCG is 1),
@@ -200,42 +199,6 @@ def evaluate_scores(scores, targets, ks: Sequence[int] = DEFAULT_KS,
 
 
 # ----------------------------------------------------------------------------- top-k lists
-
-def evaluate_topk(topk_codes, targets, ks: Sequence[int] = DEFAULT_KS,
-                  exclude: Sequence[Sequence[int]] | None = None, reserved: int = N_RESERVED,
-                  per_session: bool = False):
-    """Metrics of ranked code lists ``(n, K)`` (best first, e.g. a served top-k) against targets.
-
-    Excluded codes (reserved and per-row ``exclude``) are removed from each list, keeping the
-    order, before the first ``k`` are taken; the lists must then be long enough for ``max(ks)``
-    or a shorter list simply recommends fewer items. The rank is the first position of the
-    target; a list has no ties.
-    """
-    ks = _check_ks(ks)
-    topk = _to_numpy(topk_codes).astype(np.int64)
-    targets = _to_numpy(targets).astype(np.int64).reshape(-1)
-    if topk.ndim != 2:
-        raise ValueError(f"top-k codes must be 2-D (n, K), got shape {topk.shape}")
-    n = topk.shape[0]
-    if len(targets) != n:
-        raise ValueError(f"{n} lists but {len(targets)} targets")
-    if exclude is not None and len(exclude) != n:
-        raise ValueError(f"exclude has {len(exclude)} rows, lists {n}")
-    keep = topk >= reserved
-    if exclude is not None:
-        for i, codes in enumerate(exclude):
-            keep[i] &= ~np.isin(topk[i], _as_codes(codes))
-    # position among kept entries (1-based); non-kept entries never match
-    pos = np.cumsum(keep, axis=1)
-    match = keep & (topk == targets[:, None])
-    found = match.any(axis=1)
-    first = np.argmax(match, axis=1)
-    rank = np.where(found, pos[np.arange(n), first], 0)
-    # a list gives an exact rank: a range of one position
-    greater = np.where(found, rank - 1, 0)
-    return _summarise(_metrics_from_rank_ranges(greater, np.ones(n, dtype=np.int64), found, ks),
-                      per_session, n)
-
 
 def format_metrics(results: dict, ks: Sequence[int] = DEFAULT_KS) -> str:
     """One-line text of a result dict, e.g. for notebook output."""

@@ -38,7 +38,7 @@ Every later click depends on the prefix ``p`` (the talks clicked so far, last on
 Session length is ``2 + Geometric`` (mean ``mean_length``, at most ``max_length`` clicks);
 sessions start uniformly over a window of ``days`` days and clicks are 10-300 s apart.
 """
-from gtcrec.data.formats import (CATALOG_COLUMNS, CATALOG_REQUIRED, CATALOG_TEXT_COLUMNS, CLICK_COLUMNS,
+from gtcrec.data.formats import (CATALOG_COLUMNS, CATALOG_TEXT_COLUMNS, CLICK_COLUMNS,
                                  MAX_PROBLEMS, TALK_ID_ALIASES, DataValidationError, load_catalog, load_clicks)
 from gtcrec.data.generator import (EVENT_SETTINGS, FORMAT_WEIGHTS, FORMATS, LEVEL_WEIGHTS, LEVELS, N_DAYS, SLOTS,
                                    EventData, Events, generate_catalog, generate_events, generate_sessions,
@@ -49,7 +49,7 @@ from gtcrec.data.words import (ORG_HOME_TRACK, ORG_WEIGHTS, ORGANIZATIONS, SUBTO
                                WORDS, talk_text)
 
 __all__ = [
-    "CATALOG_COLUMNS", "CATALOG_REQUIRED", "CATALOG_TEXT_COLUMNS", "CLICK_COLUMNS", "MAX_PROBLEMS",
+    "CATALOG_COLUMNS", "CATALOG_TEXT_COLUMNS", "CLICK_COLUMNS", "MAX_PROBLEMS",
     "TALK_ID_ALIASES", "DataValidationError", "load_catalog", "load_clicks",
     "EVENT_SETTINGS", "FORMAT_WEIGHTS", "FORMATS", "LEVEL_WEIGHTS", "LEVELS", "N_DAYS", "SLOTS",
     "EventData", "Events", "generate_catalog", "generate_events", "generate_sessions", "subtopic_names",

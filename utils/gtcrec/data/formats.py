@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 CATALOG_COLUMNS = ["talk_id", "title", "abstract", "track", "level", "format", "organization", "day", "slot"]
-CATALOG_REQUIRED = ["talk_id", "title"]  # the other columns are optional: absent means empty
 CATALOG_TEXT_COLUMNS = ["talk_id", "title", "abstract", "track", "level", "format", "organization", "slot"]
 TALK_ID_ALIASES = ["id"]  # taken as the talk id when the file has no talk_id column
 CLICK_COLUMNS = ["session_id", "talk_id", "timestamp"]
