@@ -69,6 +69,8 @@ def test_training_leaves_the_text_unchanged_and_cold_talks_without_residual(worl
     # warm talks did learn something, and so did the shared parts
     assert torch.count_nonzero(rep.residual[torch.from_numpy(world["warm"])]) > 0
     assert torch.count_nonzero(rep.adapter) > 0 and torch.count_nonzero(rep.fields["track"].weight) > 0
+    # row 0 of a field table (absent, or a value the training catalog never had) stays no vector
+    assert torch.count_nonzero(rep.fields["track"].weight[0]) == 0 and torch.count_nonzero(rep.fields["day"].weight[0]) == 0
 
 
 def test_untrained_model_ranks_by_text_similarity_to_the_last_click(world):

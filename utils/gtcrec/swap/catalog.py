@@ -81,16 +81,23 @@ def prepare_catalog(path, cache_dir, old_vocab: Iterable[str] = (), min_talks: i
 # The swapped model and its trace
 # ----------------------------------------------------------------------------------------------
 
-def swapped_model(model, table: np.ndarray, catalog: pd.DataFrame | None = None):
+def swapped_model(model, table: np.ndarray, catalog: pd.DataFrame | None = None, decided: bool = True):
     """The trained model (a saved model folder, loaded fresh, or a model object, changed in place)
     with ``table`` as its item table: :func:`gtcrec.model.swap_item_table`, no retraining. With
     ``catalog`` (the new talks, in table order), a model whose item representation reads catalog
-    fields (track, day, ...) gets the new talks' values."""
+    fields (track, day, ...) gets the new talks' values. A folder whose transfer check chose text
+    similarity (:mod:`gtcrec.transfer`) gives the model in text-similarity mode, unless
+    ``decided=False`` (the trained model as it is, to measure it)."""
     from gtcrec import model as gm
+    from gtcrec import transfer
     from gtcrec.representation import ItemRepresentation, catalog_fields
 
+    text_mode = False
     if isinstance(model, (str, os.PathLike)):
+        text_mode = decided and transfer.serves(model) == transfer.TEXT
         model = gm.load_model(model)
+    if text_mode:
+        transfer.text_similarity_mode(model)
     rep = gm.item_embedding(model)
     fields = None
     if catalog is not None and isinstance(rep, ItemRepresentation):

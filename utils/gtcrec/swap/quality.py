@@ -53,6 +53,7 @@ class Quality:
     notes: dict[str, str]
     counts: dict
     retrain: dict
+    served: str = ""  # the row that a swap serves: the swapped model, or text similarity (gtcrec.transfer)
 
     def table(self, columns: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "mrr@10")) -> pd.DataFrame:
         frame = pd.DataFrame(self.results).T
@@ -66,7 +67,7 @@ SWAPPED, RETRAINED = "swapped (zero-shot)", "retrained on the new event"
 
 def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.DataFrame, new_table: np.ndarray,
                        old_train_sessions: Sequence[np.ndarray], old_vocab: Sequence[str], out_dir,
-                       oracle_path=None, epochs: int = 5, batch_size: int = 256, lr: float = 1e-3,
+                       oracle_path=None, epochs: int = 5, batch_size: int = 128, lr: float = 3e-3,
                        seed: int = 42, ks: Sequence[int] = (10, 20), swapped=None,
                        log: Log | None = None) -> Quality:
     """Recall/NDCG@k of the swapped model and the references on the new event.
@@ -74,7 +75,9 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     The new event's clicks go through :func:`gtcrec.etl.run_etl` with the NEW vocabulary (catalog
     order, code = position + 3; time split), and every method is scored on its test split:
 
-    * swapped (zero-shot): the trained model with the new table (``swapped`` or built from ``model_dir``);
+    * swapped (zero-shot): the trained model with the new table (``swapped`` or built from ``model_dir``),
+      as trained even where its transfer check chose text similarity (``Quality.served`` says which row
+      a swap serves);
     * retrained: the same architecture built with the new table and trained on the new event's
       training split (``epochs``): the upper bound of what the clicks of the new event can teach;
     * untrained: the same architecture with the new table and no training at all;
@@ -83,7 +86,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     * popularity and item-kNN fitted on the new event's training split, and random, for reference;
     * the oracle (``oracle_path``, the generator's exact next-click probabilities): the ceiling.
     """
-    from gtcrec import baselines, metrics
+    from gtcrec import baselines, metrics, transfer
     from gtcrec import model as gm
     from gtcrec.representation import settings_for
 
@@ -111,7 +114,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
 
     results, notes = {}, {}
     if swapped is None:
-        swapped = swapped_model(model_dir, new_table, new_catalog)
+        swapped = swapped_model(model_dir, new_table, new_catalog, decided=False)
     results[SWAPPED] = evaluate(gm.score_sessions(swapped, prefixes))
     notes[SWAPPED] = "old event's clicks + new talks' text"
 
@@ -176,4 +179,5 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     retrain = {"epochs": epochs, "seconds": history["seconds"], "steps": history["steps"],
                "final_loss": history["train"][-1]["loss"] if history["train"] else None,
                "etl_seconds": etl_seconds}
-    return Quality(results=results, ratios=ratios, notes=notes, counts=counts, retrain=retrain)
+    return Quality(results=results, ratios=ratios, notes=notes, counts=counts, retrain=retrain,
+                   served=SWAPPED if transfer.serves(model_dir) == transfer.MODEL else "text: last click")

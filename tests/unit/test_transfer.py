@@ -1,0 +1,92 @@
+"""The transfer check: halves of the talks, sessions cut to them, text-similarity mode, the decision the
+swap reads. Tiny synthetic data from test_model's helpers."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from gtcrec import baselines, transfer
+from gtcrec import model as M
+from gtcrec.representation import settings_for
+from gtcrec.swap import swapped_model
+
+from gtcrec.metrics import evaluate_scores, sessions_to_prefixes
+from test_model import N_ITEMS, N_TOPICS, SMALL, make_sessions, make_table, write_parquet
+
+SETTINGS = {"adapter": True, "fields": ["track"], "residual": True, "bias": True, "drop": 0.5, "skip": True,
+            "gain": 5.0}
+
+
+def catalog_of(n):
+    return pd.DataFrame({"talk_id": [f"S{i}" for i in range(n)], "track": [f"t{i % N_TOPICS}" for i in range(n)]})
+
+
+def build(schema, table, catalog, warm):
+    return M.build_model(schema, table, seed=0, item_repr=settings_for(SETTINGS, catalog, warm), **SMALL)
+
+
+def fit(model, folder):
+    M.train(model, folder, epochs=2, batch_size=64, lr=3e-2, seed=3, output_dir=folder.parent / "out")
+
+
+def test_halves_and_restricted_sessions():
+    old, new = transfer.split_talks(10, seed=1)
+    assert len(old) == 5 and len(new) == 5 and not set(old) & set(new) and set(old) | set(new) == set(range(10))
+    assert list(old) == sorted(old) and list(new) == sorted(new)
+    np.testing.assert_array_equal(transfer.split_talks(10, seed=1)[0], old)  # seeded
+    positions = np.array([0, 2, 5])  # codes 3, 5, 8 -> 3, 4, 5
+    cut = transfer.restrict([np.array([3, 4, 5, 8]), np.array([4, 6, 3]), np.array([8, 8])], positions, 13)
+    assert [c.tolist() for c in cut] == [[3, 4, 5], [5, 5]]  # one click left: dropped
+
+
+def test_text_similarity_mode_ranks_by_the_last_click(tmp_path):
+    table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
+    warm = np.ones(N_ITEMS + 3, dtype=bool)
+    warm[:3] = False
+    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
+    fit(model, write_parquet(make_sessions(200, seed=1), tmp_path / "train"))
+    prefixes = make_sessions(12, seed=4)
+    trained = M.score_sessions(model, prefixes)
+    text = baselines.TextSimilarityBaseline(table, "last").scores(prefixes)
+    assert not np.allclose(trained[:, 3:], 5.0 * text[:, 3:], atol=1e-3)  # training moved it away
+    transfer.text_similarity_mode(model)
+    gain = float(M._task(model).task_block.gain.detach())
+    np.testing.assert_allclose(M.score_sessions(model, prefixes)[:, 3:], gain * text[:, 3:], atol=1e-4)
+    with pytest.raises(ValueError, match="ItemRepresentation"):
+        transfer.text_similarity_mode(M.build_model(M.make_schema(N_ITEMS + 3), table, **SMALL))
+
+
+def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
+    table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
+    train, valid = make_sessions(400, seed=1), make_sessions(120, seed=2)
+    check = transfer.transfer_check(train, valid, table[3:], catalog, build, fit, seed=0)
+    assert check["talks"] == {"old": N_ITEMS // 2, "new": N_ITEMS - N_ITEMS // 2}
+    assert check["sessions"] > 20 and set(check["recall@10"]) == {transfer.MODEL, transfer.TEXT}
+    assert check["serves"] == (transfer.MODEL if check["recall@10"][transfer.MODEL] > check["recall@10"][transfer.TEXT]
+                               else transfer.TEXT)
+    # the text-similarity side is the text baseline on the new half, recomputed here
+    _, new = transfer.split_talks(N_ITEMS, 0)
+    cut = transfer.restrict(valid, new, N_ITEMS + 3)
+    prefixes, targets = sessions_to_prefixes(cut)
+    new_table = np.zeros((len(new) + 3, table.shape[1]), dtype=np.float32)
+    new_table[3:] = table[3:][new]
+    expected = evaluate_scores(baselines.TextSimilarityBaseline(new_table).scores(prefixes), targets,
+                               exclude=prefixes)["recall@10"]
+    assert check["recall@10"][transfer.TEXT] == pytest.approx(expected)
+
+    # the decision saved beside a model decides what swapped_model gives
+    warm = np.ones(N_ITEMS + 3, dtype=bool)
+    warm[:3] = False
+    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
+    fit(model, write_parquet(train, tmp_path / "train"))
+    folder = M.save_model(model, tmp_path / "model")
+    assert transfer.serves(folder) == transfer.MODEL  # no check saved: the model serves
+    new_table, prefixes = make_table(20, seed=7), [np.array([3, 4]), np.array([10, 11, 12])]
+    as_trained = M.score_sessions(swapped_model(folder, new_table, catalog_of(20)), prefixes)
+    transfer.save_decision(folder, {**check, "serves": transfer.TEXT})
+    assert transfer.serves(folder) == transfer.TEXT
+    text_mode = swapped_model(folder, new_table, catalog_of(20))
+    gain = float(M._task(text_mode).task_block.gain.detach())
+    text = baselines.TextSimilarityBaseline(new_table).scores(prefixes)
+    np.testing.assert_allclose(M.score_sessions(text_mode, prefixes)[:, 3:], gain * text[:, 3:], atol=1e-4)
+    measured = M.score_sessions(swapped_model(folder, new_table, catalog_of(20), decided=False), prefixes)
+    np.testing.assert_allclose(measured, as_trained, atol=1e-5)  # decided=False: the model as trained

@@ -1,0 +1,138 @@
+"""Which method serves a new catalog: the trained model, or text similarity to the last click.
+
+A model trained on one event does not always transfer to the next: on the generator it ranks a new
+event's talks above text similarity, on a real rating log it ranked them below. Nothing about the new
+event is known on the day of a swap, so the choice is measured on the TRAINING event, held out as if
+it were a new one (:func:`transfer_check`):
+
+1. the talks are split at random into two halves, "old" and "new", each with its own catalog, codes
+   and item table;
+2. the training sessions are cut to their clicks on old talks, the validation sessions to their clicks
+   on new talks (each keeps its order; sessions with fewer than two clicks left are dropped);
+3. the same architecture is trained on the old half, its table is swapped to the new half
+   (:func:`gtcrec.model.swap_item_table`), and it ranks the new half's validation sessions, against
+   text similarity to the last click on the same sessions.
+
+If the model does not win, a swap serves text similarity to the last click. That needs no other
+model: with its learned parts set to zero (:func:`text_similarity_mode`) the model ranks exactly by
+that similarity (its skip path, see :mod:`gtcrec.representation`), so the served graph stays the same.
+The decision is saved beside the trained model (:func:`save_decision`) and read by the swap.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gtcrec.etl import RESERVED
+
+DECISION_FILE = "new_catalog.json"
+MODEL, TEXT = "model", "text similarity"
+
+
+def split_talks(n_talks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Talk positions (catalog order) of two random halves, each sorted: ``(old, new)``."""
+    order = np.random.default_rng(seed).permutation(n_talks)
+    half = n_talks // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def restrict(sessions: Sequence[np.ndarray], positions: np.ndarray, n_codes: int) -> list[np.ndarray]:
+    """Sessions cut to their clicks on the talks at ``positions``, recoded to those talks' own codes
+    (``RESERVED + index in positions``); sessions left with fewer than two clicks are dropped."""
+    recode = np.full(n_codes, -1, dtype=np.int64)
+    recode[np.asarray(positions) + RESERVED] = np.arange(len(positions)) + RESERVED
+    out = []
+    for s in sessions:
+        codes = recode[np.asarray(s, dtype=np.int64)]
+        codes = codes[codes >= 0]
+        if len(codes) >= 2:
+            out.append(codes)
+    return out
+
+
+def text_similarity_mode(model) -> Any:
+    """Set the learned parts of a model with an ItemRepresentation and LastClickSkip to zero (adapter,
+    field vectors, residuals, biases, the skip's projection): it then ranks every talk by text
+    similarity to the last click, scaled by the skip's gain. Changes ``model`` in place."""
+    from gtcrec import model as gm
+    from gtcrec.representation import ItemRepresentation, LastClickSkip
+
+    rep, block = gm.item_embedding(model), gm._task(model).task_block
+    if not isinstance(rep, ItemRepresentation) or not isinstance(block, LastClickSkip):
+        raise ValueError("text similarity mode needs an ItemRepresentation and the LastClickSkip block")
+    with torch.no_grad():
+        for tensor in (rep.adapter, rep.residual, rep.item_bias, block.proj.weight, block.proj.bias,
+                       *(table.weight for table in rep.fields.values())):
+            if tensor is not None:
+                tensor.zero_()
+    rep.train(rep.training)  # forget the kept table
+    return model
+
+
+def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequence[np.ndarray],
+                   vectors: np.ndarray, catalog: pd.DataFrame, build: Callable, fit: Callable,
+                   seed: int = 0) -> Dict[str, Any]:
+    """Hold out half of the training event's talks as a new catalog and compare, on the validation
+    sessions cut to those talks, the model trained on the other half (zero-shot) with text
+    similarity to the last click.
+
+    ``vectors``: the talks' text vectors in catalog order (``table[RESERVED:]``). ``build(schema,
+    table, catalog, warm) -> model`` builds the architecture for a catalog; ``fit(model, folder)``
+    trains it on the processed sessions in ``folder`` (parquet with the item-list column). Returns
+    recall@10 of both, the number of sessions, and ``serves``: :data:`MODEL` when the model wins.
+    """
+    import tempfile
+
+    from gtcrec import baselines, etl, metrics
+    from gtcrec import model as gm
+    from gtcrec.representation import catalog_fields
+
+    n_talks = len(vectors)
+    n_codes = n_talks + RESERVED
+    old, new = split_talks(n_talks, seed)
+    old_train = restrict(train_sessions, old, n_codes)
+    new_valid = restrict(valid_sessions, new, n_codes)
+    if not old_train or not new_valid:
+        raise ValueError("too few sessions left on one half of the talks for a transfer check")
+    old_table, new_table = etl.item_table(vectors[old]), etl.item_table(vectors[new])
+    old_catalog = catalog.iloc[old].reset_index(drop=True)
+    new_catalog = catalog.iloc[new].reset_index(drop=True)
+    warm = np.bincount(np.concatenate(old_train), minlength=len(old_table)) > 0
+    warm[:RESERVED] = False
+    model = build(gm.make_schema(len(old_table)), old_table, old_catalog, warm)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "old-half"
+        folder.mkdir()
+        pd.DataFrame({etl.ITEM_LIST: old_train}).to_parquet(folder / "part_0.parquet", index=False)
+        fit(model, folder)
+    rep = gm.item_embedding(model)
+    gm.swap_item_table(model, new_table, fields=catalog_fields(new_catalog, getattr(rep, "field_names", ())))
+    prefixes, targets = metrics.sessions_to_prefixes(new_valid)
+    scores = {MODEL: gm.score_sessions(model, prefixes),
+              TEXT: baselines.TextSimilarityBaseline(new_table, "last").scores(prefixes)}
+    recall = {name: metrics.evaluate_scores(s, targets, exclude=prefixes)["recall@10"]
+              for name, s in scores.items()}
+    return {"recall@10": recall, "sessions": len(prefixes), "talks": {"old": len(old), "new": len(new)},
+            "serves": MODEL if recall[MODEL] > recall[TEXT] else TEXT}
+
+
+def save_decision(model_dir: str | os.PathLike, check: Dict[str, Any]) -> Path:
+    """Write the transfer check beside the saved model, for the swap to read."""
+    path = Path(model_dir) / DECISION_FILE
+    path.write_text(json.dumps(check, indent=2))
+    return path
+
+
+def serves(model_dir: str | os.PathLike) -> str:
+    """What a swap serves for the model saved in ``model_dir``: :data:`MODEL` unless a transfer check
+    saved there chose :data:`TEXT` (a model without a check serves itself)."""
+    path = Path(model_dir) / DECISION_FILE
+    if not path.exists():
+        return MODEL
+    return json.loads(path.read_text()).get("serves", MODEL)
