@@ -13,7 +13,9 @@ marker fails in the full tier instead of slowing down the fast one.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -21,8 +23,10 @@ from pathlib import Path
 import pytest
 
 ENV_BINARY = "GTCREC_TRITONSERVER"
-# Notebook tests whose notebooks start a server (05 serves, 06 hot-swaps); marked here so that the notebook
-# test files need not know about the guard.
+# Notebooks that start a server (05 serves, 06 hot-swaps). A notebook test that runs one (``series.run("05-...")``
+# in its source), or sits in one of these files, is marked ``server`` here, so that the notebook test files need
+# not know about the guard.
+SERVER_NOTEBOOKS = ("05-serve", "06-catalog-swap")
 SERVER_NOTEBOOK_TESTS = {"test_04_05_serving.py", "test_06_swap.py"}
 STUB_MESSAGE = "tritonserver was started by a test without the `server` marker (see tests/conftest.py)"
 
@@ -33,9 +37,19 @@ STUB.chmod(STUB.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 _ORIGINAL = os.environ.get(ENV_BINARY)
 
 
+def _runs_a_server_notebook(item) -> bool:
+    try:
+        source = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return any(re.search(r"\.run\(\s*[\"']" + re.escape(stem), source) for stem in SERVER_NOTEBOOKS)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in SERVER_NOTEBOOK_TESTS:
+        if item.get_closest_marker("server") is None and (
+                item.path.name in SERVER_NOTEBOOK_TESTS
+                or (item.get_closest_marker("notebooks") is not None and _runs_a_server_notebook(item))):
             item.add_marker(pytest.mark.server)
 
 
