@@ -3,11 +3,25 @@
 ``python -m gtcrec.series --size default --artifacts-dir artifacts`` executes every notebook in
 ``notebooks/`` into ``ARTIFACTS_DIR/executed/``; ``--size small`` injects the small parameters
 below (the ones CI uses) on top of each notebook's own defaults.
+
+Progress: while a notebook runs, lines such as
+``[series] 03-train: cell 7/12 "Train the chosen model" (2:31 in this notebook)`` say which
+notebook, which step (the section heading above the cell) and how far (code cells done / in
+all). A line is printed when a code cell starts, at most one every ``--progress-every`` seconds
+(default 10), and a cell that runs longer than that is reported again every ``--progress-every``
+seconds, so a long training cell shows it is alive without flooding the terminal. ``--quiet``
+prints only one line per notebook.
+
+The kernel runs with CurveZMQ transport encryption when pyzmq supports it (``KernelManager``
+``transport_encryption="auto"``; ipykernel's kernelspec declares ``curve``): without it, ipykernel
+warns "Kernel is running over TCP without encryption" at every notebook start. The kernel only
+listens on 127.0.0.1 either way.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,25 +46,150 @@ def notebook_stems(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
     return sorted(p.stem for p in notebooks_dir.glob("[0-9][0-9]-*.ipynb"))
 
 
+def _kernel_manager_class():
+    """An ``AsyncKernelManager`` that provisions CurveZMQ keys for the kernel when pyzmq can (the
+    kernel's sockets are then encrypted, and ipykernel's plain-TCP warning goes away)."""
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _default_transport_encryption(self):
+            return "auto" if zmq.has("curve") else "disabled"
+
+    return EncryptedKernelManager
+
+
+def _steps(nb) -> list[tuple[int, str]]:
+    """Per code cell (in order): its cell index and the step it belongs to (the last markdown
+    heading above it, else its first code line)."""
+    steps, heading = [], ""
+    for i, cell in enumerate(nb.cells):
+        text = "".join(cell.source) if isinstance(cell.source, list) else cell.source
+        if cell.cell_type == "markdown":
+            for line in text.splitlines():
+                if line.startswith("#"):
+                    heading = line.lstrip("#").strip()
+                    break
+        elif cell.cell_type == "code":
+            first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
+            steps.append((i, heading or first))
+    return steps
+
+
+class Progress:
+    """Prints which cell of which notebook runs, at most one line every ``every`` seconds, and again
+    every ``every`` seconds while one cell keeps running (see the module docstring)."""
+
+    def __init__(self, stem: str, every: float = 10.0, stream=None):
+        self.stem, self.every = stem, float(every)
+        self.stream = stream or sys.stdout
+        self.steps: dict[int, tuple[int, str]] = {}
+        self.n_code = 0
+        self.current: tuple[int, str] | None = None
+        self.cell_started = self.started = self.last_line = time.monotonic()
+        self.last_printed_cell = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def begin(self, nb) -> None:
+        steps = _steps(nb)
+        self.n_code = len(steps)
+        self.steps = {cell: (n + 1, step) for n, (cell, step) in enumerate(steps)}
+        self.started = self.last_line = time.monotonic() - self.every  # the first cell is shown at once
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+        self._thread.start()
+
+    def end(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+
+    @staticmethod
+    def _clock(seconds: float) -> str:
+        m, s = divmod(int(seconds), 60)
+        return f"{m}:{s:02d}"
+
+    def _line(self, now: float, still: bool = False) -> None:
+        number, step = self.current
+        step = step if len(step) <= 60 else step[:57] + "..."
+        running = f", this cell {self._clock(now - self.cell_started)}" if still else ""
+        print(f"[series] {self.stem}: cell {number}/{self.n_code} \"{step}\" "
+              f"({self._clock(now - self.started)} in this notebook{running})", file=self.stream, flush=True)
+        self.last_line = now
+
+    def cell_start(self, cell_index) -> None:
+        with self._lock:
+            if cell_index not in self.steps:
+                return
+            now = time.monotonic()
+            self.current, self.cell_started = self.steps[cell_index], now
+            if now - self.last_line >= self.every:
+                self._line(now)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(1.0, self.every)):
+            with self._lock:
+                now = time.monotonic()
+                if self.current is not None and now - self.last_line >= self.every:
+                    self._line(now, still=now - self.cell_started >= self.every)
+
+
+def _progress_engine(progress: Progress):
+    """A papermill engine (nbclient's) that reports cell starts to ``progress``."""
+    from papermill.engines import NBClientEngine
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            cell_start = nb_man.cell_start
+
+            def reporting_cell_start(cell, cell_index=None, **kw):
+                progress.cell_start(cell_index)
+                return cell_start(cell, cell_index, **kw)
+
+            nb_man.cell_start = reporting_cell_start
+            progress.begin(nb_man.nb)
+            try:
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            finally:
+                progress.end()
+
+    return ProgressEngine
+
+
 def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, Any] | None = None,
-                 notebooks_dir: Path = NOTEBOOKS_DIR, log_output: bool = False) -> Path:
-    """Execute one notebook with papermill; returns the executed copy's path."""
+                 notebooks_dir: Path = NOTEBOOKS_DIR, log_output: bool = False,
+                 progress_every: float | None = None) -> Path:
+    """Execute one notebook with papermill; returns the executed copy's path.
+
+    ``progress_every``: print progress lines (see the module docstring) at most this often, in
+    seconds; ``None`` prints none."""
     import papermill
+    from papermill.engines import papermill_engines
 
     artifacts_dir = Path(artifacts_dir).resolve()
     executed = artifacts_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     params = {"ARTIFACTS_DIR": str(artifacts_dir), **(parameters or {})}
     out = executed / f"{stem}.ipynb"
+    engine = None
+    if progress_every is not None:
+        engine = f"gtcrec-progress-{stem}"
+        papermill_engines.register(engine, _progress_engine(Progress(stem, progress_every)))
     papermill.execute_notebook(str(notebooks_dir / f"{stem}.ipynb"), str(out), parameters=params,
                                cwd=str(notebooks_dir), log_output=log_output, progress_bar=False,
-                               kernel_name="python3")
+                               kernel_name="python3", engine_name=engine,
+                               kernel_manager_class=_kernel_manager_class())
     return out
 
 
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
-               seed: int | None = None) -> dict[str, float]:
-    """Run the notebooks in order; returns seconds per notebook."""
+               seed: int | None = None, progress_every: float | None = 10.0) -> dict[str, float]:
+    """Run the notebooks in order; returns seconds per notebook (``progress_every``: see
+    ``run_notebook``)."""
     times = {}
     for stem in notebook_stems():
         if only and stem not in only:
@@ -60,7 +199,7 @@ def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = No
             params["SEED"] = seed
         start = time.perf_counter()
         print(f"[series] {stem} ...", flush=True)
-        run_notebook(stem, artifacts_dir, params)
+        run_notebook(stem, artifacts_dir, params, progress_every=progress_every)
         times[stem] = time.perf_counter() - start
         print(f"[series] {stem} done in {times[stem]:.1f} s", flush=True)
     return times
@@ -72,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts-dir", default="artifacts")
     parser.add_argument("--only", nargs="*", help="notebook stems to run (default: all)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                        help="at most one progress line per this many seconds (default 10)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, one line per notebook")
     args = parser.parse_args(argv)
-    times = run_series(args.size, args.artifacts_dir, args.only, args.seed)
+    times = run_series(args.size, args.artifacts_dir, args.only, args.seed,
+                       progress_every=None if args.quiet else args.progress_every)
     total = sum(times.values())
     print(f"[series] {len(times)} notebooks in {total:.1f} s; executed copies in "
           f"{Path(args.artifacts_dir).resolve() / 'executed'}")
