@@ -16,7 +16,16 @@ all three, and measures:
 2. throughput in sessions/s for every (sessions per request, concurrency) pair, python client in a
    closed loop (and perf_analyzer), plus single-session requests to the batched model.
    Target: >= 1,000 sessions/s on 2 cores.
-3. post-processing (in process, no server): the step after the model (drop clicked talks, keep k,
+3. where the milliseconds of one served session go (``--no-breakdown`` skips it), in interleaved
+   rounds over gRPC with the python client: the client's total per request; Triton's own
+   statistics for the model (its statistics extension: queue, compute_input, compute_infer,
+   compute_output, per request); what is left for the client library and Triton's frontend; the
+   lean chain in process, step by step (sessionize, model, decode), against compute_infer (the rest
+   of compute_infer is the python backend's IPC to its stub process, the executor's tensor
+   conversions, and the chain running slower in a stub that sleeps between requests than in a hot
+   loop); and the same measures for a trivial python-backend model with the same inputs and
+   outputs that does no work (the floor of a python-backend model answering this contract).
+4. post-processing (in process, no server): the step after the model (drop clicked talks, keep k,
    codes to talk ids) written in numpy (the served operator), torch, pandas and, with a GPU, cudf,
    on real model outputs for test sessions, timed per request size; every variant must agree with
    numpy. ``--postprocess-only`` runs just this part (it moved here from notebook 05).
@@ -56,6 +65,131 @@ def in_process_ms(fn, n: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+FLOOR_MODEL = "rec_floor"
+FLOOR_MODEL_PY = '''import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """The serving contract with no work: one fixed answer per request (the floor of the backend)."""
+
+    def initialize(self, args):
+        self.talks = np.array([[b"T%d" % i for i in range(K)]], dtype=object)
+        self.scores = np.zeros((1, K), np.float32)
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            sessions = pb_utils.get_input_tensor_by_name(request, "session_id").as_numpy()
+            pb_utils.get_input_tensor_by_name(request, "talk_id").as_numpy()
+            pb_utils.get_input_tensor_by_name(request, "timestamp").as_numpy()
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("session_ids", sessions[:1]), pb_utils.Tensor("talk_ids", self.talks),
+                pb_utils.Tensor("scores", self.scores)]))
+        return out
+'''
+
+
+def export_floor_model(repo: Path, like: Path, k: int, instances: int, name: str = FLOOR_MODEL) -> str:
+    """A python-backend model with the config (inputs, outputs, instances) of the exported model at
+    ``like`` that answers every request with a fixed answer: what serving this contract costs
+    without any work."""
+    import tritonclient.grpc.model_config_pb2 as model_config
+    from google.protobuf import text_format
+
+    config = text_format.Parse((like / "config.pbtxt").read_text(), model_config.ModelConfig())
+    config.name = name
+    config.platform = ""
+    config.backend = "python"
+    config.parameters.clear()
+    del config.instance_group[:]
+    config.instance_group.append(model_config.ModelInstanceGroup(
+        kind=model_config.ModelInstanceGroup.Kind.KIND_CPU, count=int(instances)))
+    (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (repo / name / "1" / "model.py").write_text(FLOOR_MODEL_PY.replace("K)", f"{int(k)})"))
+    return name
+
+
+STAT_KEYS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def triton_stats(client, model_name: str) -> dict:
+    """Triton's cumulative statistics of a model: {key: (count, ns)} (success, queue, compute_*)."""
+    stats = client.get_inference_statistics(model_name, as_json=True)["model_stats"]
+    out: dict = {}
+    for entry in stats:  # one per version
+        for key, value in entry["inference_stats"].items():
+            count, ns = out.get(key, (0, 0))
+            out[key] = (count + int(value.get("count", 0)), ns + int(value.get("ns", 0)))
+    return out
+
+
+def served_breakdown_ms(url: str, arrays: dict, model_name: str, n: int) -> dict:
+    """One client sends ``n`` requests in turn (gRPC); returns the mean ms per request of the client's
+    total and of Triton's statistics over exactly those requests, and the client's p50."""
+    import tritonclient.grpc as grpcclient
+
+    stats_client = grpcclient.InferenceServerClient(url)
+    try:
+        load.latency_ms(url, arrays, n=5, warmup=0, model_name=model_name)
+        before = triton_stats(stats_client, model_name)
+        latencies = load.latency_ms(url, arrays, n=n, warmup=0, model_name=model_name)
+        after = triton_stats(stats_client, model_name)
+    finally:
+        stats_client.close()
+    done = after["success"][0] - before["success"][0]
+    out = {"client_total": float(latencies.mean()), "client_p50": float(np.median(latencies)),
+           "server_total": (after["success"][1] - before["success"][1]) / done / 1e6}
+    for key in STAT_KEYS:
+        out[key] = (after[key][1] - before[key][1]) / done / 1e6
+    out["client_and_frontend"] = out["client_total"] - out["server_total"]
+    return out
+
+
+def chain_steps_ms(ensemble, arrays: dict, n: int) -> dict:
+    """Median ms of each step of the lean chain in process (hot loop), on the request ``arrays``."""
+    from gtcrec.serving.executor_model import lean_chain
+
+    chain = lean_chain(ensemble)
+    out, x = {}, {k: np.asarray(v) for k, v in arrays.items()}
+    for op in chain:
+        y = op.transform_arrays(x)
+        out[type(op).__name__] = in_process_ms(lambda op=op, x=x: op.transform_arrays(x), n)
+        x = y
+    return out
+
+
+def print_breakdown(rounds: pd.DataFrame, steps: dict) -> dict:
+    """The breakdown table (median over rounds of the per-round means) and its derived lines."""
+    med = rounds.median()
+    chain = sum(steps.values())
+    lean = {k.split("/", 1)[1]: med[k] for k in med.index if k.startswith("lean/")}
+    floor = {k.split("/", 1)[1]: med[k] for k in med.index if k.startswith("floor/")}
+    lines = [
+        ("client total (mean per request)", lean["client_total"], floor.get("client_total")),
+        ("  client library + Triton frontend (total - Triton's request time)", lean["client_and_frontend"],
+         floor.get("client_and_frontend")),
+        ("  Triton request time (statistics 'success')", lean["server_total"], floor.get("server_total")),
+        ("    queue", lean["queue"], floor.get("queue")),
+        ("    compute_input (inputs to the backend)", lean["compute_input"], floor.get("compute_input")),
+        ("    compute_infer (python backend: IPC + stub + execute)", lean["compute_infer"], floor.get("compute_infer")),
+        ("      the chain in process, hot loop: " + " + ".join(f"{k} {v:.3f}" for k, v in steps.items()),
+         chain, None),
+        ("      rest of compute_infer (IPC, conversions, chain slower in the stub)", lean["compute_infer"] - chain,
+         None),
+        ("    compute_output (answer tensors back)", lean["compute_output"], floor.get("compute_output")),
+        ("client p50", lean["client_p50"], floor.get("client_p50")),
+    ]
+    print("\nwhere one session's milliseconds go (gRPC python client, mean ms per request, median over rounds;"
+          "\n'floor' = a python-backend model with the same contract that does no work):")
+    for label, value, fl in lines:
+        print(f"  {label:92s} {value:7.3f}" + (f"   floor {fl:7.3f}" if fl is not None else ""), flush=True)
+    return {"served": {k: float(v) for k, v in lean.items()}, "floor": {k: float(v) for k, v in floor.items()},
+            "chain_steps_in_process": steps, "chain_in_process": chain,
+            "compute_infer_minus_chain": float(lean["compute_infer"] - chain)}
+
+
 def postprocess_comparison(vocab, torchscript, clicks: pd.DataFrame, max_len: int, k: int, sizes) -> dict:
     """Median ms per call of each post-processing variant per request size, on real model outputs for
     test sessions (one process, no server); every variant must give numpy's answer."""
@@ -93,6 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-requests", type=int, default=500, help="per one-session measure, all rounds")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the one-session measures")
     parser.add_argument("--no-perf-analyzer", action="store_true")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the per-request breakdown")
     parser.add_argument("--postprocess-sizes", type=int, nargs="+", default=[1, 10, 100, 1000],
                         help="sessions per request for the post-processing comparison")
     parser.add_argument("--postprocess-only", action="store_true", help="only the post-processing comparison")
@@ -149,8 +284,10 @@ def main(argv=None) -> int:
         ex.export_ensemble(vocab, torchscript, Path(tmp) / "batched", max_len=max_len, k=args.k,
                            popularity=popularity, name="rec_batched", request=one, instance_count=args.instances,
                            dynamic_batching=True, batch_delay_us=args.batch_delay_us)
-        with TritonServer([Path(tmp) / e for e in names] + [Path(tmp) / "batched"],
-                          load_models=list(names.values()) + ["rec_batched"], startup_timeout=180) as server:
+        floor = [] if args.no_breakdown else [export_floor_model(Path(tmp) / "floor", Path(tmp) / "lean" / names["lean"],
+                                                                   args.k, args.instances)]
+        with TritonServer([Path(tmp) / e for e in names] + [Path(tmp) / "batched"] + ([Path(tmp) / "floor"] if floor else []),
+                          load_models=list(names.values()) + ["rec_batched"] + floor, startup_timeout=180) as server:
             report["startup_seconds"] = server.startup_seconds
             # -- one session: every measure in turn, per round; ratios within a round -----------
             padded = ops.SessionizeClicks(vocab, max_len=max_len, pad=True).sessionize(
@@ -191,6 +328,21 @@ def main(argv=None) -> int:
                   f"p50s; ratios taken within each round). Bare forward {rounds['bare'].median():.3f} ms as served "
                   f"(padded to MAX_LEN), {rounds['bare_unpadded'].median():.3f} ms unpadded. Target ratio <= 3:\n"
                   f"{table.round(3).to_string()}", flush=True)
+
+            # -- breakdown: where the milliseconds of one session go --------------------------
+            if not args.no_breakdown:
+                steps = chain_steps_ms(ensemble, one, max(50, n_lat // 2))
+                rows_b = []
+                for _ in range(args.rounds):
+                    row = {}
+                    for label, model in (("lean", names["lean"]), ("floor", FLOOR_MODEL)):
+                        for key, value in served_breakdown_ms(server.grpc_url, one, model, per_round).items():
+                            row[f"{label}/{key}"] = value
+                    rows_b.append(row)
+                breakdown = pd.DataFrame(rows_b)
+                report["breakdown_ms"] = print_breakdown(breakdown, steps)
+                report["breakdown_ms"]["bare_forward_p50"] = float(rounds["bare"].median())
+                report["breakdown_ms"]["rounds"] = breakdown.to_dict(orient="list")
 
             # -- throughput -------------------------------------------------------------------
             rows = []
