@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gtcrec import data, metrics, model as m
+from gtcrec import data, metrics, model as m, transfer
 from gtcrec.representation import settings_for
 
 pytestmark = pytest.mark.notebooks
@@ -34,6 +34,13 @@ def test_training_beats_baselines_and_stays_below_the_oracle(series):
     assert ours["recall@10"] >= 0.97 * test["item-knn"]["recall@10"]
     assert ours["recall@10"] >= 0.97 * test["learned ids"]["recall@10"]
     assert ours["recall@10"] >= 0.85 * test["oracle"]["recall@10"]
+    # the transfer check ran on held-out talks, and its decision lies beside the saved model
+    check = manifest["metrics"]["transfer"]
+    assert check["sessions"] > 50
+    assert check["talks"]["old"] + check["talks"]["new"] == series.manifest("01-etl")["metrics"]["n_talks"]
+    recall = check["recall@10"]
+    assert check["serves"] == (transfer.MODEL if recall[transfer.MODEL] > recall[transfer.TEXT] else transfer.TEXT)
+    assert transfer.serves(series.path("03-train", "model")) == check["serves"]
     # learning works: far above popularity and random
     assert ours["recall@10"] > 3 * test["popularity"]["recall@10"]
     assert ours["recall@10"] > 5 * test["random"]["recall@10"]
