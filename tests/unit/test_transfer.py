@@ -65,7 +65,7 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
                                else transfer.TEXT)
     # the text-similarity side is the text baseline on the new half, recomputed here
     _, new = transfer.split_talks(N_ITEMS, 0)
-    cut = transfer.restrict(valid, new, N_ITEMS + 3)
+    cut = transfer.restrict([*train, *valid], new, N_ITEMS + 3)
     prefixes, targets = sessions_to_prefixes(cut)
     new_table = np.zeros((len(new) + 3, table.shape[1]), dtype=np.float32)
     new_table[3:] = table[3:][new]
