@@ -1,24 +1,21 @@
-"""Transformers4Rec session model over a frozen table of pre-trained talk vectors.
+"""Transformers4Rec session model over the talks' frozen pre-trained text vectors.
 
-The model reads one feature, the list of item codes of a session (``item_id-list``, codes as
-written by the ETL: 0 padding, 1 null, 2 out-of-vocabulary, talk ``i`` -> code ``i + 3``), looks
-the codes up in a single ``nn.Embedding`` whose rows are the talks' 384-d text vectors, projects
-them to ``d_model``, runs a transformer (XLNet or GPT-2 from Hugging Face through T4R) and scores
-every code with the dot product against the SAME table (weight tying, with T4R's projection back
-to 384 dimensions). Because input lookup and output layer are one table, replacing its rows
-(:func:`swap_item_table`) moves the model to a new catalog without retraining.
+The model reads the list of item codes of a session (``item_id-list``, codes as the ETL writes
+them, :mod:`gtcrec.layout`), looks them up in T4R's item table, runs a transformer (GPT-2 with
+causal LM by default, or XLNet with masked LM) and scores every code against the SAME table
+(``NextItemPredictionTask(weight_tying=True)``). The table is either T4R's own, initialised from the
+text vectors and frozen, or an :class:`gtcrec.representation.ItemRepresentation` in its place (text
++ adapter + field vectors + warm residual/bias) with the :class:`~gtcrec.representation.LastClickSkip`
+task block. Replacing the text rows (:func:`swap_item_table`) moves the model to a new catalog.
 
-Evaluation follows :mod:`gtcrec.metrics`: the model sees the prefix ``[c1..c(n-1)]`` of a session
-and must rank ``cn`` first. T4R pads ragged inputs itself and keeps the FIRST ``max_len`` items of
-a longer list, so every helper here keeps the LAST ``max_len`` items before the model.
+Evaluation follows :mod:`gtcrec.metrics` (the last click given the prefix). T4R keeps the FIRST
+``max_len`` items of a longer list and pads a batch to its longest session, so every helper here
+keeps the LAST ``max_len`` items and pads each session to ``max_len`` (XLNet's scores would
+otherwise depend on the rest of the batch).
 
-Two architectures: GPT-2 with causal LM (the default: it trains on every next click, its
-scores of a session do not depend on the rest of the batch, and it ranked clearly better in the
-comparisons recorded at ``DEFAULTS``) and XLNet with masked LM (T4R's usual recipe; XLNet
-attends to padded positions, so :func:`score_sessions` pads every session to ``max_len``).
-
-Main functions: :func:`build_model`, :func:`train`, :func:`score_sessions`, :func:`trace_topk` /
-:func:`check_traced`, :func:`swap_item_table`, :func:`save_model` / :func:`load_model`.
+Main functions: :func:`build_model`, :func:`describe`, :func:`train`, :func:`score_sessions`,
+:func:`trace_topk` / :func:`check_traced`, :func:`swap_item_table`, :func:`save_model` /
+:func:`load_model`.
 """
 from __future__ import annotations
 
@@ -38,14 +35,9 @@ from gtcrec.etl import ITEM_LIST as ITEM_COL  # the codes are the ETL's: one def
 from gtcrec.etl import RESERVED as N_RESERVED
 from gtcrec.representation import ItemRepresentation, LastClickSkip
 
-# Defaults from measured comparisons (5 epochs, batch 128, 1 CPU thread, recall@10 of the last
-# click given the prefix, prefix items excluded):
-# * gtcrec.data's generator, 1,000 talks, 8,000 training / 1,500 test sessions: oracle 0.785,
-#   item-kNN 0.691; GPT-2 + causal LM 0.675 (lr 1e-3), 0.701 (lr 3e-3); XLNet + masked LM 0.454;
-#   GPT-2 with learned ids 0.724.
-# * synthetic topics with an order inside each topic: GPT-2/CLM 0.53 (lr 1e-3) - 0.67 (10
-#   epochs), XLNet/MLM 0.22; dropout 0.3 cost 0.13 against 0.1; lr 1e-2 diverged.
-# One step of 128 sessions costs ~0.08 s of one core for either architecture at d_model 64.
+# Defaults from measured comparisons (the generator, 1,000 talks, 5 epochs, batch 128, recall@10 of
+# the last click): GPT-2 + causal LM 0.675 (lr 1e-3), 0.701 (lr 3e-3); XLNet + masked LM 0.454;
+# dropout 0.3 cost 0.13 against 0.1 on ordered synthetic topics; lr 1e-2 diverged.
 DEFAULTS: Dict[str, Any] = {
     "arch": "gpt2", "masking": "clm", "d_model": 64, "n_layer": 2, "n_head": 4, "dropout": 0.1,
     "max_len": 20, "epochs": 5, "batch_size": 128, "lr": 3e-3,
@@ -472,80 +464,6 @@ def score_sessions(model, prefixes: Sequence[Sequence[int]], batch_size: int = 1
     return out
 
 
-class TopKCodes(torch.nn.Module):
-    """Wraps a T4R model: ragged item-list input -> (top-k scores, top-k codes), reserved codes
-    excluded. This is the module :func:`trace_topk` traces for serving. Integer inputs of any
-    width (e.g. int32 offsets) are cast to int64 first."""
-
-    def __init__(self, model, k: int, n_reserved: int = N_RESERVED):
-        super().__init__()
-        self.model = model
-        self.k = int(k)
-        self.n_reserved = int(n_reserved)
-
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        # int64 codes and offsets whatever the caller sends (Merlin's executor sends INT32
-        # offsets; T4R's masking fails on int32 codes)
-        inputs = {name: value if value.is_floating_point() else value.to(torch.int64)
-                  for name, value in inputs.items()}
-        scores = self.model(inputs)
-        reserved = torch.arange(self.n_reserved, device=scores.device)
-        scores = scores.index_fill(1, reserved, float("-inf"))
-        return torch.topk(scores, self.k, dim=1)
-
-
-def trace_topk(model, example_batch: Dict[str, torch.Tensor], k: int = 20
-               ) -> torch.jit.ScriptModule:
-    """TorchScript of ``model`` returning ``(scores, codes)`` of the top ``k`` codes per session.
-
-    ``example_batch``: ragged input (``item_id-list__values`` / ``__offsets``, e.g. from
-    :func:`sessions_to_batch` or merlin-dataloader); the traced module accepts ragged input of any
-    batch size and lengths. Callers keep the last ``max_len`` items of longer sessions (and, for
-    XLNet, pad every session to ``max_len`` with code 0, see :func:`sessions_to_batch`). The trace
-    runs on the model's current device: move the model to the CPU first for CPU serving. The model
-    is put in eval mode; call the result under ``torch.no_grad()``. Save with ``traced.save(path)``
-    and load with ``torch.jit.load``.
-    """
-    if k < 1 or k > n_codes(model) - N_RESERVED:
-        raise ValueError(f"k must be in [1, {n_codes(model) - N_RESERVED}]")
-    model.eval()
-    model.top_k = None
-    device = model_device(model)
-    batch = {name: t.to(device) for name, t in example_batch.items()}
-    wrapper = TopKCodes(model, k).eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, (batch,), strict=True, check_trace=False)
-    return traced
-
-
-def check_traced(traced, model, batch: Dict[str, torch.Tensor], atol: float = 1e-4
-                 ) -> Dict[str, float]:
-    """Check that the traced top-k agrees with the eager model on ``batch``.
-
-    Compares scores within ``atol`` and requires every traced code's eager score to equal the
-    traced score (so ties may permute codes); raises ``AssertionError`` otherwise. Returns the
-    maximum differences.
-    """
-    model.eval()
-    device = model_device(model)
-    batch = {name: t.to(device) for name, t in batch.items()}
-    with torch.no_grad():
-        t_scores, t_codes = traced({n: v.clone() for n, v in batch.items()})
-        k = t_scores.shape[1]
-        e_scores, e_codes = TopKCodes(model, k)({n: v.clone() for n, v in batch.items()})
-        full = model({n: v.clone() for n, v in batch.items()})
-    score_diff = float((t_scores - e_scores).abs().max())
-    at_codes = torch.gather(full, 1, t_codes)
-    code_diff = float((at_codes - t_scores).abs().max())
-    if score_diff > atol or code_diff > atol:
-        raise AssertionError(f"traced and eager disagree: score diff {score_diff:.3g}, "
-                             f"score at traced codes diff {code_diff:.3g}")
-    if int(t_codes.min()) < N_RESERVED or int(t_codes.max()) >= full.shape[1]:
-        raise AssertionError("traced returned a reserved or out-of-range code")
-    return {"max_score_diff": score_diff, "max_code_score_diff": code_diff,
-            "same_codes": float((t_codes == e_codes).float().mean())}
-
-
 # ----------------------------------------------------------------------------- save / load
 
 def save_model(model, path: str | os.PathLike) -> Path:
@@ -629,3 +547,6 @@ def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None,
         if schema is not None and hasattr(schema, "column_names") and col in schema.column_names:
             module._schema = _with_cardinality(schema, col, n_new)
     return model
+
+
+from gtcrec.trace import TopKCodes, check_traced, trace_topk  # noqa: E402,F401  (the serving trace)
