@@ -228,6 +228,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the one-session measures")
     parser.add_argument("--no-perf-analyzer", action="store_true")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-request breakdown")
+    parser.add_argument("--compare-instances", type=int, default=1,
+                        help="also measure the lean model with this many instances (0: no)")
+    parser.add_argument("--no-response-cache", action="store_true",
+                        help="do not measure the lean model behind Triton's response cache")
     parser.add_argument("--postprocess-sizes", type=int, nargs="+", default=[1, 10, 100, 1000],
                         help="sessions per request for the post-processing comparison")
     parser.add_argument("--postprocess-only", action="store_true", help="only the post-processing comparison")
@@ -284,10 +288,27 @@ def main(argv=None) -> int:
         ex.export_ensemble(vocab, torchscript, Path(tmp) / "batched", max_len=max_len, k=args.k,
                            popularity=popularity, name="rec_batched", request=one, instance_count=args.instances,
                            dynamic_batching=True, batch_delay_us=args.batch_delay_us)
+        extras = {}  # label -> model name: measured beside the lean model, kept out of the summary's targets
+        if args.compare_instances and args.compare_instances != args.instances:
+            label = f"lean_{args.compare_instances}inst"
+            ex.export_ensemble(vocab, torchscript, Path(tmp) / label, max_len=max_len, k=args.k,
+                               popularity=popularity, name=f"rec_{label}", request=one,
+                               instance_count=args.compare_instances)
+            extras[label] = f"rec_{label}"
+        cache_args = []
+        if not args.no_response_cache:
+            ex.export_ensemble(vocab, torchscript, Path(tmp) / "cached", max_len=max_len, k=args.k,
+                               popularity=popularity, name="rec_cached", request=one, instance_count=args.instances)
+            config = Path(tmp) / "cached" / "rec_cached" / "config.pbtxt"
+            config.write_text(config.read_text() + "\nresponse_cache {\n  enable: true\n}\n")
+            extras["cached"] = "rec_cached"
+            cache_args = [f"--cache-config=local,size={64 << 20}"]
         floor = [] if args.no_breakdown else [export_floor_model(Path(tmp) / "floor", Path(tmp) / "lean" / names["lean"],
                                                                    args.k, args.instances)]
-        with TritonServer([Path(tmp) / e for e in names] + [Path(tmp) / "batched"] + ([Path(tmp) / "floor"] if floor else []),
-                          load_models=list(names.values()) + ["rec_batched"] + floor, startup_timeout=180) as server:
+        with TritonServer([Path(tmp) / e for e in names] + [Path(tmp) / "batched"] + [Path(tmp) / e for e in extras]
+                          + ([Path(tmp) / "floor"] if floor else []),
+                          load_models=list(names.values()) + ["rec_batched"] + list(extras.values()) + floor,
+                          startup_timeout=240, extra_args=cache_args) as server:
             report["startup_seconds"] = server.startup_seconds
             # -- one session: every measure in turn, per round; ratios within a round -----------
             padded = ops.SessionizeClicks(vocab, max_len=max_len, pad=True).sessionize(
@@ -311,6 +332,25 @@ def main(argv=None) -> int:
                         lambda name=name: np.array([load.run_perf_analyzer(
                             server.grpc_url, [one], concurrency=(1,), seconds=1.0, model_name=name,
                             strict=True)[0]["p50_ms"]]))
+            for label, name in extras.items():
+                measures[f"{label}/grpc/python"] = (lambda name=name: load.latency_ms(
+                    server.grpc_url, one, n=per_round, warmup=5, model_name=name))
+                if use_pa and label != "cached":
+                    measures[f"{label}/grpc/perf_analyzer"] = (
+                        lambda name=name: np.array([load.run_perf_analyzer(
+                            server.grpc_url, [one], concurrency=(1,), seconds=1.0, model_name=name,
+                            strict=True)[0]["p50_ms"]]))
+            if "cached" in extras:  # the cache must give the model's answer
+                import tritonclient.grpc as grpcclient
+
+                check = grpcclient.InferenceServerClient(server.grpc_url)
+                try:
+                    answers = [cl.infer_arrays(check, one, model_name=m) for m in (names["lean"], "rec_cached", "rec_cached")]
+                finally:
+                    check.close()
+                for other in answers[1:]:
+                    if not all(np.array_equal(answers[0][n], other[n], equal_nan=n == "scores") for n in cl.OUTPUTS):
+                        raise AssertionError("the response cache answered differently from the model")
             rounds = load.interleaved(measures, rounds=args.rounds)
             report["one_session_rounds_p50_ms"] = rounds.to_dict(orient="list")
             served = {}
@@ -328,6 +368,13 @@ def main(argv=None) -> int:
                   f"p50s; ratios taken within each round). Bare forward {rounds['bare'].median():.3f} ms as served "
                   f"(padded to MAX_LEN), {rounds['bare_unpadded'].median():.3f} ms unpadded. Target ratio <= 3:\n"
                   f"{table.round(3).to_string()}", flush=True)
+            if extras:
+                print("(" + "; ".join(
+                    [f"{label}: the lean model with {args.compare_instances} instance(s) instead of {args.instances}"
+                     for label in extras if label != "cached"]
+                    + (["cached: the lean model behind Triton's response cache, the same session repeated, so every "
+                        "request after the first is a cache hit (answers checked equal to the model's)"]
+                       if "cached" in extras else [])) + ")", flush=True)
 
             # -- breakdown: where the milliseconds of one session go --------------------------
             if not args.no_breakdown:
@@ -354,6 +401,17 @@ def main(argv=None) -> int:
                     rows.append({**r, "tool": "python client"})
                     print(f"  python client  {n:4d} sessions/request  {c:2d} clients: {r['sessions_per_s']:9,.0f} "
                           f"sessions/s  p50 {r['p50_ms']:7.2f} ms  errors {r['errors']}", flush=True)
+                if n == 1:
+                    for label, name in extras.items():
+                        if label == "cached":
+                            continue
+                        for c in args.concurrency:
+                            r = load.closed_loop(server.grpc_url, requests, concurrency=c, seconds=args.seconds,
+                                                 model_name=name).as_dict()
+                            rows.append({**r, "tool": f"python client, {label}"})
+                            print(f"  python client, {label:18s}   1 session/request   {c:2d} clients: "
+                                  f"{r['sessions_per_s']:9,.0f} sessions/s  p50 {r['p50_ms']:7.2f} ms  errors {r['errors']}",
+                                  flush=True)
                 if n == 1:  # the case dynamic batching is for
                     for c in args.concurrency:
                         r = load.closed_loop(server.grpc_url, requests, concurrency=c, seconds=args.seconds,
