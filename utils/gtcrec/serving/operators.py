@@ -83,6 +83,9 @@ from merlin.table import TensorTable
 # operators by value, and cloudpickle stores these names' values, so the server needs no gtcrec.
 from gtcrec.layout import FIRST_CODE, ITEM_LIST, NULL, OOV, PAD  # noqa: F401
 MAX_CLICKS = 1_000_000  # default cap on the clicks of one request
+# DecodeTopK drops clicked talks with a dense (sessions x codes) table up to this many cells, and
+# with a sorted key lookup (np.isin) above it: the table is ~2x faster for small requests.
+DENSE_CLICKED_LIMIT = 4_000_000
 
 
 class BadRequest(ValueError):
@@ -579,11 +582,22 @@ class DecodeTopK(BaseOperator):
             cand, cand_scores = codes[rows], scores[rows]
             valid = (cand >= FIRST_CODE) & (cand < self.n_codes)
             if self.exclude_clicked and len(clicked_values):
-                # a (session, code) pair key tells whether the session clicked the candidate
                 sess_of_click = np.repeat(np.arange(n_sessions), np.diff(clicked_offsets))
-                clicked_keys = sess_of_click * self.n_codes + clicked_values
-                cand_keys = has[:, None] * self.n_codes + np.clip(cand, 0, self.n_codes - 1)
-                valid &= ~np.isin(cand_keys, clicked_keys)
+                safe = np.where(valid, cand, 0)  # invalid candidates are dropped already
+                if len(has) * self.n_codes <= DENSE_CLICKED_LIMIT:
+                    # a (model row, code) table of clicked talks: one lookup per candidate
+                    row_of = np.full(n_sessions, -1, dtype=np.int64)
+                    row_of[has] = np.arange(len(has))
+                    click_rows = row_of[sess_of_click]
+                    on_row = click_rows >= 0  # always true: a session with a known click has a model row
+                    seen = np.zeros((len(has), self.n_codes), dtype=bool)
+                    seen[click_rows[on_row], clicked_values[on_row]] = True
+                    valid &= ~seen[np.arange(len(has))[:, None], safe]
+                else:
+                    # large requests: a (session, code) pair key tells whether the session clicked it
+                    clicked_keys = sess_of_click * self.n_codes + clicked_values
+                    cand_keys = has[:, None] * self.n_codes + safe
+                    valid &= ~np.isin(cand_keys, clicked_keys)
             rank = np.cumsum(valid, axis=1)
             take = valid & (rank <= k)
             r, c = np.nonzero(take)
