@@ -98,7 +98,8 @@ class Progress:
         steps = _steps(nb)
         self.n_code = len(steps)
         self.steps = {cell: (n + 1, step) for n, (cell, step) in enumerate(steps)}
-        self.started = self.last_line = time.monotonic() - self.every  # the first cell is shown at once
+        self.started = time.monotonic()
+        self.last_line = self.started - self.every  # the first cell is shown at once
         self._thread = threading.Thread(target=self._heartbeat, daemon=True)
         self._thread.start()
 

@@ -1,0 +1,64 @@
+"""gtcrec.series: progress lines while the notebooks run, and the kernel's transport encryption."""
+import io
+import time
+
+import nbformat
+import pytest
+
+from gtcrec import series
+
+
+def notebook():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 09 · A title"),
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_markdown_cell("## Train the model\nsome text"),
+                nbformat.v4.new_code_cell("# a comment\nfit(x)"),
+                nbformat.v4.new_markdown_cell("no heading here"),
+                nbformat.v4.new_code_cell("y = 2")]
+    return nb
+
+
+def test_steps_are_the_heading_above_each_code_cell():
+    assert series._steps(notebook()) == [(1, "09 · A title"), (3, "Train the model"), (5, "Train the model")]
+
+
+def test_steps_fall_back_to_the_first_code_line_without_a_heading():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("# comment\n\nimport os")]
+    assert series._steps(nb) == [(0, "import os")]
+
+
+def test_progress_names_notebook_step_and_position_without_flooding():
+    out = io.StringIO()
+    progress = series.Progress("09-demo", every=3600, stream=out)
+    progress.begin(notebook())
+    try:
+        for cell in range(6):  # markdown cells are not counted
+            progress.cell_start(cell)
+    finally:
+        progress.end()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1  # the first code cell at once, then at most one line per `every` seconds
+    assert lines[0].startswith('[series] 09-demo: cell 1/3 "09 · A title" (0:')
+
+
+def test_a_long_cell_is_reported_again():
+    out = io.StringIO()
+    progress = series.Progress("09-demo", every=0.2, stream=out)
+    progress.begin(notebook())
+    try:
+        progress.cell_start(3)
+        time.sleep(1.5)
+    finally:
+        progress.end()
+    lines = out.getvalue().splitlines()
+    assert 2 <= len(lines) <= 10
+    assert all("cell 2/3" in line and '"Train the model"' in line for line in lines)
+    assert "this cell" in lines[-1]
+
+
+def test_the_kernel_gets_transport_encryption_when_pyzmq_has_curve():
+    zmq = pytest.importorskip("zmq")
+    manager = series._kernel_manager_class()(kernel_name="python3")
+    assert manager.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
