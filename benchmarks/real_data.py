@@ -191,7 +191,8 @@ def write_and_load(catalog: pd.DataFrame, clicks: pd.DataFrame, folder: Path, na
 
 # ----------------------------------------------------------------------------------- evaluate
 
-def representation(catalog: pd.DataFrame, warm: np.ndarray, fields: list[str] | None = None) -> dict:
+def representation(catalog: pd.DataFrame, warm: np.ndarray, fields: list[str] | None = None,
+                   gain: float | None = None) -> dict:
     """``build_model(item_repr=...)``: notebook 03's settings, with only the fields (of ``fields``,
     default notebook 03's) this catalog has values for (here ``track``). ``load_catalog`` returns
     every documented column, empty when the file lacks it; an all-empty field would only add one
@@ -199,6 +200,8 @@ def representation(catalog: pd.DataFrame, warm: np.ndarray, fields: list[str] | 
     from gtcrec.representation import settings_for
 
     settings = dict(REPRESENTATION)
+    if gain is not None:
+        settings["gain"] = gain
     settings["fields"] = [f for f in (REPRESENTATION["fields"] if fields is None else fields)
                           if f in catalog.columns and catalog[f].notna().any()
                           and (catalog[f].astype(str).str.strip() != "").any()]
@@ -235,7 +238,7 @@ def run_warm(catalog, clicks, vectors, work: Path, args) -> dict:
         results[name] = evaluate(baseline.scores(prefixes))
     seconds = {}
     for name, kwargs in ((LEARNED, {"pretrained": False}), (MODEL, {}),
-                         (REPR, {"item_repr": representation(catalog, warm, args.fields)})):
+                         (REPR, {"item_repr": representation(catalog, warm, args.fields, args.gain)})):
         model = m.build_model(schema, table, max_len=MAX_LEN, seed=args.seed, **kwargs)
         history = m.train(model, result.split_dirs["train"], epochs=args.epochs, batch_size=BATCH_SIZE,
                           lr=LEARNING_RATE, seed=args.seed, output_dir=work / "t4r")
@@ -272,7 +275,7 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
     old_train = metrics.read_sessions(result.split_dirs["train"])
     warm = warm_items(old_train, len(old_table))
     model = m.build_model(schema, old_table, max_len=MAX_LEN, seed=args.seed,
-                          item_repr=representation(old_catalog, warm, args.fields))
+                          item_repr=representation(old_catalog, warm, args.fields, args.gain))
     history = m.train(model, result.split_dirs["train"], epochs=args.epochs, batch_size=BATCH_SIZE,
                       lr=LEARNING_RATE, seed=args.seed, output_dir=work / "t4r-old")
     old_prefixes, old_targets = metrics.sessions_to_prefixes(metrics.read_sessions(result.split_dirs["test"]))
@@ -283,7 +286,7 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
 
     def build_half(half_schema, half_table, half_catalog, half_warm):
         return m.build_model(half_schema, half_table, max_len=MAX_LEN, seed=args.seed,
-                             item_repr=representation(half_catalog, half_warm, args.fields))
+                             item_repr=representation(half_catalog, half_warm, args.fields, args.gain))
 
     def fit_half(half_model, folder):
         m.train(half_model, folder, epochs=args.transfer_epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=5, help="epochs of every trained model (default 5)")
     parser.add_argument("--transfer-epochs", type=int, default=2,
                         help="epochs of the transfer check's model (notebook 03's TRANSFER_EPOCHS)")
+    parser.add_argument("--gain", type=float, default=None,
+                        help="start of the last-click skip's gain (default: notebook 03's)")
     parser.add_argument("--gap-minutes", type=float, default=60.0, help="pause that starts a new session")
     parser.add_argument("--chunk", type=int, default=MAX_LEN, help="cut sessions into pieces of at most this "
                         "many clicks (0: no cut; the ETL keeps the last 20)")
