@@ -208,16 +208,10 @@ def representation(catalog: pd.DataFrame, warm: np.ndarray, fields: list[str] | 
     return settings_for(settings, catalog, warm)
 
 
-def warm_items(train_sessions, n_codes: int) -> np.ndarray:
-    """Codes with clicks in the training split (notebook 03's ``warm``)."""
-    warm = np.bincount(np.concatenate(train_sessions), minlength=n_codes) > 0
-    warm[:3] = False
-    return warm
-
-
 def run_warm(catalog, clicks, vectors, work: Path, args) -> dict:
     from gtcrec import baselines, etl, metrics
     from gtcrec import model as m
+    from gtcrec.representation import warm_codes
 
     started = time.perf_counter()
     result = etl.run_etl(clicks, catalog, work / "etl", max_len=MAX_LEN)
@@ -225,7 +219,7 @@ def run_warm(catalog, clicks, vectors, work: Path, args) -> dict:
     schema = m.load_schema(result.split_dirs["train"])
     train_sessions = metrics.read_sessions(result.split_dirs["train"])
     prefixes, targets = metrics.sessions_to_prefixes(metrics.read_sessions(result.split_dirs["test"]))
-    warm = warm_items(train_sessions, len(table))
+    warm = warm_codes(train_sessions, len(table))
     log(f"warm: ETL {time.perf_counter() - started:.0f} s; train {len(train_sessions)} sessions, "
         f"test {len(prefixes)}; {int(warm.sum())} of {len(catalog)} items have training clicks")
 
@@ -253,6 +247,7 @@ def run_warm(catalog, clicks, vectors, work: Path, args) -> dict:
 
 def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
     from gtcrec import etl, metrics, swap, transfer
+    from gtcrec.representation import warm_codes
     from gtcrec import model as m
 
     rng = np.random.default_rng(args.seed)
@@ -273,7 +268,7 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
     result = etl.run_etl(old_clicks, old_catalog, work / "old-etl", max_len=MAX_LEN)
     schema = m.load_schema(result.split_dirs["train"])
     old_train = metrics.read_sessions(result.split_dirs["train"])
-    warm = warm_items(old_train, len(old_table))
+    warm = warm_codes(old_train, len(old_table))
     model = m.build_model(schema, old_table, max_len=MAX_LEN, seed=args.seed,
                           item_repr=representation(old_catalog, warm, args.fields, args.gain))
     history = m.train(model, result.split_dirs["train"], epochs=args.epochs, batch_size=BATCH_SIZE,

@@ -7,7 +7,7 @@ import torch
 
 from gtcrec import baselines
 from gtcrec import model as M
-from gtcrec.representation import ItemRepresentation, LastClickSkip, catalog_fields, settings_for
+from gtcrec.representation import ItemRepresentation, LastClickSkip, catalog_fields, settings_for, warm_codes
 
 from test_model import DIM, N_ITEMS, N_TOPICS, SMALL, make_sessions, make_table, write_parquet
 
@@ -145,3 +145,5 @@ def test_catalog_fields_handle_absent_and_float_values():
     nullable_day = pd.DataFrame({"talk_id": ["a", "b"], "day": pd.array([1, None], dtype="Int64")})
     assert catalog_fields(nullable_day, ["day"]) == {"day": ["", "", "", "1", ""]}
     assert settings_for(None, catalog) is None
+    # warm codes: clicked in training, never a reserved code
+    assert warm_codes([np.array([3, 5]), np.array([5, 0])], 7).tolist() == [False, False, False, True, False, True, False]

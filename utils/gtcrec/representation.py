@@ -268,6 +268,15 @@ def catalog_fields(catalog, names: Sequence[str] = FIELDS, reserved: int = 3) ->
             for name in names if name in catalog.columns}
 
 
+def warm_codes(train_sessions: Sequence[np.ndarray], n_codes: int, reserved: int = 3) -> np.ndarray:
+    """Boolean ``(n_codes,)``: the codes clicked in ``train_sessions`` (reserved codes never), the
+    talks that may learn a residual and a bias."""
+    warm = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in train_sessions]),
+                       minlength=n_codes) > 0
+    warm[:reserved] = False
+    return warm
+
+
 def settings_for(settings: Mapping | None, catalog, warm: np.ndarray | None = None) -> dict | None:
     """``build_model(item_repr=...)`` for ``catalog``: ``settings`` (switches and field names, as
     as :func:`gtcrec.model.describe` reads them from a model) with that catalog's field values and

@@ -94,7 +94,7 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
 
     from gtcrec import baselines, etl, metrics
     from gtcrec import model as gm
-    from gtcrec.representation import catalog_fields
+    from gtcrec.representation import catalog_fields, warm_codes
 
     n_talks = len(vectors)
     n_codes = n_talks + RESERVED
@@ -106,8 +106,7 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
     old_table, new_table = etl.item_table(vectors[old]), etl.item_table(vectors[new])
     old_catalog = catalog.iloc[old].reset_index(drop=True)
     new_catalog = catalog.iloc[new].reset_index(drop=True)
-    warm = np.bincount(np.concatenate(old_train), minlength=len(old_table)) > 0
-    warm[:RESERVED] = False
+    warm = warm_codes(old_train, len(old_table), RESERVED)
     model = build(gm.make_schema(len(old_table)), old_table, old_catalog, warm)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "old-half"

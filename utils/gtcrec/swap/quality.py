@@ -88,7 +88,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     """
     from gtcrec import baselines, metrics, transfer
     from gtcrec import model as gm
-    from gtcrec.representation import settings_for
+    from gtcrec.representation import settings_for, warm_codes
 
     log = log or _quiet
     out_dir = Path(out_dir).resolve()
@@ -126,8 +126,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     results["untrained, new table"] = evaluate(gm.score_sessions(untrained, prefixes))
     notes["untrained, new table"] = "new talks' text only"
 
-    warm = np.bincount(np.concatenate(train_sessions), minlength=n_codes) > 0
-    warm[:N_RESERVED] = False
+    warm = warm_codes(train_sessions, n_codes, N_RESERVED)
     retrained = gm.build_model(schema, new_table, max_len=max_len, seed=seed,
                                item_repr=settings_for(rep, new_catalog, warm), **arch)
     history = gm.train(retrained, result.split_dirs["train"], result.split_dirs["valid"], epochs=epochs,
@@ -144,7 +143,8 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
         baseline.fit(old_train)
         results[name] = evaluate(transfer_scores(baseline.scores(old_prefixes), old_vocab, new_vocab))
         notes[name] = "old event's clicks; never saw a new talk: ~random"
-    for name, baseline in baselines.text_baselines(new_table).items():
+    text = baselines.text_baselines(new_table)
+    for name, baseline in text.items():
         results[name] = evaluate(baseline.scores(prefixes))
         notes[name] = "new talks' text only, no training"
     for name, baseline in (("popularity (new event)", baselines.PopularityBaseline(n_codes)),
@@ -172,7 +172,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
         ratios[f"swapped_over_untrained_{metric}"] = ratio(SWAPPED, "untrained, new table", metric)
         ratios[f"swapped_over_old_popularity_{metric}"] = ratio(SWAPPED, "popularity (old event)", metric)
         ratios[f"swapped_over_random_{metric}"] = ratio(SWAPPED, "random", metric)
-        best_text = max(baselines.text_baselines(new_table), key=lambda name: results[name][metric])
+        best_text = max(text, key=lambda name: results[name][metric])
         ratios[f"swapped_over_best_text_{metric}"] = ratio(SWAPPED, best_text, metric)
     counts = {**result.counts, "test_sessions": len(prefixes), "train_sessions": len(train_sessions),
               "n_talks": len(new_vocab)}
