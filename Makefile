@@ -26,6 +26,13 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	rm -rf $(VENV)/opt/libb64 && mkdir -p $(VENV)/opt/libb64 && cd $(VENV)/opt/libb64 && \
 	  { apt-get download libb64-0d >/dev/null 2>&1 && dpkg -x libb64-0d_*.deb . && rm -f libb64-0d_*.deb \
 	    || echo "note: libb64-0d not fetched; perf_analyzer will be skipped"; }
+	@# The fleet's load balancer (gtcrec.serving.balancer): Debian's haproxy and the three libraries it needs that
+	@# a plain Debian machine lacks, unpacked into the venv. Optional: without it the fleet tests skip and say so.
+	rm -rf $(VENV)/opt/haproxy && mkdir -p $(VENV)/opt/haproxy && cd $(VENV)/opt/haproxy && \
+	  { apt-get download haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1 >/dev/null 2>&1 && \
+	    for deb in *.deb; do dpkg -x "$$deb" .; done && rm -f *.deb && \
+	    LD_LIBRARY_PATH=usr/lib/x86_64-linux-gnu usr/sbin/haproxy -v | head -1 \
+	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests and the fleet part of notebook 06 will be skipped"; }; }
 	touch $@
 
 run: env
