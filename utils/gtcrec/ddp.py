@@ -13,13 +13,13 @@ How the data is divided (read from the installed sources, and measured: each ran
   (``LoaderBase._indices_for_process``). A partition is a parquet row group here, so the training split
   is first rewritten as ``world_size * parts_per_rank`` files of one row group each, of equal size
   (:func:`partition_for_ranks`). With fewer partitions than ranks T4R repartitions by itself (a warning).
-* With ``shuffle=True`` the Loader shuffles the partition order at every epoch with NumPy's global
-  random state (on the CPU ``merlin.core.dispatch.generate_local_seed`` seeds nothing), and each rank
-  then takes its slice of the shuffled order. The slices are disjoint only if every rank's NumPy state
-  is the same at every epoch start; T4R's path relies on HF's ``set_seed`` for that and nothing keeps
-  it so (one rank-specific NumPy draw would make the ranks read overlapping partitions). Here the loader
-  gets a ``seed_fn`` (:class:`SharedEpochSeed`) that gives every rank the same seed for the same epoch,
-  so in every epoch the ranks read disjoint partitions that together cover the split.
+* Which partitions a rank reads is fixed when the Loader builds its partition iterator
+  (``ChunkQueue``, on the first ``len()`` or iteration, before any shuffle): rank ``r`` reads the same
+  shard, ``indices[r * k:(r + 1) * k]`` of the files' order, in every epoch. The Loader's per-epoch
+  shuffle of its partition list does not reach that iterator (merlin-dataloader 23.08), so the ranks
+  never depend on their NumPy states agreeing; rows are shuffled within what a rank reads. Measured:
+  :class:`RecordingLoader` records the partitions each rank's iterator was built with and a fingerprint
+  of every row of every batch, and ``tests/unit/test_ddp.py`` matches both against the partition files.
 * T4R passes the LOCAL rank as ``global_rank``, which is wrong on more than one node; here the loader is
   built with the global rank (``RANK``), and handed to T4R's Trainer as its ``train_dataloader``.
 
@@ -91,18 +91,6 @@ def partition_for_ranks(src: str | os.PathLike, dst: str | os.PathLike, world_si
     return {"folder": dst, "files": files, "rows": rows}
 
 
-class SharedEpochSeed:
-    """``seed_fn`` of merlin's Loader: ``seed + number of calls so far``. The Loader calls it once per
-    epoch, before it shuffles the partition order, so every rank shuffles alike in the same epoch."""
-
-    def __init__(self, seed: int):
-        self.seed, self.calls = int(seed), 0
-
-    def __call__(self) -> int:
-        self.calls += 1
-        return self.seed + self.calls - 1
-
-
 def row_fingerprints(codes) -> list[int]:
     """One integer per session row: Python's hash of its tuple of nonzero codes (ints hash alike in
     every process), for padded rows (a batch) or lists (a parquet split)."""
@@ -115,11 +103,21 @@ def row_fingerprints(codes) -> list[int]:
 
 class RecordingLoader:
     """A T4R data loader that also records, per epoch, the rows it gave (count and
-    :func:`row_fingerprints`) and the partitions the merlin Loader assigned to this rank."""
+    :func:`row_fingerprints`) and the partitions the merlin Loader's iterator reads for this rank
+    (captured where the Loader builds that iterator, ``Loader._data_iter``)."""
 
     def __init__(self, inner, item_col: str = ITEM_LIST, fingerprints: bool = True):
         self.inner, self.item_col, self.keep_fingerprints = inner, item_col, fingerprints
         self.epochs: list[dict[str, Any]] = []
+        self.partitions: list[int] | None = None  # what the merlin Loader's partition iterator reads
+        merlin_loader = inner.dataset
+        build_iterator = merlin_loader._data_iter
+
+        def recording_data_iter(epochs):
+            self.partitions = [int(i) for i in merlin_loader._indices_for_process()]
+            return build_iterator(epochs)
+
+        merlin_loader._data_iter = recording_data_iter
 
     def __len__(self):
         return len(self.inner)
@@ -131,8 +129,7 @@ class RecordingLoader:
         record: dict[str, Any] = {"rows": 0, "batches": 0, "partitions": None, "fingerprints": []}
         self.epochs.append(record)
         for batch in self.inner:
-            if record["partitions"] is None:
-                record["partitions"] = [int(i) for i in self.inner.dataset._indices_for_process()]
+            record["partitions"] = self.partitions
             x = batch[0][self.item_col]
             record["rows"] += int(x.shape[0])
             record["batches"] += 1
@@ -141,7 +138,7 @@ class RecordingLoader:
             yield batch
 
 
-def rank_dataloader(schema, data_dir, batch_size: int, max_len: int, rank: int, world_size: int, seed: int,
+def rank_dataloader(schema, data_dir, batch_size: int, max_len: int, rank: int, world_size: int,
                     local_rank: int | None = None, cpu: bool = True, fingerprints: bool = True) -> RecordingLoader:
     """T4R's merlin data loader for this rank's partitions (shuffled, padded to ``max_len``)."""
     from merlin.io import Dataset
@@ -153,7 +150,7 @@ def rank_dataloader(schema, data_dir, batch_size: int, max_len: int, rank: int, 
     dataset.schema = schema
     loader = MerlinDataLoader.from_schema(
         schema, dataset, batch_size, max_sequence_length=max_len, drop_last=False, shuffle=True,
-        global_rank=rank, global_size=world_size, device=local_rank, seed_fn=SharedEpochSeed(seed))
+        global_rank=rank, global_size=world_size, device=local_rank)
     return RecordingLoader(loader, schema.first.name, fingerprints)
 
 
@@ -205,9 +202,9 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
     build = dict(spec["build"])
     max_len = int(build.get("max_len", M.DEFAULTS["max_len"]))
     model = M.build_model(schema, spec["item_table"], seed=build.pop("seed", spec["seed"]), **build)
-    loader = rank_dataloader(schema, spec["train_dir"], spec["batch_size"], max_len, rank, world, spec["seed"],
+    loader = rank_dataloader(schema, spec["train_dir"], spec["batch_size"], max_len, rank, world,
                              local_rank=local_rank, cpu=not M._gpu_dataframes(), fingerprints=spec["fingerprints"])
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(loader)  # builds the Loader's partition iterator: this rank's shard
     M.set_seed(spec["seed"])
     args = T4RecTrainingArguments(
         output_dir=str(out_dir / "trainer"), max_sequence_length=max_len, data_loader_engine="merlin",
