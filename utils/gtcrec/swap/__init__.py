@@ -39,6 +39,12 @@ Command line (``gtcrec-swap``)::
                 [--cache DIR] [--k K] [--model-name NAME] [--timeout S] [--json FILE]
     gtcrec-swap --rollback --repository REPO --url HOST:GRPC_PORT [--model-name NAME]
     gtcrec-swap --status --repository REPO --url HOST:GRPC_PORT [--model-name NAME]
+    gtcrec-swap [NEW_CATALOG ...|--rollback|--status] --fleet --repository SHARED_REPO --url R0 --url R1 ...
+
+``--fleet`` (:mod:`gtcrec.swap.fleet`) does the same over several replicas that share one repository,
+behind a load balancer (:mod:`gtcrec.serving.balancer`): the version is exported once and loaded on
+every replica in turn; if one refuses, the replicas already switched go back, so the fleet serves
+one catalog before and after (all or nothing).
 
 Exit status: 0 done; 2 bad arguments or an invalid catalog file (nothing changed); 1 the server
 refused the new version or the rollback (the serving version is unchanged, see the message).
@@ -53,6 +59,7 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 * ``quality``: the swapped model measured on the new event (:func:`evaluate_new_event`): the new
   event's clicks through the NVTabular ETL with the new vocabulary, every method on the same time-split
   test sessions;
+* ``fleet``: N replicas behind HAProxy (:class:`Fleet`), :func:`swap_fleet` and :func:`rollback_fleet`;
 * ``cli``: the ``gtcrec-swap`` command (``python -m gtcrec.swap`` runs it too).
 """
 
@@ -67,6 +74,8 @@ from gtcrec.swap.switch import (LoadResult, load_version, SwapResult, swap_catal
 from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_summary, plot_timeline
 from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, SWAPPED, RETRAINED,
                                  evaluate_new_event)
+from gtcrec.swap.fleet import (FleetSwapError, FleetSwapResult, FleetRollbackResult, Fleet, fleet_serving,
+                               fleet_status, swap_fleet, rollback_fleet)
 from gtcrec.swap.cli import main
 
 __all__ = [
@@ -114,5 +123,13 @@ __all__ = [
     "SWAPPED",
     "RETRAINED",
     "evaluate_new_event",
+    "FleetSwapError",
+    "FleetSwapResult",
+    "FleetRollbackResult",
+    "Fleet",
+    "fleet_serving",
+    "fleet_status",
+    "swap_fleet",
+    "rollback_fleet",
     "main",
 ]

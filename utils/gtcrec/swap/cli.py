@@ -1,4 +1,4 @@
-"""The ``gtcrec-swap`` command line (swap, ``--rollback``, ``--status``)."""
+"""The ``gtcrec-swap`` command line (swap, ``--rollback``, ``--status``; ``--fleet`` for several replicas)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from typing import Sequence
 from gtcrec.data import DataValidationError
 from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError
 from gtcrec.swap.switch import rollback, status, swap_catalog
+from gtcrec.swap.fleet import FleetSwapError, fleet_status, rollback_fleet, swap_fleet
 
 
 # ----------------------------------------------------------------------------------------------
@@ -26,7 +27,10 @@ def _parser() -> argparse.ArgumentParser:
                "the new version or the rollback (the serving version is unchanged).")
     parser.add_argument("catalog", nargs="?", help="the new catalog file (CSV or parquet, the catalog format)")
     parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
-    parser.add_argument("--url", required=True, help="the server's gRPC address, host:port")
+    parser.add_argument("--url", required=True, action="append", help="the server's gRPC address, host:port "
+                        "(with --fleet: once per replica, all serving --repository)")
+    parser.add_argument("--fleet", action="store_true", help="swap, roll back or show every replica given by --url: "
+                        "all switch or none does (a replica that refuses sends the others back)")
     parser.add_argument("--model-dir", help="the trained model saved by notebook 03 (artifacts/03-train/model)")
     parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache folder "
                         "(default: %(default)s)")
@@ -61,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[gtcrec-swap] {msg}", file=sys.stderr, flush=True)
 
+    if len(args.url) > 1 and not args.fleet:
+        parser.error("several --url need --fleet")
     try:
+        if args.fleet:
+            return _fleet(args, parser, log)
+        args.url = args.url[0]
         if args.status:
             result = status(args.url, args.repository, args.model_name)
             log(f"serving {result['serving']}; in the repository {result['repository_versions']}; "
@@ -89,9 +98,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"gtcrec-swap: {exc}", file=sys.stderr)
         return 2
-    except SwapError as exc:
+    except SwapError as exc:  # FleetSwapError included
         print(f"gtcrec-swap: {exc}", file=sys.stderr)
         return 1
+
+
+def _fleet(args, parser, log) -> int:
+    """``--fleet``: the same three actions over every ``--url`` (:mod:`gtcrec.swap.fleet`)."""
+    if args.status:
+        result = fleet_status(args.repository, args.url, args.model_name)
+        for url, versions in result["serving"].items():
+            log(f"{url}: serving {versions}")
+        log("the replicas serve one version" if result["consistent"] else "the replicas DISAGREE")
+        _emit(result, args.json or "-")
+        return 0
+    if args.rollback:
+        rb = rollback_fleet(args.repository, args.url, args.model_name, timeout=args.timeout, log=log)
+        _emit({"action": "fleet-rollback", "from_version": rb.from_version, "to_version": rb.to_version,
+               "seconds": rb.ended - rb.started, "serving": rb.serving}, args.json)
+        return 0
+    if not args.catalog or not args.model_dir:
+        parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
+    res = swap_fleet(args.catalog, args.repository, args.url, args.model_dir, args.cache, k_model=args.k,
+                     model_name=args.model_name, timeout=args.timeout, log=log)
+    _emit({"action": "fleet-swap", **res.summary()}, args.json)
+    return 0
 
 
 if __name__ == "__main__":
