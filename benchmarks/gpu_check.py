@@ -6,6 +6,7 @@ T4R's Trainer), with the metrics that say whether the GPU path gives the same an
     python benchmarks/gpu_check.py --preflight           # only the environment (seconds)
     python benchmarks/gpu_check.py --only 00-data --json out.json
     python benchmarks/gpu_check.py --cpu                 # the same on the CPU (hides the GPU)
+    python benchmarks/gpu_check.py --scale-out           # only the ETL on a LocalCUDACluster and NCCL torchrun
 
 Prints the card's name (or that no GPU was found), then one JSON document: the environment, seconds
 per notebook, 03's recall@10 of the model and of the oracle, 05's parity and one-session p50 latency,
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="SEED for every notebook (default: theirs)")
     parser.add_argument("--cpu", action="store_true", help="hide any GPU (CUDA_VISIBLE_DEVICES='') for a CPU run")
     parser.add_argument("--preflight", action="store_true", help="report the environment only and exit")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="only the scale-out check: ETL on a LocalCUDACluster, torchrun with NCCL (scale_out_check)")
     args = parser.parse_args(argv)
     if args.only:
         unknown = [s for s in args.only if s not in DEFAULT_STEMS and s != "06-catalog-swap"]
@@ -190,6 +193,79 @@ def _error_text(exc: BaseException) -> str:
     return f"{name}: {value}"[-3000:]
 
 
+def scale_out_check(workdir: Path, n_sessions: int = 20_000, n_talks: int = 400, epochs: int = 1) -> dict[str, Any]:
+    """The scale-out paths on GPUs (gtcrec.cluster, gtcrec.ddp): the notebook-01 ETL on a
+    ``dask_cuda.LocalCUDACluster`` (one worker per GPU, at most 2) against the single-process ``run_etl``
+    on the same generated log (cudf partitions when cudf imports, else pandas on the CUDA workers), then
+    the notebook-03 model trained by ``torchrun`` with NCCL on up to 2 GPUs and scored on the test split.
+    Returns ``{"status": "skipped", ...}`` without CUDA; errors are reported in the dict, not raised."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "reason": "no CUDA device"}
+    import numpy as np
+    import pandas as pd
+    from merlin.core.utils import Serial
+
+    from gtcrec import cluster, ddp, etl, metrics
+    from gtcrec import model as gm
+    from gtcrec.data.generator import generate_catalog
+    from gtcrec.representation import settings_for, warm_codes
+
+    n_gpus = min(2, torch.cuda.device_count())
+    out: dict[str, Any] = {"status": "ok", "gpus": n_gpus}
+    workdir = Path(workdir)
+    catalog, latent = generate_catalog(n_talks, seed=1)
+    log = cluster.write_clicks_partitioned(workdir / "clicks", catalog, latent, n_sessions, seed=2,
+                                           sessions_per_part=max(1, n_sessions // 4), time_resolution_s=60)
+    clicks = pd.concat([pd.read_parquet(f) for f in log["files"]], ignore_index=True)
+    with Serial():
+        reference = etl.run_etl(clicks, catalog, workdir / "etl-single")
+    try:
+        import cudf  # noqa: F401
+
+        gpu_frames = True
+    except Exception:  # noqa: BLE001
+        gpu_frames = False
+    dask_cluster = client = None
+    try:
+        t0 = time.perf_counter()
+        dask_cluster, client = cluster.local_cluster(n_workers=n_gpus, memory_limit="8GiB", cuda=True,
+                                                     local_directory=workdir / "dask-space")
+        result = cluster.run_etl_on_cluster(workdir / "clicks", catalog, workdir / "etl-cluster", client,
+                                            cpu=not gpu_frames)
+        out["etl"] = {"cluster": type(dask_cluster).__name__, "cudf_partitions": gpu_frames,
+                      "seconds": round(time.perf_counter() - t0, 2), "clicks": log["clicks"],
+                      "same_as_single_process": cluster.compare_etl(reference, result)["equal"]}
+    except Exception as exc:  # noqa: BLE001
+        out["status"], out["etl"] = "failed", {"error": _error_text(exc)}
+    finally:
+        cluster.close(dask_cluster, client)
+    try:
+        rng = np.random.default_rng(0)
+        z = latent.z @ rng.normal(size=(latent.z.shape[1], 384))
+        table = etl.item_table((z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32))
+        train = metrics.read_sessions(reference.split_dirs["train"])
+        rep = {"adapter": True, "fields": ["track", "level", "format", "organization", "day"], "residual": True,
+               "bias": True, "drop": 0.7, "skip": True, "gain": 5.0}
+        build = dict(d_model=64, n_layer=2, n_head=4, max_len=20, seed=42,
+                     item_repr=settings_for(rep, catalog, warm_codes(train, len(table))))
+        report = ddp.train_distributed(reference.split_dirs["train"], table, workdir / "ddp", nproc=n_gpus,
+                                       build=build, epochs=epochs, batch_size=128 // n_gpus, seed=42,
+                                       fingerprints=False, timeout_s=600)
+        prefixes, targets = metrics.sessions_to_prefixes(metrics.read_sessions(reference.split_dirs["test"]))
+        scores = gm.score_sessions(gm.load_model(report["model"]), prefixes)
+        out["ddp"] = {"backend": report["backend"], "world_size": report["world_size"],
+                      "devices": [r["device"] for r in report["ranks"]], "steps_per_rank": report["steps_per_rank"],
+                      "seconds": round(report["seconds"], 2),
+                      "recall@10": metrics.evaluate_scores(scores, targets, exclude=prefixes)["recall@10"]}
+        if report["backend"] != "nccl":
+            out["status"] = "failed"
+    except Exception as exc:  # noqa: BLE001
+        out["status"], out["ddp"] = "failed", {"error": _error_text(exc)}
+    return out
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     nb = report["notebooks"]
     return {"device": report["environment"].get("device") if report.get("environment") else None,
@@ -239,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] no GPU found ({why}): running on the CPU", flush=True)
     if not env["cudf"]:
         report["warnings"].append("no cudf: NVTabular, merlin-dataloader and training data stay in pandas on the CPU")
+    if args.scale_out:
+        report["scale_out"] = scale_out_check(artifacts / "scale-out")
+        write(report, json_path)
+        print(json.dumps(report["scale_out"], indent=2, default=str))
+        return {"ok": 0, "skipped": 0}.get(report["scale_out"]["status"], 1)
     if args.preflight:
         report["summary"] = summary(report)
         write(report, json_path)

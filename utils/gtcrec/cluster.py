@@ -25,8 +25,9 @@ sessions at a time (about 46 MB of pandas per 50,000 sessions): 1M sessions is 2
 10M sessions is 200 files, with the same memory per step.
 
 :func:`local_cluster` gives a ``LocalCluster`` of worker processes on the CPU, or a
-``dask_cuda.LocalCUDACluster`` (one worker per GPU) with ``cuda=True``. On GPUs the Dataset would be
-cudf (``cpu=False``); this module keeps ``cpu=True`` unless told otherwise.
+``dask_cuda.LocalCUDACluster`` (one worker per GPU) with ``cuda=True``. With ``cpu=False`` (GPUs and cudf)
+the numbering still runs in pandas and each split reaches the workflow as cudf partitions; the default is
+``cpu=True`` (pandas everywhere, which ``LocalCUDACluster`` workers run as well).
 """
 from __future__ import annotations
 
@@ -99,12 +100,13 @@ def local_cluster(n_workers: int = 2, memory_limit: str | int = "2GiB", cuda: bo
                   local_directory: str | Path | None = None, **options):
     """A local Dask cluster and its client: ``(cluster, client)``; close both when done
     (:func:`close`). CPU: ``distributed.LocalCluster`` of ``n_workers`` processes, one thread each,
-    ``memory_limit`` per worker (they spill to ``local_directory`` past 60 % of it), no dashboard.
+    ``memory_limit`` per worker (they spill to ``local_directory`` past 60 % of it), the scheduler and its
+    HTTP endpoint on free ports.
     ``cuda=True``: ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU; ``n_workers`` GPUs
     at most), same options."""
     from distributed import Client
 
-    common = dict(memory_limit=memory_limit, dashboard_address=None, threads_per_worker=1)
+    common = dict(memory_limit=memory_limit, dashboard_address=":0", threads_per_worker=1)  # no fixed port (None means 8787)
     if local_directory is not None:
         common["local_directory"] = str(local_directory)
     common.update(options)
@@ -168,6 +170,13 @@ def in_range(frame: pd.DataFrame, lo: int, hi: int) -> pd.DataFrame:
 
 def partition_length(frame: pd.DataFrame) -> pd.Series:
     return pd.Series([len(frame)])
+
+
+def to_gpu_frame(frame: pd.DataFrame):
+    """A pandas partition as a cudf DataFrame (``cpu=False``: the workflow then runs on the GPU)."""
+    import cudf
+
+    return cudf.from_pandas(frame)
 
 
 # ----------------------------------------------------------------------------- the ETL
@@ -268,6 +277,10 @@ def run_etl_on_cluster(clicks_path, catalog: pd.DataFrame, out_dir: str | Path, 
         for name in etl.SPLITS:
             lo, hi = bounds[name]
             frame = numbered.map_partitions(in_range, lo, hi, meta=meta)
+            if not cpu:  # the numbering ran in pandas; the workflow gets cudf partitions
+                import cudf
+
+                frame = frame.map_partitions(to_gpu_frame, meta=cudf.from_pandas(meta))
             datasets[name] = Dataset(frame, cpu=cpu).shuffle_by_keys(["session_id"], npartitions=nparts)
         workflow.fit(datasets["train"])
         for name in etl.SPLITS:
