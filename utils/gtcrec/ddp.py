@@ -175,6 +175,19 @@ def write_spec(path: str | os.PathLike, train_dir, item_table: np.ndarray, out_d
     return path
 
 
+def _fewest_batches(batches: int, device) -> int:
+    """The smallest number of batches per epoch over all ranks (all-reduce MIN; this rank's without a
+    process group)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return int(batches)
+    value = torch.tensor([int(batches)], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 
@@ -214,6 +227,10 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
         no_cuda=not cuda, ddp_backend=backend, report_to=[], logging_steps=max(1, steps_per_epoch // 10),
         save_strategy="no", evaluation_strategy="no", dataloader_drop_last=False, dataloader_pin_memory=False,
         disable_tqdm=True, log_level="warning")
+    fewest = _fewest_batches(steps_per_epoch, args.device)  # args.device starts the process group
+    if fewest != steps_per_epoch and spec["max_steps"] < 0:
+        # unequal shards: every rank must take the same number of steps, or the last all-reduce waits forever
+        args.max_steps = int(spec["epochs"]) * fewest
     trainer = Trainer(model=model, args=args, schema=schema, train_dataloader=loader, compute_metrics=False)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -226,6 +243,7 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
     record = {"rank": rank, "local_rank": local_rank, "world_size": world, "backend": actual_backend,
               "wrapped": type(trainer.model_wrapped).__name__, "device": str(args.device),
               "steps": int(trainer.state.global_step), "batches_per_epoch": steps_per_epoch,
+              "fewest_batches_per_epoch_of_all_ranks": fewest,
               "seconds": seconds, "threads": torch.get_num_threads(),
               "epochs": [{k: v for k, v in e.items() if k != "fingerprints"} for e in loader.epochs],
               "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
