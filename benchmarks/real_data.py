@@ -76,8 +76,6 @@ PACKAGE, VERSION = "recbole", "1.2.1"
 WHEEL = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
 INTER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 ITEMS = "recbole/dataset_example/ml-100k/ml-100k.item"
-REPRESENTATION = {"adapter": True, "fields": ["track", "level", "format", "organization", "day"],
-                  "residual": True, "bias": True, "drop": 0.7, "skip": True, "gain": 5.0}  # notebook 03's
 BATCH_SIZE, LEARNING_RATE = 128, 3e-3  # notebook 03's defaults
 MAX_LEN = 20
 MODEL = "T4R, frozen text table"
@@ -197,14 +195,14 @@ def representation(catalog: pd.DataFrame, warm: np.ndarray, fields: list[str] | 
     default notebook 03's) this catalog has values for (here ``track``). ``load_catalog`` returns
     every documented column, empty when the file lacks it; an all-empty field would only add one
     shared learned vector to every item."""
-    from gtcrec.representation import settings_for
+    from gtcrec.representation import DEFAULT_SETTINGS, settings_for
 
-    settings = dict(REPRESENTATION)
+    settings = dict(DEFAULT_SETTINGS)
     if gain is not None:
         settings["gain"] = gain
     if drop is not None:
         settings["drop"] = drop
-    settings["fields"] = [f for f in (REPRESENTATION["fields"] if fields is None else fields)
+    settings["fields"] = [f for f in (DEFAULT_SETTINGS["fields"] if fields is None else fields)
                           if f in catalog.columns and catalog[f].notna().any()
                           and (catalog[f].astype(str).str.strip() != "").any()]
     return settings_for(settings, catalog, warm)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gtcrec import data, metrics, model as m, transfer
-from gtcrec.representation import settings_for
+from gtcrec.representation import DEFAULT_SETTINGS, settings_for
 
 pytestmark = pytest.mark.notebooks
 
@@ -89,3 +89,10 @@ def test_notebook_model_is_the_package_model(series):
     assert m.describe(package) == settings
     sessions = metrics.read_sessions(series.path("01-etl", "test"))[:64]
     np.testing.assert_allclose(m.score_sessions(package, sessions), m.score_sessions(saved, sessions), atol=1e-5)
+
+
+def test_notebook_settings_are_the_package_defaults(series):
+    """Benchmarks and tests build notebook 03's model from ``representation.DEFAULT_SETTINGS``; the
+    notebook's default ``REPRESENTATION`` (run here unchanged: the CI size does not set it) is the same."""
+    params = series.run("03-train")["parameters"]
+    assert params["REPRESENTATION"] == DEFAULT_SETTINGS
