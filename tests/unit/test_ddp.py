@@ -123,3 +123,23 @@ def test_two_processes_score_within_the_band_of_one(distributed, single, setup):
     print(f"recall@10: 2 ranks {two:.4f}, 1 process {one:.4f}, popularity {floor:.4f}")
     assert one > 2 * floor and two > 2 * floor  # both learned
     assert abs(two - one) <= BAND
+
+
+def test_unequal_shards_take_the_same_number_of_steps(setup, tmp_path):
+    """Three files for two ranks: rank 0 reads two, rank 1 one. Both must stop after the same number of
+    steps and log at the same steps (else a collective waits forever: the launch is killed at the timeout)."""
+    frame = etl.read_split(setup["result"].split_dirs["train"])
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for i, idx in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        frame.iloc[idx].to_parquet(folder / f"part_{i}.parquet", index=False)
+    (folder / "schema.pbtxt").write_bytes((setup["result"].split_dirs["train"] / "schema.pbtxt").read_bytes())
+    spec = ddp.write_spec(tmp_path / "spec.pkl", folder, setup["table"], tmp_path / "out",
+                          dict(d_model=16, n_layer=1, n_head=2, max_len=20), epochs=2, batch_size=64,
+                          fingerprints=False)
+    ddp.launch(spec, nproc=WORLD, timeout_s=240)
+    report = json.loads((tmp_path / "out" / "ddp.json").read_text())
+    batches = [r["batches_per_epoch"] for r in report["ranks"]]
+    assert batches[0] > batches[1]  # unequal shards
+    assert report["partitions_per_rank"][0][0] == [0, 1] and report["partitions_per_rank"][1][0] == [2]
+    assert report["steps_per_rank"] == [2 * batches[1]] * WORLD

@@ -23,6 +23,10 @@ How the data is divided (read from the installed sources, and measured: each ran
 * T4R passes the LOCAL rank as ``global_rank``, which is wrong on more than one node; here the loader is
   built with the global rank (``RANK``), and handed to T4R's Trainer as its ``train_dataloader``.
 
+Every rank must run the same collectives: the ranks agree on the fewest batches per epoch (an all-reduce)
+and log at the same steps (HF gathers the loss when it logs; different logging steps hang), and with unequal
+shards (a folder not written by :func:`partition_for_ranks`) every rank stops after ``epochs * fewest`` steps.
+
 ``steps`` per rank are ``epochs * ceil(rows per rank / batch_size)``; with ``batch_size`` (per rank)
 equal to a single process's batch divided by the number of ranks, the ranks together take the same
 optimizer steps over the same global batch size as that single process.
@@ -228,8 +232,10 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
         save_strategy="no", evaluation_strategy="no", dataloader_drop_last=False, dataloader_pin_memory=False,
         disable_tqdm=True, log_level="warning")
     fewest = _fewest_batches(steps_per_epoch, args.device)  # args.device starts the process group
+    # Every collective must happen on every rank: logging gathers the loss, so all ranks log at the same
+    # steps; with unequal shards every rank takes the same number of steps (else the last all-reduce waits).
+    args.logging_steps = max(1, fewest // 10)
     if fewest != steps_per_epoch and spec["max_steps"] < 0:
-        # unequal shards: every rank must take the same number of steps, or the last all-reduce waits forever
         args.max_steps = int(spec["epochs"]) * fewest
     trainer = Trainer(model=model, args=args, schema=schema, train_dataloader=loader, compute_metrics=False)
     trainer.remove_callback(PrinterCallback)
@@ -281,6 +287,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- the launcher
 
 
+def launch(spec_path, nproc: int = 2, timeout_s: float | None = 1800, threads_per_rank: int | None = None,
+           verbose: bool = False) -> list[str]:
+    """Run ``torchrun --standalone --nproc_per_node nproc -m gtcrec.ddp --spec spec_path`` in its own process
+    group; past ``timeout_s`` the whole group (torchrun and every rank) is killed. Returns the command;
+    raises ``RuntimeError`` with the end of the output when it fails or times out."""
+    import signal
+
+    spec_path = Path(spec_path)
+    with open(spec_path, "rb") as f:
+        out_dir = Path(pickle.load(f)["out_dir"])
+    (out_dir / REPORT).unlink(missing_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+               "-m", "gtcrec.ddp", "--spec", str(spec_path)]
+    env = dict(os.environ)
+    if threads_per_rank is not None:
+        env["OMP_NUM_THREADS"] = str(int(threads_per_rank))
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    pipe = None if verbose else subprocess.PIPE
+    proc = subprocess.Popen(command, env=env, stdout=pipe, stderr=subprocess.STDOUT if pipe else None, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its ranks
+        output, _ = proc.communicate()
+        raise RuntimeError(f"torchrun ran past {timeout_s} s and was killed:\n{(output or '')[-6000:]}") from None
+    if proc.returncode != 0 or not (out_dir / REPORT).exists():
+        raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{(output or '')[-6000:]}")
+    return command
+
+
 def train_distributed(train_dir, item_table: np.ndarray, out_dir, nproc: int = 2, build: Dict[str, Any] | None = None,
                       epochs: int = 5, batch_size: int = 64, lr: float = 3e-3, seed: int = 42, parts_per_rank: int = 1,
                       max_steps: int = -1, fingerprints: bool = True, timeout_s: float | None = 1800,
@@ -302,18 +339,9 @@ def train_distributed(train_dir, item_table: np.ndarray, out_dir, nproc: int = 2
     parts = partition_for_ranks(train_dir, out_dir / "partitions", nproc, parts_per_rank, seed)
     spec = write_spec(out_dir / SPEC, parts["folder"], item_table, out_dir, build, epochs, batch_size, lr, seed,
                       schema_dir=train_dir, max_steps=max_steps, fingerprints=fingerprints)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-               "-m", "gtcrec.ddp", "--spec", str(spec)]
-    env = dict(os.environ)
-    if threads_per_rank is not None:
-        env["OMP_NUM_THREADS"] = str(int(threads_per_rank))
-    env.setdefault("PYTHONWARNINGS", "ignore")
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=not verbose, text=True, timeout=timeout_s)
+    command = launch(spec, nproc, timeout_s, threads_per_rank, verbose)
     wall = time.perf_counter() - start
-    if done.returncode != 0 or not (out_dir / REPORT).exists():
-        tail = ((done.stdout or "") + (done.stderr or ""))[-6000:]
-        raise RuntimeError(f"torchrun exited with {done.returncode}:\n{tail}")
     report = json.loads((out_dir / REPORT).read_text())
     report["launch_seconds"] = wall
     report["partition_rows"] = parts["rows"]
