@@ -210,7 +210,7 @@ def scale_out_check(workdir: Path, n_sessions: int = 20_000, n_talks: int = 400,
     from gtcrec import cluster, ddp, etl, metrics
     from gtcrec import model as gm
     from gtcrec.data.generator import generate_catalog
-    from gtcrec.representation import settings_for, warm_codes
+    from gtcrec.representation import DEFAULT_SETTINGS, settings_for, warm_codes
 
     n_gpus = min(2, torch.cuda.device_count())
     out: dict[str, Any] = {"status": "ok", "gpus": n_gpus}
@@ -246,10 +246,8 @@ def scale_out_check(workdir: Path, n_sessions: int = 20_000, n_talks: int = 400,
         z = latent.z @ rng.normal(size=(latent.z.shape[1], 384))
         table = etl.item_table((z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32))
         train = metrics.read_sessions(reference.split_dirs["train"])
-        rep = {"adapter": True, "fields": ["track", "level", "format", "organization", "day"], "residual": True,
-               "bias": True, "drop": 0.7, "skip": True, "gain": 5.0}
         build = dict(d_model=64, n_layer=2, n_head=4, max_len=20, seed=42,
-                     item_repr=settings_for(rep, catalog, warm_codes(train, len(table))))
+                     item_repr=settings_for(DEFAULT_SETTINGS, catalog, warm_codes(train, len(table))))
         report = ddp.train_distributed(reference.split_dirs["train"], table, workdir / "ddp", nproc=n_gpus,
                                        build=build, epochs=epochs, batch_size=128 // n_gpus, seed=42,
                                        fingerprints=False, timeout_s=600)
