@@ -32,7 +32,7 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	  { apt-get download haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1 >/dev/null 2>&1 && \
 	    for deb in *.deb; do dpkg -x "$$deb" .; done && rm -f *.deb && \
 	    LD_LIBRARY_PATH=usr/lib/x86_64-linux-gnu usr/sbin/haproxy -v | head -1 \
-	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests and the fleet part of notebook 06 will be skipped"; }; }
+	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests will be skipped and notebook 07 stops at its fleet section"; }; }
 	touch $@
 
 run: env

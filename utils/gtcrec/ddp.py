@@ -362,5 +362,24 @@ def partition_fingerprints(out_dir) -> list[np.ndarray]:
     return [np.asarray(row_fingerprints(pd.read_parquet(f)[ITEM_LIST]), dtype=np.int64) for f in files]
 
 
+def data_division(report: Dict[str, Any], out_dir) -> Dict[str, Any]:
+    """How the ranks divided the training data, from what they recorded: per epoch, every partition read
+    by exactly one rank (``partitions_disjoint``), and each rank's trained rows equal, as a multiset of
+    row fingerprints, to the rows of its partitions (``rows_match``). ``rows``: rows trained per epoch,
+    all ranks together (the whole split when the partitions cover it)."""
+    parts = partition_fingerprints(out_dir)
+    world = int(report["world_size"])
+    disjoint, match, rows = True, True, []
+    for epoch in range(len(report["partitions_per_rank"][0])):
+        seen = [report["partitions_per_rank"][r][epoch] for r in range(world)]
+        disjoint &= sorted(sum(seen, [])) == list(range(len(parts)))
+        trained = [rank_rows(out_dir, r, epoch) for r in range(world)]
+        for r in range(world):
+            expected = np.sort(np.concatenate([parts[p] for p in seen[r]])) if seen[r] else np.array([], np.int64)
+            match &= bool(np.array_equal(np.sort(trained[r]), expected))
+        rows.append(int(sum(len(t) for t in trained)))
+    return {"partitions_disjoint": bool(disjoint), "rows_match": bool(match), "rows": rows}
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,6 +39,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "05-serve": {"LOAD_TEST_SECONDS": 1, "CONCURRENCY": [1, 4], "SESSIONS_PER_REQUEST": [1, 50],
                  "N_PARITY_SESSIONS": 300},
     "06-catalog-swap": {"EPOCHS_RETRAINED": 3},
+    "07-scale-out": {"LOG_SESSIONS": 3000, "SESSIONS_PER_PART": 1000, "LOAD_SECONDS": 1.0},
 }
 
 

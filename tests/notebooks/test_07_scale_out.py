@@ -1,0 +1,56 @@
+"""Notebook 07 (Dask ETL, DDP training, a Triton fleet behind HAProxy) under papermill at the CI size."""
+import pandas as pd
+import pytest
+
+from gtcrec.serving.server import server_processes
+
+pytestmark = pytest.mark.notebooks
+
+# The 2-process model against notebook 03's single-process one, recall@10 on the same test sessions
+# (150 at the CI size: one SE is ~0.03). Same model, same global batch and epochs; the batches differ.
+DDP_BAND = 0.08
+
+
+def test_scale_out_notebook(series):
+    manifest = series.run("07-scale-out")
+    m, run, params = manifest["metrics"], manifest["run"], manifest["parameters"]
+
+    # the ETL on a 2-worker cluster: the same sessions, codes and splits as one process
+    etl = m["etl"]
+    assert params["N_WORKERS"] == 2
+    assert etl["equal"] and etl["counts_equal"] and all(etl["splits"].values())
+    assert set(etl["splits"]) == {"train", "valid", "test"} and min(etl["sessions"].values()) > 0
+    assert etl["clicks"] > params["LOG_SESSIONS"]  # every generated session has clicks
+
+    # DDP: 2 ranks, disjoint data that covers the training split, a model that scores like one process's
+    ddp = m["ddp"]
+    assert ddp["ranks"] == 2 and ddp["partitions_disjoint"] and ddp["rows_match_partitions"]
+    assert ddp["rows_per_epoch"] == [ddp["train_sessions"]] * ddp["epochs"]
+    assert abs(ddp["recall@10"] - ddp["single_process_recall@10"]) <= DDP_BAND, ddp
+    assert ddp["single_process_recall@10"] == series.manifest("03-train")["metrics"]["test"][
+        series.manifest("03-train")["metrics"]["model_key"]]["recall@10"]
+
+    # the fleet: load spread over both replicas, no error
+    load = m["fleet_load"]
+    assert load["errors"] == 0 and load["requests"] > 0
+    assert len(load["per_replica"]) == 2 and all(n > 0 for n in load["per_replica"].values())
+
+    # the fleet swap through the balancer: nothing failed, no answer mixed two catalogs, old before, new after,
+    # every replica on the new version when the swap returned
+    swap = m["fleet_swap"]
+    assert swap["failed"] == 0 and set(swap["answers"]) == {"old", "new"}
+    assert swap["before_only"] and swap["after_only"]
+    assert swap["version"] == 2 and list(swap["serving"].values()) == [[2], [2]]
+    traffic = pd.read_csv(series.path("07-scale-out", "traffic_fleet_swap"))
+    assert traffic["ok"].all() and set(traffic["catalog"]) == {"old", "new"}
+    assert run["fleet_swap"]["requests"] == len(traffic)
+
+    # rollback, fleet-wide, under the same traffic
+    back = m["fleet_rollback"]
+    assert back["failed"] == 0 and set(back["answers"]) <= {"old", "new"} and back["after_only"]
+    assert back["to_version"] == 1 and list(back["serving"].values()) == [[1], [1]]
+    assert m["fleet_stopped"] and len(run["replica_ids"]) == 2
+    assert not any(server_processes(server_id) for server_id in run["replica_ids"])
+
+    # on paper: a peak that needs more than this machine, one spare
+    assert m["paper"]["replicas"] >= 2
