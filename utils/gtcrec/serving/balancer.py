@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from gtcrec.serving.server import PortInUseError, _child_setup, _port_is_free, _tail, free_ports
+from gtcrec.serving.server import PortInUseError, _child_setup, _port_is_free, _tail, free_ports, stop_process_group
 
 ENV_BINARY = "GTCREC_HAPROXY"
 VENV_PREFIX = Path("opt") / "haproxy"  # inside the virtual environment
@@ -370,19 +370,7 @@ class Balancer:
         proc = self.process
         if proc is None:
             return None
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGUSR1)  # soft stop: finish open requests, then exit
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        code = proc.wait()
+        code = stop_process_group(proc, signal.SIGUSR1, 5.0)  # SIGUSR1: haproxy's soft stop
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -158,6 +158,22 @@ def stub_processes(server_pid: int) -> list[StubProcess]:
 _LIVE: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
 
 
+def stop_process_group(proc: subprocess.Popen, soft: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    """Stop a child started in its own process group: ``soft`` (a signal), up to ``timeout`` seconds to
+    exit, then SIGKILL to whatever is left of the group (a server and its helpers). Returns the exit code."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(soft)
+            proc.wait(timeout=timeout)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.wait()
+
+
 @atexit.register
 def _stop_all() -> None:
     for server in list(_LIVE):
@@ -347,20 +363,7 @@ class TritonServer:
         proc = self.process
         if proc is None:
             return None
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                pass
-        # SIGKILL whatever is left of its process group (the server and its python-backend stubs)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        code = proc.wait()
+        code = stop_process_group(proc, signal.SIGTERM, self.stop_timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -37,8 +37,6 @@ command of the compose file's and the Kubernetes Deployment's replicas).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import signal
 import sys
@@ -48,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, _record, grpc_target,
-                                    read_history, serving_versions)
+from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, _record, file_lock,
+                                    grpc_target, read_history, serving_versions)
 from gtcrec.swap.switch import LoadResult, RollbackResult, SwapResult, load_version, rollback, swap_catalog
 
 FLEET_LOCK_FILE = ".gtcrec_fleet.lock"
@@ -95,20 +93,11 @@ def common_version(replicas: Sequence, model_name: str = DEFAULT_MODEL_NAME) -> 
     return next(iter(distinct))[0]
 
 
-@contextlib.contextmanager
 def fleet_lock(repository, model_name: str = DEFAULT_MODEL_NAME):
     """One fleet swap or rollback at a time on a model folder (raises if one is under way). The
     single-server steps inside take the folder's own lock as well."""
     path = Path(repository) / model_name / FLEET_LOCK_FILE
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FleetSwapError(f"another fleet swap or rollback holds {path}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(path, FleetSwapError(f"another fleet swap or rollback holds {path}"))
 
 
 def _newest_archive(repository, version: int, model_name: str) -> Path | None:

@@ -210,18 +210,24 @@ def _remember_config(repository, model_name: str, version: int, text: str | None
 
 
 @contextlib.contextmanager
-def repository_lock(repository, model_name: str = DEFAULT_MODEL_NAME):
-    """Exclusive lock on a model folder for the time of a swap or rollback (raises if taken)."""
-    path = Path(repository) / model_name / LOCK_FILE
+def file_lock(path, error: Exception):
+    """Exclusive, non-blocking lock on the file ``path`` for the time of the block; raises ``error`` if
+    another process holds it."""
     with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SwapError(f"another swap or rollback holds {path}; try again when it is done") from None
+            raise error from None
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def repository_lock(repository, model_name: str = DEFAULT_MODEL_NAME):
+    """Exclusive lock on a model folder for the time of a swap or rollback (raises if taken)."""
+    path = Path(repository) / model_name / LOCK_FILE
+    return file_lock(path, SwapError(f"another swap or rollback holds {path}; try again when it is done"))
 
 
 def archive_version(repository, version: int, reason: str, model_name: str = DEFAULT_MODEL_NAME) -> Path:
