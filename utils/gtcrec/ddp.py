@@ -203,7 +203,6 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Train on this rank (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` from torchrun), write
     ``rank<r>.json`` (and ``rank<r>_rows.npz``); rank 0 also saves the model and ``ddp.json``."""
     import torch
-    from transformers4rec.config.trainer import T4RecTrainingArguments
     from transformers4rec.torch import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -223,14 +222,9 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
                              local_rank=local_rank, cpu=not M._gpu_dataframes(), fingerprints=spec["fingerprints"])
     steps_per_epoch = len(loader)  # builds the Loader's partition iterator: this rank's shard
     M.set_seed(spec["seed"])
-    args = T4RecTrainingArguments(
-        output_dir=str(out_dir / "trainer"), max_sequence_length=max_len, data_loader_engine="merlin",
-        num_train_epochs=spec["epochs"], max_steps=spec["max_steps"], per_device_train_batch_size=spec["batch_size"],
-        per_device_eval_batch_size=spec["batch_size"], learning_rate=spec["lr"], weight_decay=0.0,
-        lr_scheduler_type="linear", warmup_steps=0, optim="adamw_torch", seed=spec["seed"], data_seed=spec["seed"],
-        no_cuda=not cuda, ddp_backend=backend, report_to=[], logging_steps=max(1, steps_per_epoch // 10),
-        save_strategy="no", evaluation_strategy="no", dataloader_drop_last=False, dataloader_pin_memory=False,
-        disable_tqdm=True, log_level="warning")
+    args = M.training_arguments(out_dir / "trainer", max_len, spec["epochs"], spec["batch_size"], spec["lr"],
+                                spec["seed"], max(1, steps_per_epoch // 10), max_steps=spec["max_steps"],
+                                no_cuda=not cuda, ddp_backend=backend)
     fewest = _fewest_batches(steps_per_epoch, args.device)  # args.device starts the process group
     # Every collective must happen on every rank: logging gathers the loss, so all ranks log at the same
     # steps; with unequal shards every rank takes the same number of steps (else the last all-reduce waits).

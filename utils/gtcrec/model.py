@@ -344,6 +344,25 @@ def _model_schema(model):
 
 # ----------------------------------------------------------------------------- train
 
+def training_arguments(output_dir, max_len: int, epochs: int, batch_size: int, lr: float, seed: int,
+                       logging_steps: int, **overrides):
+    """T4R's ``T4RecTrainingArguments`` of every training in the package (:func:`train`, the ranks of
+    :mod:`gtcrec.ddp`): merlin batches, AdamW with a linear decay and no warm-up, nothing saved or
+    reported, CPU unless CUDA is available. ``overrides``: other arguments, or these replaced."""
+    from transformers4rec.config.trainer import T4RecTrainingArguments
+
+    settings = dict(
+        output_dir=str(output_dir), max_sequence_length=int(max_len), data_loader_engine="merlin",
+        num_train_epochs=epochs, max_steps=-1, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, learning_rate=lr, weight_decay=0.0,
+        lr_scheduler_type="linear", warmup_steps=0, optim="adamw_torch", seed=seed, data_seed=seed,
+        no_cuda=not torch.cuda.is_available(), report_to=[], logging_steps=logging_steps,
+        save_strategy="no", evaluation_strategy="no", dataloader_drop_last=False,
+        dataloader_pin_memory=False, disable_tqdm=True, predict_top_k=20, log_level="warning")
+    settings.update(overrides)
+    return T4RecTrainingArguments(**settings)
+
+
 def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
           batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = 42,
           output_dir: str | os.PathLike = "t4r-output", weight_decay: float = 0.0,
@@ -362,7 +381,6 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
     session's last item). Nothing is checkpointed; save with :func:`save_model`. ``verbose`` keeps
     the Hugging Face progress/log printing.
     """
-    from transformers4rec.config.trainer import T4RecTrainingArguments
     from transformers4rec.torch import Trainer
 
     max_len = int(model.max_sequence_length)
@@ -372,15 +390,9 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
         steps_per_epoch = max(1, (n_train or batch_size * 10) // batch_size)
         logging_steps = max(1, steps_per_epoch // 10)
     set_seed(seed)
-    args = T4RecTrainingArguments(
-        output_dir=str(output_dir), max_sequence_length=max_len, data_loader_engine="merlin",
-        num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
-        lr_scheduler_type="linear", warmup_steps=0, optim="adamw_torch", seed=seed, data_seed=seed,
-        no_cuda=not torch.cuda.is_available(), report_to=[], logging_steps=logging_steps,
-        save_strategy="no", evaluation_strategy="epoch" if valid_data is not None else "no",
-        dataloader_drop_last=False, dataloader_pin_memory=False, disable_tqdm=True,
-        predict_top_k=20, log_level="warning")
+    args = training_arguments(output_dir, max_len, epochs, batch_size, lr, seed, logging_steps,
+                              weight_decay=weight_decay, max_steps=max_steps,
+                              evaluation_strategy="epoch" if valid_data is not None else "no")
     trainer = Trainer(
         model=model, args=args, schema=schema,
         train_dataset_or_path=_as_dataset(train_data, schema),
