@@ -2,6 +2,7 @@
 import pandas as pd
 import pytest
 
+from gtcrec import transfer
 from gtcrec.serving.server import server_processes
 
 pytestmark = pytest.mark.notebooks
@@ -64,8 +65,9 @@ def test_catalog_swap_notebook(series):
     assert swapped >= 0.85 * best_text
     assert ratios["swapped_over_best_text_recall@10"] == pytest.approx(swapped / best_text, rel=1e-3)
     # what the swap serves is notebook 03's transfer decision
-    decision = series.manifest("03-train")["metrics"]["transfer"]["serves"]
-    assert m["served"] == ("swapped (zero-shot)" if decision == "model" else "text: last click")
+    decision = series.manifest("03-train")["metrics"]["transfer"]
+    assert m["served"] == ("swapped (zero-shot)" if decision["serves"] == "model"
+                           else transfer.TEXT_NAMES[decision["text_decay"]])
     # the old event's baselines only tie on new talks: about chance (k / catalog size)
     chance = 10 / m["new_event"]["n_talks"]
     for name in ("popularity (old event)", "item-kNN (old event)"):

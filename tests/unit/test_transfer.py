@@ -69,9 +69,11 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
     prefixes, targets = sessions_to_prefixes(cut)
     new_table = np.zeros((len(new) + 3, table.shape[1]), dtype=np.float32)
     new_table[3:] = table[3:][new]
-    expected = evaluate_scores(baselines.TextSimilarityBaseline(new_table).scores(prefixes), targets,
-                               exclude=prefixes)["recall@10"]
-    assert check["recall@10"][transfer.TEXT] == pytest.approx(expected)
+    expected = {name: evaluate_scores(baseline.scores(prefixes), targets, exclude=prefixes)["recall@10"]
+                for name, baseline in baselines.text_baselines(new_table).items() if name != "text: session mean"}
+    assert check["text_recall@10"] == pytest.approx(expected)
+    assert check["recall@10"][transfer.TEXT] == pytest.approx(max(expected.values()))  # the better text mode
+    assert transfer.TEXT_NAMES[check["text_decay"]] == max(expected, key=expected.get)
 
     # the decision saved beside a model decides what swapped_model gives
     warm = np.ones(N_ITEMS + 3, dtype=bool)
@@ -84,9 +86,12 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
     as_trained = M.score_sessions(swapped_model(folder, new_table, catalog_of(20)), prefixes)
     transfer.save_decision(folder, {**check, "serves": transfer.TEXT})
     assert transfer.serves(folder) == transfer.TEXT
-    text_mode = swapped_model(folder, new_table, catalog_of(20))
-    gain = float(M._task(text_mode).task_block.gain.detach())
-    text = baselines.TextSimilarityBaseline(new_table).scores(prefixes)
-    np.testing.assert_allclose(M.score_sessions(text_mode, prefixes)[:, 3:], gain * text[:, 3:], atol=1e-4)
+    for decay, mode in ((0.0, "last"), (transfer.RECENCY_DECAY, "recency")):  # the text mode the check chose
+        transfer.save_decision(folder, {**check, "serves": transfer.TEXT, "text_decay": decay})
+        assert transfer.text_decay(folder) == decay
+        text_mode = swapped_model(folder, new_table, catalog_of(20))
+        gain = float(M._task(text_mode).task_block.gain.detach())
+        text = baselines.TextSimilarityBaseline(new_table, mode).scores(prefixes)
+        np.testing.assert_allclose(M.score_sessions(text_mode, prefixes)[:, 3:], gain * text[:, 3:], atol=1e-4)
     measured = M.score_sessions(swapped_model(folder, new_table, catalog_of(20), decided=False), prefixes)
     np.testing.assert_allclose(measured, as_trained, atol=1e-5)  # decided=False: the model as trained

@@ -17,13 +17,14 @@ and, on the output side only, one more column holding a learned per-talk bias (w
 dropped with the residual; 0 for new talks), which lets the model express popularity.
 
 :class:`LastClickSkip` is the task block of ``NextItemPredictionTask``: it maps the transformer's
-hidden state to the item space (``d_model -> dim``) and adds ``gain * item(last click)`` plus a
-constant 1 that meets the bias column. Its projection starts at zero, so an untrained model ranks
-exactly by text similarity to the last click (scaled by ``gain``), and training departs from there.
+hidden state to the item space (``d_model -> dim``) and adds ``gain * item(last click)`` (more
+exactly, the clicks so far weighted by ``decay ** steps back``, ``decay`` learned from 0) plus a
+constant 1 that meets the bias column. Its projection and decay start at zero, so an untrained model
+ranks exactly by text similarity to the last click (scaled by ``gain``), and training departs from there.
 
 Catalog swap (:meth:`ItemRepresentation.set_catalog`): the text rows and field values of the new
 talks replace the old ones; residuals and biases become zero (no new talk has clicks); the adapter,
-field tables, gain and transformer stay as trained.
+field tables, gain, decay and transformer stay as trained.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+
+from gtcrec.layout import RESERVED
 
 MISSING = ""  # a field value that is absent or empty: no field vector
 
@@ -212,12 +215,14 @@ class ItemRepresentation(torch.nn.Module):
 class LastClickSkip(torch.nn.Module):
     """Task block of ``NextItemPredictionTask(weight_tying=True)``: hidden state -> item space.
 
-    ``out = hidden @ P + gain * item(code at the same position)`` (+ a constant 1 for the bias
-    column). In T4R's causal LM the hidden state at position ``t`` predicts the click after the item
-    at ``t``, and in inference the last position holds the last click, so the added vector is the
-    last click's. The item codes come from T4R's own record of the batch (``item_seq`` of its
-    embedding module, set by :func:`link`). ``P`` starts at zero: untrained, the model ranks by
-    ``gain * item(last) . item(j)``, text similarity to the last click.
+    ``out = hidden @ P + gain * sum_k decay**k * item(code k steps before the position)`` (+ a
+    constant 1 for the bias column), over the session's talks only (padding and reserved codes add
+    nothing). In T4R's causal LM the hidden state at position ``t`` predicts the click after the item
+    at ``t``, so the added vector reads only clicks up to ``t``; in inference the last position holds
+    the last click. The item codes come from T4R's own record of the batch (``item_seq`` of its
+    embedding module, set by :func:`link`). ``P`` starts at zero and ``decay`` (learned, kept in
+    [0, 0.95]) at 0: untrained, the model ranks by ``gain * item(last) . item(j)``, text similarity to
+    the last click; with ``decay`` 0.5 and ``P`` zero it ranks like the recency-weighted text baseline.
     """
 
     def __init__(self, d_model: int, dim: int, bias: bool = True, gain: float = 5.0):
@@ -226,12 +231,22 @@ class LastClickSkip(torch.nn.Module):
         torch.nn.init.zeros_(self.proj.weight)
         torch.nn.init.zeros_(self.proj.bias)
         self.gain = torch.nn.Parameter(torch.tensor(float(gain)))
+        self.decay = torch.nn.Parameter(torch.tensor(0.0))
         self.dim, self.with_bias = int(dim), bool(bias)
         self._source: list = []  # [T4R embedding module], kept out of the module tree
 
     def link(self, embedding_module) -> None:
         """Read item codes from ``embedding_module.item_seq`` and vectors from its item table."""
         self._source = [embedding_module]
+
+    def recency_weights(self, length: int) -> torch.Tensor:
+        """``(length, length)``: ``decay ** (t - s)`` for ``s <= t``, else 0 (the identity at decay 0).
+        Powers by a cumulative product, whose gradient is defined at 0."""
+        decay = self.decay.clamp(0.0, 0.95)
+        powers = torch.cumprod(torch.cat([torch.ones_like(decay).reshape(1), decay.expand(length - 1)]), 0)
+        steps = torch.arange(length, device=decay.device)
+        back = steps[:, None] - steps[None, :]
+        return torch.where(back >= 0, powers[back.clamp(min=0)], torch.zeros_like(decay))
 
     def output_size(self):
         return torch.Size([-1, -1, self.dim + (1 if self.with_bias else 0)])
@@ -240,9 +255,10 @@ class LastClickSkip(torch.nn.Module):
         if not self._source:
             raise RuntimeError("LastClickSkip is not linked to the model's item table")
         embeddings = self._source[0]
-        codes = embeddings.item_seq
-        items = embeddings.item_embedding_table.rows(codes)
-        out = self.proj(hidden) + self.gain * items[:, : hidden.shape[1]]
+        length = hidden.shape[1]
+        codes = embeddings.item_seq[:, :length]
+        items = embeddings.item_embedding_table.rows(codes) * (codes >= RESERVED).unsqueeze(-1).to(hidden.dtype)
+        out = self.proj(hidden) + self.gain * torch.einsum("ts,bsd->btd", self.recency_weights(length), items)
         if self.with_bias:
             out = torch.cat([out, torch.ones_like(out[..., :1])], dim=-1)
         return out

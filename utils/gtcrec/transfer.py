@@ -36,6 +36,8 @@ from gtcrec.etl import RESERVED
 
 DECISION_FILE = "new_catalog.json"
 MODEL, TEXT = "model", "text similarity"
+RECENCY_DECAY = 0.5  # the recency-weighted text baseline's (gtcrec.baselines.TextSimilarityBaseline)
+TEXT_NAMES = {0.0: "text: last click", RECENCY_DECAY: "text: recency-weighted"}  # the baselines' names
 
 
 def split_talks(n_talks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,10 +61,11 @@ def restrict(sessions: Sequence[np.ndarray], positions: np.ndarray, n_codes: int
     return out
 
 
-def text_similarity_mode(model) -> Any:
+def text_similarity_mode(model, decay: float = 0.0) -> Any:
     """Set the learned parts of a model with an ItemRepresentation and LastClickSkip to zero (adapter,
-    field vectors, residuals, biases, the skip's projection): it then ranks every talk by text
-    similarity to the last click, scaled by the skip's gain. Changes ``model`` in place."""
+    field vectors, residuals, biases, the skip's projection) and the skip's ``decay``: it then ranks
+    every talk by text similarity to the last click (``decay`` 0) or to the recency-weighted session
+    (:data:`RECENCY_DECAY`, as the baseline), scaled by the skip's gain. Changes ``model`` in place."""
     from gtcrec import model as gm
     from gtcrec.representation import ItemRepresentation, LastClickSkip
 
@@ -74,6 +77,7 @@ def text_similarity_mode(model) -> Any:
                        *(table.weight for table in rep.fields.values())):
             if tensor is not None:
                 tensor.zero_()
+        block.decay.fill_(float(decay))
     rep.train(rep.training)  # forget the kept table
     return model
 
@@ -116,11 +120,16 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
     rep = gm.item_embedding(model)
     gm.swap_item_table(model, new_table, fields=catalog_fields(new_catalog, getattr(rep, "field_names", ())))
     prefixes, targets = metrics.sessions_to_prefixes(new_valid)
-    scores = {MODEL: gm.score_sessions(model, prefixes),
-              TEXT: baselines.TextSimilarityBaseline(new_table, "last").scores(prefixes)}
-    recall = {name: metrics.evaluate_scores(s, targets, exclude=prefixes)["recall@10"]
-              for name, s in scores.items()}
-    return {"recall@10": recall, "sessions": len(prefixes), "talks": {"old": len(old), "new": len(new)},
+    text = {0.0: baselines.TextSimilarityBaseline(new_table, "last"),
+            RECENCY_DECAY: baselines.TextSimilarityBaseline(new_table, "recency", decay=RECENCY_DECAY)}
+    text_recall = {decay: metrics.evaluate_scores(b.scores(prefixes), targets, exclude=prefixes)["recall@10"]
+                   for decay, b in text.items()}
+    decay = max(text_recall, key=lambda d: (text_recall[d], -d))  # the better text mode (ties: last click)
+    recall = {MODEL: metrics.evaluate_scores(gm.score_sessions(model, prefixes), targets,
+                                             exclude=prefixes)["recall@10"],
+              TEXT: text_recall[decay]}
+    return {"recall@10": recall, "text_recall@10": {TEXT_NAMES[d]: r for d, r in text_recall.items()},
+            "text_decay": decay, "sessions": len(prefixes), "talks": {"old": len(old), "new": len(new)},
             "serves": MODEL if recall[MODEL] > recall[TEXT] else TEXT}
 
 
@@ -138,3 +147,12 @@ def serves(model_dir: str | os.PathLike) -> str:
     if not path.exists():
         return MODEL
     return json.loads(path.read_text()).get("serves", MODEL)
+
+
+def text_decay(model_dir: str | os.PathLike) -> float:
+    """The skip's decay of the text-similarity mode the check chose (0: last click; a model without a
+    check, or a check without the key: 0)."""
+    path = Path(model_dir) / DECISION_FILE
+    if not path.exists():
+        return 0.0
+    return float(json.loads(path.read_text()).get("text_decay", 0.0))

@@ -92,12 +92,13 @@ def swapped_model(model, table: np.ndarray, catalog: pd.DataFrame | None = None,
     from gtcrec import transfer
     from gtcrec.representation import ItemRepresentation, catalog_fields
 
-    text_mode = False
+    text_mode, decay = False, 0.0
     if isinstance(model, (str, os.PathLike)):
         text_mode = decided and transfer.serves(model) == transfer.TEXT
+        decay = transfer.text_decay(model)
         model = gm.load_model(model)
     if text_mode:
-        transfer.text_similarity_mode(model)
+        transfer.text_similarity_mode(model, decay)
     rep = gm.item_embedding(model)
     fields = None
     if catalog is not None and isinstance(rep, ItemRepresentation):

@@ -180,4 +180,5 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
                "final_loss": history["train"][-1]["loss"] if history["train"] else None,
                "etl_seconds": etl_seconds}
     return Quality(results=results, ratios=ratios, notes=notes, counts=counts, retrain=retrain,
-                   served=SWAPPED if transfer.serves(model_dir) == transfer.MODEL else "text: last click")
+                   served=(SWAPPED if transfer.serves(model_dir) == transfer.MODEL
+                           else transfer.TEXT_NAMES[transfer.text_decay(model_dir)]))
