@@ -6,8 +6,9 @@ from gtcrec.serving.server import server_processes
 
 pytestmark = pytest.mark.notebooks
 
-# The 2-process model against notebook 03's single-process one, recall@10 on the same test sessions
-# (150 at the CI size: one SE is ~0.03). Same model, same global batch and epochs; the batches differ.
+# The 2-process model against the 1-process one trained in the notebook with the same budget (DDP_EPOCHS),
+# recall@10 on the same test sessions (150 at the CI size: one SE is ~0.03). Same model, same global batch
+# and epochs; the batches differ.
 DDP_BAND = 0.08
 
 
@@ -27,8 +28,8 @@ def test_scale_out_notebook(series):
     assert ddp["ranks"] == 2 and ddp["partitions_disjoint"] and ddp["rows_match_partitions"]
     assert ddp["rows_per_epoch"] == [ddp["train_sessions"]] * ddp["epochs"]
     assert abs(ddp["recall@10"] - ddp["single_process_recall@10"]) <= DDP_BAND, ddp
-    assert ddp["single_process_recall@10"] == series.manifest("03-train")["metrics"]["test"][
-        series.manifest("03-train")["metrics"]["model_key"]]["recall@10"]
+    popularity = series.manifest("03-train")["metrics"]["test"]["popularity"]["recall@10"]
+    assert ddp["single_process_recall@10"] > 2 * popularity and ddp["recall@10"] > 2 * popularity  # both learned
 
     # the fleet: load spread over both replicas, no error
     load = m["fleet_load"]

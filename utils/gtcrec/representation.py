@@ -239,6 +239,11 @@ class LastClickSkip(torch.nn.Module):
         """Read item codes from ``embedding_module.item_seq`` and vectors from its item table."""
         self._source = [embedding_module]
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "decay" not in self._parameters:  # saved before the skip had a decay: it added the last click only
+            self.decay = torch.nn.Parameter(torch.tensor(0.0))
+
     def recency_weights(self, length: int) -> torch.Tensor:
         """``(length, length)``: ``decay ** (t - s)`` for ``s <= t``, else 0 (the identity at decay 0).
         Powers by a cumulative product, whose gradient is defined at 0."""
