@@ -35,6 +35,7 @@ import contextlib
 import math
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,56 @@ def number_sessions_dask(known, client, split_out: int):
     return numbered, int(offsets[-1])
 
 
+@dataclass
+class SplitFrames:
+    """The click log numbered and split on the cluster (:func:`split_frames`): ``frames`` per split
+    (``dask.dataframe`` with ``session_id, ts, talk_id``, numbered like :func:`gtcrec.etl.run_etl`),
+    ``npartitions`` for the shuffles, ``counts`` (unknown clicks dropped, sessions per split in,
+    sessions, clicks), and the persisted numbered clicks (``release()`` frees them on the workers)."""
+    frames: dict
+    npartitions: int
+    counts: dict
+    client: Any
+    numbered: Any
+
+    def release(self) -> None:
+        self.client.cancel(self.numbered)
+
+
+def split_frames(clicks_path, catalog: pd.DataFrame, client, valid_frac: float = 0.1, test_frac: float = 0.1,
+                 npartitions: int | None = None) -> SplitFrames:
+    """Steps 1-3 of the module's description, on the cluster: known clicks, sessions numbered by first
+    click over the whole log, whole sessions to train / valid / test by number. ``clicks_path``: a folder
+    of parquet files (or one file, or a ``dask.dataframe``) with ``session_id, talk_id, timestamp``.
+    ``npartitions``: partitions of the start table and of each later shuffle (default: the input's, at
+    least the number of workers)."""
+    vocab_set = frozenset(etl.vocabulary(catalog).tolist())
+    clicks = _read_clicks(clicks_path)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    nparts = int(npartitions or max(clicks.npartitions, n_workers))
+    known = clicks.map_partitions(known_clicks, vocab_set, meta=pd.DataFrame(
+        {SESSION_KEY: pd.Series(dtype=object), "talk_id": pd.Series(dtype=object),
+         "start_ns": pd.Series(dtype="int64"), "ts": pd.Series(dtype="int64")}))
+    unknown = clicks.map_partitions(count_unknown, vocab_set, meta=(None, "int64")).sum()
+    numbered, n_sessions = number_sessions_dask(known, client, nparts)
+    numbered = client.persist(numbered)
+    n_unknown, n_clicks = (int(v) for v in client.compute([unknown, numbered.map_partitions(
+        partition_length, meta=(None, "int64")).sum()], sync=True))
+    bounds = split_bounds(n_sessions, valid_frac, test_frac)
+    meta = pd.DataFrame({"session_id": pd.Series(dtype="int64"), "ts": pd.Series(dtype="int64"),
+                         "talk_id": pd.Series(dtype=object)})
+    frames = {name: numbered.map_partitions(in_range, *bounds[name], meta=meta) for name in etl.SPLITS}
+    counts = {"unknown_clicks_dropped": n_unknown, "sessions": n_sessions, "clicks_in": n_clicks,
+              **{f"{name}_sessions_in": hi - lo for name, (lo, hi) in bounds.items()}}
+    return SplitFrames(frames, nparts, counts, client, numbered)
+
+
+def split_dir_counts(split_dirs: dict) -> dict[str, int]:
+    """Sessions written per split (rows of its parquet files), as ``run_etl`` counts them."""
+    return {f"{name}_sessions": int(sum(_rows(f) for f in Path(folder).glob("*.parquet")))
+            for name, folder in split_dirs.items()}
+
+
 def run_etl_on_cluster(clicks_path, catalog: pd.DataFrame, out_dir: str | Path, client, max_len: int = 20,
                        valid_frac: float = 0.1, test_frac: float = 0.1, npartitions: int | None = None,
                        cpu: bool = True) -> etl.EtlResult:
@@ -246,55 +297,28 @@ def run_etl_on_cluster(clicks_path, catalog: pd.DataFrame, out_dir: str | Path, 
     from merlin.io import Dataset
 
     out_dir = Path(out_dir).resolve()
-    vocab = etl.vocabulary(catalog)
-    vocab_set = frozenset(vocab.tolist())
-    clicks = _read_clicks(clicks_path)
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    nparts = int(npartitions or max(clicks.npartitions, n_workers))
-
-    known = clicks.map_partitions(known_clicks, vocab_set, meta=pd.DataFrame(
-        {SESSION_KEY: pd.Series(dtype=object), "talk_id": pd.Series(dtype=object),
-         "start_ns": pd.Series(dtype="int64"), "ts": pd.Series(dtype="int64")}))
-    unknown = clicks.map_partitions(count_unknown, vocab_set, meta=(None, "int64")).sum()
-    numbered, n_sessions = number_sessions_dask(known, client, nparts)
-    numbered = client.persist(numbered)
-    n_unknown, n_clicks = (int(v) for v in client.compute([unknown, numbered.map_partitions(
-        partition_length, meta=(None, "int64")).sum()], sync=True))
-
-    bounds = split_bounds(n_sessions, valid_frac, test_frac)
-    meta = pd.DataFrame({"session_id": pd.Series(dtype="int64"), "ts": pd.Series(dtype="int64"),
-                         "talk_id": pd.Series(dtype=object)})
-    for name in etl.SPLITS:
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    counts: dict[str, int] = {"unknown_clicks_dropped": n_unknown}
-    split_dirs: dict[str, Path] = {}
-    workflow = etl.build_workflow(vocab, out_dir / "categories", max_len)
+    parts = split_frames(clicks_path, catalog, client, valid_frac, test_frac, npartitions)
+    workflow = etl.build_workflow(etl.vocabulary(catalog), out_dir / "categories", max_len)
+    split_dirs = {name: out_dir / name for name in etl.SPLITS}
+    for folder in split_dirs.values():
+        shutil.rmtree(folder, ignore_errors=True)
     with warnings.catch_warnings():  # Distributed says it deploys no new cluster: it uses ours
         warnings.filterwarnings("ignore", message="Existing Dask-client object detected")
         distributed = Distributed(client=client)
     with distributed:
         datasets = {}
-        for name in etl.SPLITS:
-            lo, hi = bounds[name]
-            frame = numbered.map_partitions(in_range, lo, hi, meta=meta)
+        for name, frame in parts.frames.items():
             if not cpu:  # the numbering ran in pandas; the workflow gets cudf partitions
                 import cudf
 
-                frame = frame.map_partitions(to_gpu_frame, meta=cudf.from_pandas(meta))
-            datasets[name] = Dataset(frame, cpu=cpu).shuffle_by_keys(["session_id"], npartitions=nparts)
+                frame = frame.map_partitions(to_gpu_frame, meta=cudf.from_pandas(frame._meta))
+            datasets[name] = Dataset(frame, cpu=cpu).shuffle_by_keys(["session_id"], npartitions=parts.npartitions)
         workflow.fit(datasets["train"])
         for name in etl.SPLITS:
-            split_dirs[name] = out_dir / name
             workflow.transform(datasets[name]).to_parquet(str(split_dirs[name]))
-            lo, hi = bounds[name]
-            counts[f"{name}_sessions_in"] = hi - lo
-            counts[f"{name}_sessions"] = int(sum(_rows(f) for f in Path(split_dirs[name]).glob("*.parquet")))
-        workflow_dir = out_dir / "workflow"
-        workflow.save(str(workflow_dir))
-    client.cancel(numbered)
-    counts["sessions"] = n_sessions
-    counts["clicks_in"] = n_clicks
-    return etl.EtlResult(workflow_dir, split_dirs, counts)
+        workflow.save(str(out_dir / "workflow"))
+    parts.release()
+    return etl.EtlResult(out_dir / "workflow", split_dirs, {**parts.counts, **split_dir_counts(split_dirs)})
 
 
 def _rows(path: Path) -> int:
