@@ -296,32 +296,15 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
                                       etl.vocabulary(old_catalog).tolist(), work / "new-event",
                                       epochs=args.epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
                                       seed=args.seed, log=log)
-    every_session = zero_shot_on_every_session(model_dir, new_catalog, new_table, work / "new-event" / "etl")
+    every_session = quality.every_session
+    log(f"new items, zero-shot on all {every_session['sessions']} sessions of the new log: " + ", ".join(
+        f"{name} {r['recall@10']:.4f}" for name, r in every_session["results"].items()))
     return {"results": quality.results, "ratios": quality.ratios, "counts": quality.counts,
             "every_session": every_session, "transfer_check": check, "served": quality.served,
             "retrain": quality.retrain, "old_model_on_old_test": old_test,
             "old_train_seconds": history["seconds"],
             "split": {"rule": "seeded random half of the movies", "seed": args.seed,
                       "old_items": int((~is_new).sum()), "new_items": int(is_new.sum())}}
-
-
-def zero_shot_on_every_session(model_dir, new_catalog, new_table, new_etl: Path) -> dict:
-    """The zero-shot methods (swapped model, text baselines) on EVERY session of the new log, not only its
-    test split: neither has seen a new-log click, so all of them are fair test sessions, and ten times as
-    many sessions give a standard error about three times smaller."""
-    from gtcrec import baselines, etl, metrics, swap
-    from gtcrec import model as m
-
-    sessions = [s for name in etl.SPLITS for s in metrics.read_sessions(new_etl / name)]
-    prefixes, targets = metrics.sessions_to_prefixes(sessions)
-    methods = {swap_name(): swap.swapped_model(model_dir, new_table, new_catalog, decided=False)}
-    results = {swap_name(): m.score_sessions(methods[swap_name()], prefixes)}
-    for name, baseline in baselines.text_baselines(new_table).items():
-        results[name] = baseline.scores(prefixes)
-    out = {name: metrics.evaluate_scores(scores, targets, exclude=prefixes) for name, scores in results.items()}
-    log(f"new items, zero-shot on all {len(prefixes)} sessions of the new log: " + ", ".join(
-        f"{name} {r['recall@10']:.4f}" for name, r in out.items()))
-    return {"sessions": len(prefixes), "results": out}
 
 
 # ----------------------------------------------------------------------------------- report

@@ -63,6 +63,14 @@ def test_catalog_swap_notebook(series):
     best_text = max(q[name]["recall@10"] for name in ("text: last click", "text: session mean",
                                                         "text: recency-weighted"))
     assert swapped >= 0.85 * best_text
+    # the zero-shot methods on every session of the new event (they saw none of its clicks): same band
+    every = m["every_session"]
+    assert every["sessions"] > 5 * m["new_event"]["test_sessions"] and m["new_event"]["every_sessions"] == every["sessions"]
+    every_best = max(every["quality"][name]["recall@10"] for name in ("text: last click", "text: session mean",
+                                                                     "text: recency-weighted"))
+    assert every["quality"]["swapped (zero-shot)"]["recall@10"] >= 0.85 * every_best
+    assert ratios["swapped_over_best_text_every_session_recall@10"] == pytest.approx(
+        every["quality"]["swapped (zero-shot)"]["recall@10"] / every_best, rel=1e-3)
     assert ratios["swapped_over_best_text_recall@10"] == pytest.approx(swapped / best_text, rel=1e-3)
     # what the swap serves is notebook 03's transfer decision
     decision = series.manifest("03-train")["metrics"]["transfer"]
