@@ -147,3 +147,18 @@ def test_catalog_fields_handle_absent_and_float_values():
     assert settings_for(None, catalog) is None
     # warm codes: clicked in training, never a reserved code
     assert warm_codes([np.array([3, 5]), np.array([5, 0])], 7).tolist() == [False, False, False, True, False, True, False]
+
+
+def test_skip_recency_weights_and_a_decay_below_zero():
+    skip = LastClickSkip(4, 8)
+    assert torch.equal(skip.recency_weights(3), torch.eye(3))  # decay 0 at the start: the last click only
+    with torch.no_grad():
+        skip.decay.fill_(0.5)
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.25, 0.5, 1.0]])
+    torch.testing.assert_close(skip.recency_weights(3), expected)
+    with torch.no_grad():
+        skip.decay.fill_(-0.2)
+    weights = skip.recency_weights(3)
+    assert torch.equal(weights, torch.eye(3))  # used as 0 below 0 ...
+    weights.sum().backward()
+    assert float(skip.decay.grad) == pytest.approx(2.0)  # ... but its gradient still flows: it can come back

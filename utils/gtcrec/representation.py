@@ -220,7 +220,7 @@ class LastClickSkip(torch.nn.Module):
     nothing). In T4R's causal LM the hidden state at position ``t`` predicts the click after the item
     at ``t``, so the added vector reads only clicks up to ``t``; in inference the last position holds
     the last click. The item codes come from T4R's own record of the batch (``item_seq`` of its
-    embedding module, set by :func:`link`). ``P`` starts at zero and ``decay`` (learned, kept in
+    embedding module, set by :func:`link`). ``P`` starts at zero and ``decay`` (learned, used within
     [0, 0.95]) at 0: untrained, the model ranks by ``gain * item(last) . item(j)``, text similarity to
     the last click; with ``decay`` 0.5 and ``P`` zero it ranks like the recency-weighted text baseline.
     """
@@ -246,8 +246,9 @@ class LastClickSkip(torch.nn.Module):
 
     def recency_weights(self, length: int) -> torch.Tensor:
         """``(length, length)``: ``decay ** (t - s)`` for ``s <= t``, else 0 (the identity at decay 0).
-        Powers by a cumulative product, whose gradient is defined at 0."""
-        decay = self.decay.clamp(0.0, 0.95)
+        Powers by a cumulative product, whose gradient is defined at 0. The decay is used clamped to
+        [0, 0.95] but its gradient passes the clamp (straight through), so a decay pushed below 0 can come back."""
+        decay = self.decay + (self.decay.clamp(0.0, 0.95) - self.decay).detach()
         powers = torch.cumprod(torch.cat([torch.ones_like(decay).reshape(1), decay.expand(length - 1)]), 0)
         steps = torch.arange(length, device=decay.device)
         back = steps[:, None] - steps[None, :]
