@@ -46,18 +46,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from gtcrec.serving.server import PortInUseError, _child_setup, _port_is_free, _tail, free_ports, stop_process_group
+from gtcrec.serving.server import _child_setup, _tail, choose_ports, stop_process_group
 
 ENV_BINARY = "GTCREC_HAPROXY"
 VENV_PREFIX = Path("opt") / "haproxy"  # inside the virtual environment
 READY_PATH = "/v2/health/ready"
+INSTALL_HINT = ("run `make env` (it unpacks Debian's haproxy package into .venv/opt/haproxy with `apt-get "
+                "download`), install haproxy on PATH, or set $GTCREC_HAPROXY to its binary")
 
 
 def model_ready_path(model_name: str) -> str:
     """Triton's ready endpoint of one model: 200 while any version of it is READY."""
     return f"/v2/models/{model_name}/ready"
-INSTALL_HINT = ("run `make env` (it unpacks Debian's haproxy package into .venv/opt/haproxy with `apt-get "
-                "download`), install haproxy on PATH, or set $GTCREC_HAPROXY to its binary")
 
 
 class BalancerError(RuntimeError):
@@ -304,21 +304,16 @@ class Balancer:
                               fall=self.fall, rise=self.rise, check_path=self.check_path)
 
     def _choose_ports(self) -> None:
-        for name in ("http_port", "grpc_port"):
-            port = getattr(self, name)
-            if port is not None and not _port_is_free(self.host, port):
-                raise PortInUseError(f"{name}={port} on {self.host} is already in use")
-        while self.http_port is None or self.grpc_port is None or self.http_port == self.grpc_port:
-            a, b = free_ports(2, self.host)
-            self.http_port = self.http_port if self.http_port is not None else a
-            self.grpc_port = self.grpc_port if self.grpc_port is not None and self.grpc_port != self.http_port else b
+        ports = choose_ports(self.host, {"http_port": self.http_port, "grpc_port": self.grpc_port})
+        self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
 
     def start(self) -> "Balancer":
         if self.is_running():
             return self
         self._choose_ports()
-        self.config_path.write_text(self.config())
-        ok, messages = check_config(self.config_path.read_text(), self.binary.executable)
+        text = self.config()
+        self.config_path.write_text(text)
+        ok, messages = check_config(text, self.binary.executable)
         if not ok:
             raise BalancerError(f"haproxy rejects its configuration {self.config_path}:\n{messages}")
         self._log_file = open(self.log_path, "ab")

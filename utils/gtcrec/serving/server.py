@@ -65,6 +65,25 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     return ports
 
 
+def choose_ports(host: str, wanted: Mapping[str, int | None], in_use_hint: str = "") -> dict[str, int]:
+    """Ports by name: the given ones if free (else :class:`PortInUseError`, plus ``in_use_hint``), free
+    distinct ones for those given as None."""
+    for name, port in wanted.items():
+        if port is not None and not _port_is_free(host, port):
+            raise PortInUseError(f"{name}={port} on {host} is already in use{in_use_hint}")
+    given = [p for p in wanted.values() if p is not None]
+    if len(set(given)) != len(given):
+        raise ValueError(f"the ports must differ: {dict(wanted)}")
+    out, taken = dict(wanted), set(given)
+    for name in [k for k, v in wanted.items() if v is None]:
+        port = free_ports(1, host)[0]
+        while port in taken:
+            port = free_ports(1, host)[0]
+        taken.add(port)
+        out[name] = port
+    return out
+
+
 def _has_gpu() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
@@ -286,24 +305,11 @@ class TritonServer:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _choose_ports(self) -> None:
-        wanted = {"http_port": self.http_port, "grpc_port": self.grpc_port}
-        for name, port in wanted.items():
-            if port is not None and not _port_is_free(self.host, port):
-                raise PortInUseError(
-                    f"{name}={port} on {self.host} is already in use (another Triton?). Triton binds "
-                    "with SO_REUSEPORT, so a second server there would start and silently share the "
-                    "traffic; pick another port or leave it to None for a free one."
-                )
-        missing = [k for k, v in wanted.items() if v is None]
-        taken = {v for v in wanted.values() if v is not None}
-        while missing:
-            port = free_ports(1, self.host)[0]
-            if port in taken:
-                continue
-            taken.add(port)
-            setattr(self, missing.pop(0), port)
-        if self.http_port == self.grpc_port:
-            raise ValueError("http_port and grpc_port must differ")
+        ports = choose_ports(self.host, {"http_port": self.http_port, "grpc_port": self.grpc_port},
+                             in_use_hint=" (another Triton?). Triton binds with SO_REUSEPORT, so a second server "
+                             "there would start and silently share the traffic; pick another port or leave it "
+                             "to None for a free one.")
+        self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
 
     def start(self) -> "TritonServer":
         """Start the server and wait until it reports ready (raises with the log tail if not)."""

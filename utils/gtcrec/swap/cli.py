@@ -11,7 +11,7 @@ from typing import Sequence
 from gtcrec.data import DataValidationError
 from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError
 from gtcrec.swap.switch import rollback, status, swap_catalog
-from gtcrec.swap.fleet import FleetSwapError, fleet_status, rollback_fleet, swap_fleet
+from gtcrec.swap.fleet import fleet_status, rollback_fleet, swap_fleet
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if len(args.url) > 1 and not args.fleet:
         parser.error("several --url need --fleet")
+    if not (args.status or args.rollback) and not (args.catalog and args.model_dir):
+        parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
     try:
         if args.fleet:
-            return _fleet(args, parser, log)
+            return _fleet(args, log)
         args.url = args.url[0]
         if args.status:
             result = status(args.url, args.repository, args.model_name)
@@ -86,8 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             rb = rollback(args.url, args.repository, args.model_name, timeout=args.timeout, log=log)
             _emit({"action": "rollback", **asdict(rb)}, args.json)
             return 0
-        if not args.catalog or not args.model_dir:
-            parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
         res = swap_catalog(args.catalog, args.repository, args.url, args.model_dir, args.cache, k_model=args.k,
                            model_name=args.model_name, timeout=args.timeout, log=log)
         _emit({"action": "swap", **res.summary()}, args.json)
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _fleet(args, parser, log) -> int:
+def _fleet(args, log) -> int:
     """``--fleet``: the same three actions over every ``--url`` (:mod:`gtcrec.swap.fleet`)."""
     if args.status:
         result = fleet_status(args.repository, args.url, args.model_name)
@@ -117,8 +117,6 @@ def _fleet(args, parser, log) -> int:
         _emit({"action": "fleet-rollback", "from_version": rb.from_version, "to_version": rb.to_version,
                "seconds": rb.ended - rb.started, "serving": rb.serving}, args.json)
         return 0
-    if not args.catalog or not args.model_dir:
-        parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
     res = swap_fleet(args.catalog, args.repository, args.url, args.model_dir, args.cache, k_model=args.k,
                      model_name=args.model_name, timeout=args.timeout, log=log)
     _emit({"action": "fleet-swap", **res.summary()}, args.json)
