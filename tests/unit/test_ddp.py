@@ -137,3 +137,22 @@ def test_unequal_shards_take_the_same_number_of_steps(setup, tmp_path):
     assert batches[0] > batches[1]  # unequal shards
     assert report["partitions_per_rank"][0][0] == [0, 1] and report["partitions_per_rank"][1][0] == [2]
     assert report["steps_per_rank"] == [2 * batches[1]] * WORLD
+
+
+def test_sample_split_draws_rows_in_order_with_the_schema(setup, tmp_path):
+    src = setup["result"].split_dirs["train"]
+    frame = etl.read_split(src)
+    sample = ddp.sample_split(src, tmp_path / "sample", 500, seed=3)
+    got = etl.read_split(sample)
+    assert len(got) == 500 and (sample / "schema.pbtxt").read_bytes() == (src / "schema.pbtxt").read_bytes()
+    ids = got["session_id"].tolist()
+    assert ids == sorted(set(ids)) and set(ids) <= set(frame["session_id"])  # drawn rows, in the split's order
+    again = ddp.sample_split(src, tmp_path / "again", 500, seed=3)
+    assert etl.read_split(again)["session_id"].tolist() == ids  # the same seed draws the same rows
+    assert etl.read_split(ddp.sample_split(src, tmp_path / "other", 500, seed=4))["session_id"].tolist() != ids
+    merged = got.merge(frame, on="session_id", suffixes=("", "_split"))
+    assert all(list(a) == list(b) for a, b in zip(merged[etl.ITEM_LIST], merged[etl.ITEM_LIST + "_split"]))
+    assert ddp.sample_split(src, tmp_path / "all", len(frame), seed=3) == src  # not smaller: the split itself
+    assert ddp.sample_split(src, tmp_path / "none", None) == src
+    with pytest.raises(ValueError, match="n_rows"):
+        ddp.sample_split(src, tmp_path / "zero", 0)

@@ -38,6 +38,27 @@ def test_batching_does_not_change_vectors(texts):
     np.testing.assert_allclose(one, many, atol=1e-5)
 
 
+def test_bf16_encoding_matches_fp32(texts):
+    """bfloat16 autocast (the default where the CPU has it natively) gives the float32 vectors to a cosine
+    of 0.9999, and its cache keys differ from float32's, so the two never mix in one cache."""
+    fp32 = embeddings.TextEncoder(precision="fp32").encode(texts, progress=False)
+    bf16 = embeddings.TextEncoder(precision="bf16").encode(texts, progress=False)
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)
+    assert (fp32 * bf16).sum(1).min() > 0.9999
+    assert embeddings.text_key(texts[0], "bf16") != embeddings.text_key(texts[0], "fp32") == embeddings.text_key(texts[0])
+    with pytest.raises(ValueError, match="precision"):
+        embeddings.TextEncoder(precision="int8")
+
+
+def test_default_precision_follows_the_cpu_flags():
+    from gtcrec.model import bf16_native
+
+    assert bf16_native("cpu", "fpu sse avx2 avx512f avx512_bf16 avx512_vnni")
+    assert bf16_native("cpu", "fpu amx_bf16 amx_tile")
+    assert not bf16_native("cpu", "fpu sse avx2 avx512f avx512bw avx512_vnni")  # AVX-512 alone: emulated
+    assert embeddings.default_precision("cpu") == ("bf16" if bf16_native("cpu") else "fp32")
+
+
 def test_talk_text_uses_title_and_abstract():
     catalog = pd.DataFrame({"title": ["T"], "abstract": ["A body."], "track": ["HPC"], "format": ["Talk"],
                             "level": ["Beginner"]})

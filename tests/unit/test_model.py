@@ -148,6 +148,18 @@ def test_learned_table_changes_in_training(data):
     assert not torch.equal(M.item_embedding(model).weight.detach().cpu(), w0)
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_after_training_the_model_runs_its_own_float32_forward(data, tmp_path, bf16):
+    """bf16 training wraps the forward in autocast (accelerate); train() takes the wrapper off, so that
+    scoring runs in float32 (the same scores as a copy that never trained under autocast) and saving works."""
+    model = M.build_model(data["schema"], data["table"], seed=5, **SMALL)
+    M.train(model, data["train_dir"], epochs=1, batch_size=64, max_steps=2, seed=9,
+            output_dir=data["root"] / "out-bf16", bf16=bf16)
+    assert "_original_forward" not in model.__dict__ and "forward" not in model.__dict__
+    copy = M.load_model(M.save_model(model, tmp_path / "m"))
+    np.testing.assert_array_equal(M.score_sessions(model, [[3, 4, 5], [10]]), M.score_sessions(copy, [[3, 4, 5], [10]]))
+
+
 def test_training_is_deterministic_for_a_seed(data):
     def run():
         model = M.build_model(data["schema"], data["table"], seed=5, **SMALL)

@@ -66,6 +66,29 @@ SPEC = "spec.pkl"
 # ----------------------------------------------------------------------------- data per rank
 
 
+def sample_split(src: str | os.PathLike, dst: str | os.PathLike, n_rows: int | None, seed: int = 0) -> Path:
+    """A processed split cut to ``n_rows`` rows drawn with ``seed`` (in their original order), written to
+    ``dst`` with the split's ``schema.pbtxt``; ``src`` itself when ``n_rows`` is ``None`` or not smaller than
+    the split. For a shorter comparison (one process against several) on the same data."""
+    from gtcrec.etl import read_split
+
+    src, dst = Path(src), Path(dst)
+    if n_rows is None:
+        return src
+    if n_rows < 1:
+        raise ValueError("n_rows must be >= 1 (or None: the whole split)")
+    frame = read_split(src)
+    if n_rows >= len(frame):
+        return src
+    keep = np.sort(np.random.default_rng(seed).choice(len(frame), size=int(n_rows), replace=False))
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    frame.iloc[keep].reset_index(drop=True).to_parquet(dst / "part_00000.parquet", index=False)
+    if (src / "schema.pbtxt").exists():
+        shutil.copy(src / "schema.pbtxt", dst / "schema.pbtxt")
+    return dst
+
+
 def partition_for_ranks(src: str | os.PathLike, dst: str | os.PathLike, world_size: int, parts_per_rank: int = 1,
                         seed: int = 0) -> dict[str, Any]:
     """Rewrite a processed split as ``world_size * parts_per_rank`` parquet files of one row group each
@@ -239,6 +262,7 @@ def run_rank(spec: Dict[str, Any]) -> Dict[str, Any]:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    M.drop_mixed_precision(model)
     actual_backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
     record = {"rank": rank, "local_rank": local_rank, "world_size": world, "backend": actual_backend,
               "wrapped": type(trainer.model_wrapped).__name__, "device": str(args.device),

@@ -2,8 +2,11 @@
 
 The model files ship inside that PyPI package, so nothing is downloaded at run time. Vectors are the
 mean of the token states over the attention mask, L2-normalised (the sentence-transformers recipe for this
-model), 384 dimensions. An on-disk cache keyed by a hash of (model, text) means a rerun, or a new
-catalog that repeats some talks, encodes only what it has not seen.
+model), 384 dimensions. Where the machine computes bfloat16 natively (``gtcrec.model.bf16_native``:
+AVX512-BF16 or AMX on a CPU) the encoder runs under bfloat16 autocast, in batches of 32 talks of similar
+length (``benchmarks/encoding.py`` measures both against float32 in batches of 64, and the cosine of
+their vectors). An on-disk cache keyed by a hash of (model, precision, text) means a
+rerun, or a new catalog that repeats some talks, encodes only what it has not seen.
 """
 from __future__ import annotations
 
@@ -55,24 +58,44 @@ def talk_text(catalog: pd.DataFrame) -> list[str]:
     return [one_talk_text(*values) for values in zip(*(columns[f] for f in TEXT_FIELDS))]
 
 
-def text_key(text: str) -> str:
-    return hashlib.sha256(f"{MODEL_NAME}\n{text}".encode("utf-8")).hexdigest()
+PRECISIONS = ("fp32", "bf16")
+
+
+def default_precision(device: str | None = None) -> str:
+    """``"bf16"`` where ``device`` (default: CUDA when available, else CPU) computes bfloat16
+    natively, else ``"fp32"``."""
+    from gtcrec.model import bf16_native
+
+    return "bf16" if bf16_native(device) else "fp32"
+
+
+def text_key(text: str, precision: str = "fp32") -> str:
+    """The cache key of ``text`` encoded at ``precision`` (float32 keys are those of earlier versions)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model = MODEL_NAME if precision == "fp32" else f"{MODEL_NAME}+{precision}"
+    return hashlib.sha256(f"{model}\n{text}".encode("utf-8")).hexdigest()
 
 
 class TextEncoder:
-    """all-MiniLM-L6-v2 with plain transformers: mean pooling over the mask, then L2 normalisation."""
+    """all-MiniLM-L6-v2 with plain transformers: mean pooling over the mask, then L2 normalisation.
+    ``precision``: ``"fp32"``, or ``"bf16"`` (bfloat16 autocast; the output is float32); default
+    :func:`default_precision` of the device."""
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, precision: str | None = None):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = precision or default_precision(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         path = model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
         from tqdm.auto import tqdm
 
         torch = self.torch
@@ -84,8 +107,9 @@ class TextEncoder:
             idx = order[start:start + batch_size]
             tokens = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                     max_length=MAX_TOKENS, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                states = self.model(**tokens).last_hidden_state
+            with torch.inference_mode(), torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
+                                                         enabled=self.precision == "bf16"):
+                states = self.model(**tokens).last_hidden_state.float()
                 mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
                 pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
@@ -129,9 +153,11 @@ class EmbeddingCache:
 
 def embed_texts(texts: Sequence[str], cache_dir: str | Path, progress: bool = True,
                 encoder: TextEncoder | None = None) -> tuple[np.ndarray, int]:
-    """Vectors for ``texts`` (n, 384) through the cache; returns (vectors, number newly encoded)."""
+    """Vectors for ``texts`` (n, 384) through the cache; returns (vectors, number newly encoded).
+    Encoded by ``encoder`` (default: a :class:`TextEncoder` at this machine's default precision)."""
     cache = EmbeddingCache(cache_dir)
-    keys = [text_key(t) for t in texts]
+    precision = encoder.precision if encoder is not None else default_precision()
+    keys = [text_key(t, precision) for t in texts]
     todo = cache.missing(keys)
     if todo:
         first_text = {}

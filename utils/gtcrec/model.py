@@ -50,6 +50,22 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_native(device: str | torch.device | None = None, cpu_flags: str | None = None) -> bool:
+    """Whether ``device`` (default: CUDA when available, else CPU) computes bfloat16 natively, so that
+    work under bfloat16 autocast is faster: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX-BF16 (read from ``/proc/cpuinfo``, or from ``cpu_flags``). Elsewhere bfloat16 would be
+    emulated, and slower."""
+    device = torch.device(device) if device is not None else get_device()
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16"})
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -348,7 +364,8 @@ def training_arguments(output_dir, max_len: int, epochs: int, batch_size: int, l
                        logging_steps: int, **overrides):
     """T4R's ``T4RecTrainingArguments`` of every training in the package (:func:`train`, the ranks of
     :mod:`gtcrec.ddp`): merlin batches, AdamW with a linear decay and no warm-up, nothing saved or
-    reported, CPU unless CUDA is available. ``overrides``: other arguments, or these replaced."""
+    reported, CPU unless CUDA is available, bfloat16 autocast where the machine has it natively
+    (:func:`bf16_native`; the weights stay float32). ``overrides``: other arguments, or these replaced."""
     from transformers4rec.config.trainer import T4RecTrainingArguments
 
     settings = dict(
@@ -358,16 +375,28 @@ def training_arguments(output_dir, max_len: int, epochs: int, batch_size: int, l
         lr_scheduler_type="linear", warmup_steps=0, optim="adamw_torch", seed=seed, data_seed=seed,
         no_cuda=not torch.cuda.is_available(), report_to=[], logging_steps=logging_steps,
         save_strategy="no", evaluation_strategy="no", dataloader_drop_last=False,
-        dataloader_pin_memory=False, disable_tqdm=True, predict_top_k=20, log_level="warning")
+        dataloader_pin_memory=False, disable_tqdm=True, predict_top_k=20, log_level="warning",
+        bf16=bf16_native())
     settings.update(overrides)
     return T4RecTrainingArguments(**settings)
+
+
+def drop_mixed_precision(model):
+    """Undo what bfloat16 training did to ``model``: the Trainer (through accelerate) wraps the model's
+    ``forward`` in autocast, keeps the original as ``_original_forward``, and leaves both in place after
+    training. Without this, scoring, tracing and serving would run under bfloat16 and saving fails
+    (accelerate's wrapper refuses to be pickled). Afterwards the model's own float32 ``forward`` runs again.
+    Returns ``model``; a model trained in float32 is left as it was."""
+    if model.__dict__.pop("_original_forward", None) is not None:
+        model.__dict__.pop("forward", None)  # the class's forward again
+    return model
 
 
 def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
           batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = 42,
           output_dir: str | os.PathLike = "t4r-output", weight_decay: float = 0.0,
-          logging_steps: int | None = None, max_steps: int = -1, verbose: bool = False
-          ) -> Dict[str, Any]:
+          logging_steps: int | None = None, max_steps: int = -1, verbose: bool = False,
+          bf16: bool | None = None) -> Dict[str, Any]:
     """Train with T4R's ``Trainer`` (``T4RecTrainingArguments``, linear learning-rate schedule).
 
     ``train_data`` / ``valid_data``: a processed parquet folder (or file) or a
@@ -379,7 +408,8 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
     a plot: training losses are averages over ``logging_steps`` steps (~10 per epoch by
     default); one eval entry per epoch when ``valid_data`` is given (the loss of predicting each
     session's last item). Nothing is checkpointed; save with :func:`save_model`. ``verbose`` keeps
-    the Hugging Face progress/log printing.
+    the Hugging Face progress/log printing. ``bf16``: train under bfloat16 autocast (``None``: where
+    the machine has it natively, :func:`bf16_native`).
     """
     from transformers4rec.torch import Trainer
 
@@ -392,6 +422,7 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
     set_seed(seed)
     args = training_arguments(output_dir, max_len, epochs, batch_size, lr, seed, logging_steps,
                               weight_decay=weight_decay, max_steps=max_steps,
+                              bf16=bf16_native() if bf16 is None else bool(bf16),
                               evaluation_strategy="epoch" if valid_data is not None else "no")
     trainer = Trainer(
         model=model, args=args, schema=schema,
@@ -406,6 +437,7 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    drop_mixed_precision(model)
     history = trainer.state.log_history
     train_hist = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"],
                    "learning_rate": h.get("learning_rate")} for h in history if "loss" in h]
