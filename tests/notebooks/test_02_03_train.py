@@ -27,6 +27,13 @@ def test_training_beats_baselines_and_stays_below_the_oracle(series):
     selection = manifest["metrics"]["selection"]
     assert manifest["metrics"]["chosen"] == "item representation"
     assert selection["item representation"]["recall@10"] >= selection["frozen text table"]["recall@10"] + 0.05
+    # one schedule, no epoch trained twice: the loser stopped after SELECTION_EPOCHS, the winner's run is the model
+    params = manifest["parameters"]
+    curves = manifest["metrics"]["validation_recall@10_per_epoch"]
+    assert len(curves["frozen text table"]) == params["SELECTION_EPOCHS"] < params["EPOCHS"]
+    assert len(curves["item representation"]) == params["EPOCHS"]
+    assert curves["item representation"][params["SELECTION_EPOCHS"] - 1] == selection["item representation"]["recall@10"]
+    assert curves["item representation"][-1] > curves["item representation"][0]  # it went on learning
     # bands at the CI size (400 test sessions, one SE of recall@10 is ~0.02); measured: model 0.800,
     # learned ids 0.785, item-kNN 0.780, best text similarity 0.618, oracle 0.853
     for text in ("text: last click", "text: session mean", "text: recency-weighted"):

@@ -23,10 +23,12 @@ def test_scale_out_notebook(series):
     assert set(etl["splits"]) == {"train", "valid", "test"} and min(etl["sessions"].values()) > 0
     assert etl["clicks"] > params["LOG_SESSIONS"]  # every generated session has clicks
 
-    # DDP: 2 ranks, disjoint data that covers the training split, a model that scores like one process's
+    # DDP: 2 ranks, disjoint data that covers the sessions drawn for it (DDP_SESSIONS of the training split:
+    # all of it at the CI size), a model that scores like one process's
     ddp = m["ddp"]
     assert ddp["ranks"] == 2 and ddp["partitions_disjoint"] and ddp["rows_match_partitions"]
-    assert ddp["rows_per_epoch"] == [ddp["train_sessions"]] * ddp["epochs"]
+    drawn = ddp["train_sessions"] if params["DDP_SESSIONS"] is None else min(params["DDP_SESSIONS"], ddp["train_sessions"])
+    assert ddp["ddp_sessions"] == drawn and ddp["rows_per_epoch"] == [drawn] * ddp["epochs"]
     assert abs(ddp["recall@10"] - ddp["single_process_recall@10"]) <= DDP_BAND, ddp
     popularity = series.manifest("03-train")["metrics"]["test"]["popularity"]["recall@10"]
     assert ddp["single_process_recall@10"] > 2 * popularity and ddp["recall@10"] > 2 * popularity  # both learned

@@ -1,4 +1,4 @@
-"""gtcrec.series: progress lines while the notebooks run, and the kernel's transport encryption."""
+"""gtcrec.series: progress lines while the notebooks run, the kernel's transport encryption, the time budgets."""
 import io
 import time
 
@@ -62,3 +62,15 @@ def test_the_kernel_gets_transport_encryption_when_pyzmq_has_curve():
     zmq = pytest.importorskip("zmq")
     manager = series._kernel_manager_class()(kernel_name="python3")
     assert manager.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
+
+
+def test_every_notebook_has_a_budget_and_the_series_fits_15_minutes():
+    assert set(series.BUDGET_S) == set(series.notebook_stems())
+    assert sum(series.BUDGET_S.values()) <= 15 * 60
+
+
+def test_budget_note_says_when_a_notebook_ran_over():
+    assert series.budget_note("03-train", 397.2, "default") == " (budget 420 s)"
+    assert series.budget_note("03-train", 432.4, "default") == " (budget 420 s: 12 s over)"
+    assert series.budget_note(None, 811.8, "default") == f" (budget {sum(series.BUDGET_S.values())} s)"
+    assert series.budget_note("03-train", 1000.0, "small") == ""  # budgets are for the default size

@@ -188,6 +188,25 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
     return out
 
 
+# Time budget of each notebook at the default size, in seconds: 2 CPU cores with bfloat16 (AVX512-BF16),
+# from an empty text-embedding cache (notebooks 00 and 06 encode 5,000 talks each). 890 s in all, within
+# the 15 minutes of a coffee break; measured 812 s (README). Printed next to each notebook's time.
+BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 420, "04-ensemble": 10,
+                            "05-serve": 55, "06-catalog-swap": 130, "07-scale-out": 170}
+
+
+def budget_note(stem: str | None, seconds: float, size: str) -> str:
+    """`` (budget 420 s)`` after a notebook's time at the default size, `` (budget 420 s: 12 s over)``
+    when it ran longer; ``stem`` ``None``: the whole series. Nothing at the small size."""
+    if size != "default":
+        return ""
+    budget = sum(BUDGET_S.values()) if stem is None else BUDGET_S.get(stem)
+    if budget is None:
+        return ""
+    over = seconds - budget
+    return f" (budget {budget} s: {over:.0f} s over)" if over > 0 else f" (budget {budget} s)"
+
+
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
                seed: int | None = None, progress_every: float | None = 10.0) -> dict[str, float]:
     """Run the notebooks in order; returns seconds per notebook (``progress_every``: see
@@ -203,7 +222,7 @@ def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = No
         print(f"[series] {stem} ...", flush=True)
         run_notebook(stem, artifacts_dir, params, progress_every=progress_every)
         times[stem] = time.perf_counter() - start
-        print(f"[series] {stem} done in {times[stem]:.1f} s", flush=True)
+        print(f"[series] {stem} done in {times[stem]:.1f} s{budget_note(stem, times[stem], size)}", flush=True)
     return times
 
 
@@ -220,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     times = run_series(args.size, args.artifacts_dir, args.only, args.seed,
                        progress_every=None if args.quiet else args.progress_every)
     total = sum(times.values())
-    print(f"[series] {len(times)} notebooks in {total:.1f} s; executed copies in "
+    whole = budget_note(None, total, args.size) if not args.only else ""
+    print(f"[series] {len(times)} notebooks in {total:.1f} s{whole}; executed copies in "
           f"{Path(args.artifacts_dir).resolve() / 'executed'}")
     return 0
 
