@@ -298,7 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.spec, "rb") as f:
         spec = pickle.load(f)
-    run_rank(spec)
+    import torch.distributed as dist
+
+    try:
+        run_rank(spec)
+    finally:
+        # an explicit end to the process group: left to the interpreter's exit, a rank sometimes aborted
+        # there ("terminate called without an active exception") after its work was done and saved
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
