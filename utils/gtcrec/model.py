@@ -420,9 +420,9 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
         steps_per_epoch = max(1, (n_train or batch_size * 10) // batch_size)
         logging_steps = max(1, steps_per_epoch // 10)
     set_seed(seed)
+    precision = {} if bf16 is None else {"bf16": bool(bf16)}  # None: training_arguments' default
     args = training_arguments(output_dir, max_len, epochs, batch_size, lr, seed, logging_steps,
-                              weight_decay=weight_decay, max_steps=max_steps,
-                              bf16=bf16_native() if bf16 is None else bool(bf16),
+                              weight_decay=weight_decay, max_steps=max_steps, **precision,
                               evaluation_strategy="epoch" if valid_data is not None else "no")
     trainer = Trainer(
         model=model, args=args, schema=schema,
