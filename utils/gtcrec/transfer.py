@@ -140,19 +140,20 @@ def save_decision(model_dir: str | os.PathLike, check: Dict[str, Any]) -> Path:
     return path
 
 
+def decision(model_dir: str | os.PathLike) -> Dict[str, Any]:
+    """The transfer check saved beside the model in ``model_dir`` (:func:`save_decision`); ``{}`` when
+    none was saved."""
+    path = Path(model_dir) / DECISION_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def serves(model_dir: str | os.PathLike) -> str:
     """What a swap serves for the model saved in ``model_dir``: :data:`MODEL` unless a transfer check
     saved there chose :data:`TEXT` (a model without a check serves itself)."""
-    path = Path(model_dir) / DECISION_FILE
-    if not path.exists():
-        return MODEL
-    return json.loads(path.read_text()).get("serves", MODEL)
+    return decision(model_dir).get("serves", MODEL)
 
 
 def text_decay(model_dir: str | os.PathLike) -> float:
     """The skip's decay of the text-similarity mode the check chose (0: last click; a model without a
     check, or a check without the key: 0)."""
-    path = Path(model_dir) / DECISION_FILE
-    if not path.exists():
-        return 0.0
-    return float(json.loads(path.read_text()).get("text_decay", 0.0))
+    return float(decision(model_dir).get("text_decay", 0.0))
