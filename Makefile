@@ -28,10 +28,12 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	    || echo "note: libb64-0d not fetched; perf_analyzer will be skipped"; }
 	@# The fleet's load balancer (gtcrec.serving.balancer): Debian's haproxy and the three libraries it needs that
 	@# a plain Debian machine lacks, unpacked into the venv. Optional: without it the fleet tests skip and say so.
+	@# `sed -n 1p`, not `head -1`: under pipefail, head closing the pipe early could kill haproxy -v (SIGPIPE)
+	@# and fail the check of a working binary.
 	rm -rf $(VENV)/opt/haproxy && mkdir -p $(VENV)/opt/haproxy && cd $(VENV)/opt/haproxy && \
 	  { apt-get download haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1 >/dev/null 2>&1 && \
 	    for deb in *.deb; do dpkg -x "$$deb" .; done && rm -f *.deb && \
-	    LD_LIBRARY_PATH=usr/lib/x86_64-linux-gnu usr/sbin/haproxy -v | head -1 \
+	    LD_LIBRARY_PATH=usr/lib/$$(uname -m)-linux-gnu usr/sbin/haproxy -v | sed -n 1p \
 	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests will be skipped and notebook 07 stops at its fleet section"; }; }
 	touch $@
 
