@@ -162,6 +162,12 @@ def _progress_engine(progress: Progress):
     return ProgressEngine
 
 
+# The longest a single cell may run before the notebook fails: the longest cell of the default run takes about
+# 190 s with bfloat16 and 270 s in float32, so this only turns a hang into an error. One `make run SIZE=small` in a
+# fresh clone once waited forever in notebook 05 with the kernel and papermill both idle (a kernel message lost).
+CELL_TIMEOUT_S = 3600
+
+
 def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, Any] | None = None,
                  notebooks_dir: Path = NOTEBOOKS_DIR, log_output: bool = False,
                  progress_every: float | None = None) -> Path:
@@ -183,7 +189,7 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
         papermill_engines.register(engine, _progress_engine(Progress(stem, progress_every)))
     papermill.execute_notebook(str(notebooks_dir / f"{stem}.ipynb"), str(out), parameters=params,
                                cwd=str(notebooks_dir), log_output=log_output, progress_bar=False,
-                               kernel_name="python3", engine_name=engine,
+                               kernel_name="python3", engine_name=engine, execution_timeout=CELL_TIMEOUT_S,
                                kernel_manager_class=_kernel_manager_class())
     return out
 
