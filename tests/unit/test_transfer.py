@@ -1,8 +1,9 @@
-"""The transfer check: halves of the talks, sessions cut to them, text-similarity mode, the decision the
-swap reads. Tiny synthetic data from test_model's helpers."""
+"""The transfer check: halves of the talks, sessions cut to them, text-similarity mode, the blend, the
+decision the swap reads. Tiny synthetic data from test_model's helpers."""
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from gtcrec import baselines, transfer
 from gtcrec import model as M
@@ -60,9 +61,17 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
     train, valid = make_sessions(400, seed=1), make_sessions(120, seed=2)
     check = transfer.transfer_check(train, valid, table[3:], catalog, build, fit, seed=0)
     assert check["talks"] == {"old": N_ITEMS // 2, "new": N_ITEMS - N_ITEMS // 2}
-    assert check["sessions"] > 20 and set(check["recall@10"]) == {transfer.MODEL, transfer.TEXT}
-    assert check["serves"] == (transfer.MODEL if check["recall@10"][transfer.MODEL] > check["recall@10"][transfer.TEXT]
-                               else transfer.TEXT)
+    recall = check["recall@10"]
+    assert check["sessions"] > 20 and set(recall) == {transfer.MODEL, transfer.BLEND, transfer.TEXT}
+    assert recall[check["serves"]] == max(recall.values())  # the best of the three serves
+    for name in (transfer.MODEL, transfer.BLEND):  # ties go to the simpler one, listed first
+        if recall[name] == max(recall.values()):
+            assert check["serves"] == name
+            break
+    blend = check["blend"]
+    assert blend["text_weight"] in transfer.BLEND_WEIGHTS and blend["text_decay"] in transfer.TEXT_NAMES
+    assert recall[transfer.BLEND] == max(check["blend_recall@10"].values())
+    assert len(check["blend_recall@10"]) == len(transfer.BLEND_WEIGHTS) * 2
     # the text-similarity side is the text baseline on the new half, recomputed here
     _, new = transfer.split_talks(N_ITEMS, 0)
     cut = transfer.restrict([*train, *valid], new, N_ITEMS + 3)
@@ -88,10 +97,48 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
     assert transfer.serves(folder) == transfer.TEXT
     for decay, mode in ((0.0, "last"), (transfer.RECENCY_DECAY, "recency")):  # the text mode the check chose
         transfer.save_decision(folder, {**check, "serves": transfer.TEXT, "text_decay": decay})
-        assert transfer.text_decay(folder) == decay
         text_mode = swapped_model(folder, new_table, catalog_of(20))
         gain = float(M._task(text_mode).task_block.gain.detach())
         text = baselines.TextSimilarityBaseline(new_table, mode).scores(prefixes)
         np.testing.assert_allclose(M.score_sessions(text_mode, prefixes)[:, 3:], gain * text[:, 3:], atol=1e-4)
+    for decay, mode in ((0.0, "last"), (transfer.RECENCY_DECAY, "recency")):  # a blend: the model + w x text
+        transfer.save_decision(folder, {**check, "serves": transfer.BLEND,
+                                        "blend": {"text_weight": 2.0, "text_decay": decay}})
+        assert transfer.serves(folder) == transfer.BLEND
+        blended = M.score_sessions(swapped_model(folder, new_table, catalog_of(20)), prefixes)
+        text = baselines.TextSimilarityBaseline(new_table, mode).scores(prefixes)
+        np.testing.assert_allclose(blended[:, 3:], as_trained[:, 3:] + 2.0 * text[:, 3:], atol=1e-4)
     measured = M.score_sessions(swapped_model(folder, new_table, catalog_of(20), decided=False), prefixes)
     np.testing.assert_allclose(measured, as_trained, atol=1e-5)  # decided=False: the model as trained
+    with pytest.raises(ValueError, match="unknown choice"):
+        transfer.serve_as_decided(model, {"serves": "popularity"})
+
+
+def test_a_blend_is_one_product_in_the_trace_and_can_be_switched_off(tmp_path):
+    table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
+    warm = np.ones(N_ITEMS + 3, dtype=bool)
+    warm[:3] = False
+    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
+    fit(model, write_parquet(make_sessions(200, seed=1), tmp_path / "train"))
+    model.eval()
+    prefixes = make_sessions(12, seed=4)
+    alone = M.score_sessions(model, prefixes)
+    rep = M.item_embedding(model)
+    rep.set_text_blend(3.0, transfer.RECENCY_DECAY)
+    text = baselines.TextSimilarityBaseline(table, "recency").scores(prefixes)
+    np.testing.assert_allclose(M.score_sessions(model, prefixes)[:, 3:], alone[:, 3:] + 3.0 * text[:, 3:], atol=1e-4)
+    assert rep.weight.shape == (N_ITEMS + 3, 2 * rep.embedding_dim + 1) == (N_ITEMS + 3, rep.output_dim)
+    # the serving trace carries the blend: its top-k are the blended scores' top-k
+    batch = M.sessions_to_batch(prefixes, int(model.max_sequence_length), pad=True)
+    traced = M.trace_topk(model, batch, k=5)
+    M.check_traced(traced, model, batch)
+    with torch.no_grad():
+        top_scores, _ = traced(batch)
+    expected = np.sort(alone[:, 3:] + 3.0 * text[:, 3:], axis=1)[:, ::-1][:, :5]
+    np.testing.assert_allclose(top_scores.numpy(), expected, atol=1e-4)
+    rep.set_text_blend(0.0)  # off: the model alone again, the output table as before
+    np.testing.assert_allclose(M.score_sessions(model, prefixes), alone, atol=1e-5)
+    assert rep.weight.shape == (N_ITEMS + 3, rep.embedding_dim + 1)
+    for weight, decay in ((-1.0, 0.0), (1.0, 1.0), (float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="text blend"):
+            rep.set_text_blend(weight, decay)

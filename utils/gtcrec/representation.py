@@ -16,6 +16,12 @@ lookup and tied output use one representation:
 and, on the output side only, one more column holding a learned per-talk bias (warm talks only,
 dropped with the residual; 0 for new talks), which lets the model express popularity.
 
+A swapped model can also be served as a **blend**: its scores plus ``text_weight`` times text
+similarity to the session (the raw text vectors of its clicks weighted by ``text_decay ** steps back``,
+as :class:`gtcrec.baselines.TextSimilarityBaseline`). :meth:`ItemRepresentation.set_text_blend` sets it;
+the output table then carries the raw text rows as further columns and the skip block adds the
+matching query, so the blend is one matrix product in the same graph. Training never uses it (0).
+
 :class:`LastClickSkip` is the task block of ``NextItemPredictionTask``: it maps the transformer's
 hidden state to the item space (``d_model -> dim``) and adds ``gain * item(last click)`` (more
 exactly, the clicks so far weighted by ``decay ** steps back``, ``decay`` learned from 0) plus a
@@ -48,6 +54,9 @@ class ItemRepresentation(torch.nn.Module):
     training clicks); ``None``: no code. ``adapter`` / ``residual`` / ``bias`` switch those parts;
     ``drop``: probability that a warm talk's residual and bias are left out of a training step.
     """
+
+    text_weight = 0.0  # the blend with text similarity (set_text_blend); class defaults, so a model
+    text_decay = 0.0   # saved before the blend existed loads without it
 
     def __init__(self, text: np.ndarray, fields: Mapping[str, Sequence[str]] | None = None,
                  warm: np.ndarray | None = None, adapter: bool = True, residual: bool = True,
@@ -134,20 +143,36 @@ class ItemRepresentation(torch.nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The output table T4R's tied output layer reads: the item vectors, plus the bias column."""
-        table = self.table()
-        if self.item_bias is None:
-            return table
+        """The output table T4R's tied output layer reads: the item vectors, plus the bias column,
+        plus the raw text rows when a text blend is set (:meth:`set_text_blend`)."""
         if not self.training:
             if self._eval_weight is None:
                 with torch.no_grad():
-                    self._eval_weight = torch.cat([table, self.item_bias[:, None] * self.warm[:, None]], 1)
+                    self._eval_weight = self._output_table(self.warm)
             return self._eval_weight
-        return torch.cat([table, (self.item_bias * self._keep_mask())[:, None]], dim=1)
+        return self._output_table(self._keep_mask())
+
+    def _output_table(self, keep: torch.Tensor) -> torch.Tensor:
+        parts = [self.table()]
+        if self.item_bias is not None:
+            parts.append((self.item_bias * keep)[:, None])
+        if self.text_weight > 0:
+            parts.append(self.text)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @property
     def output_dim(self) -> int:
-        return self.embedding_dim + (1 if self.item_bias is not None else 0)
+        return (self.embedding_dim + (1 if self.item_bias is not None else 0)
+                + (self.embedding_dim if self.text_weight > 0 else 0))
+
+    def set_text_blend(self, weight: float, decay: float = 0.0) -> None:
+        """Add ``weight`` x text similarity to the session to every score (``decay``: the weight of
+        each earlier click, per step back; 0 the last click only). ``weight`` 0 switches the blend off."""
+        weight, decay = float(weight), float(decay)
+        if not weight >= 0.0 or not 0.0 <= decay < 1.0:
+            raise ValueError(f"a text blend needs weight >= 0 and decay in [0, 1), got {weight}, {decay}")
+        self.text_weight, self.text_decay = weight, decay
+        self._clear()
 
     def forward(self, codes: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of :meth:`table` for ``codes`` (any shape). T4R calls it once per batch, first:
@@ -246,13 +271,9 @@ class LastClickSkip(torch.nn.Module):
 
     def recency_weights(self, length: int) -> torch.Tensor:
         """``(length, length)``: ``decay ** (t - s)`` for ``s <= t``, else 0 (the identity at decay 0).
-        Powers by a cumulative product, whose gradient is defined at 0. The decay is used clamped to
-        [0, 0.95] but its gradient passes the clamp (straight through), so a decay pushed below 0 can come back."""
-        decay = self.decay + (self.decay.clamp(0.0, 0.95) - self.decay).detach()
-        powers = torch.cumprod(torch.cat([torch.ones_like(decay).reshape(1), decay.expand(length - 1)]), 0)
-        steps = torch.arange(length, device=decay.device)
-        back = steps[:, None] - steps[None, :]
-        return torch.where(back >= 0, powers[back.clamp(min=0)], torch.zeros_like(decay))
+        The decay is used clamped to [0, 0.95] but its gradient passes the clamp (straight through),
+        so a decay pushed below 0 can come back."""
+        return recency_matrix(self.decay + (self.decay.clamp(0.0, 0.95) - self.decay).detach(), length)
 
     def output_size(self):
         return torch.Size([-1, -1, self.dim + (1 if self.with_bias else 0)])
@@ -267,7 +288,21 @@ class LastClickSkip(torch.nn.Module):
         out = self.proj(hidden) + self.gain * torch.einsum("ts,bsd->btd", self.recency_weights(length), items)
         if self.with_bias:
             out = torch.cat([out, torch.ones_like(out[..., :1])], dim=-1)
+        rep = embeddings.item_embedding_table
+        if rep.text_weight > 0:  # the blend: the query that meets the raw text columns of the output table
+            text = rep.text[codes.long()] * (codes >= RESERVED).unsqueeze(-1).to(hidden.dtype)
+            weights = recency_matrix(torch.full((), float(rep.text_decay), device=hidden.device), length)
+            out = torch.cat([out, rep.text_weight * torch.einsum("ts,bsd->btd", weights, text)], dim=-1)
         return out
+
+
+def recency_matrix(decay: torch.Tensor, length: int) -> torch.Tensor:
+    """``(length, length)``: ``decay ** (t - s)`` for ``s <= t``, else 0 (the identity at decay 0).
+    Powers by a cumulative product, whose gradient is defined at 0."""
+    powers = torch.cumprod(torch.cat([torch.ones_like(decay).reshape(1), decay.expand(length - 1)]), 0)
+    steps = torch.arange(length, device=decay.device)
+    back = steps[:, None] - steps[None, :]
+    return torch.where(back >= 0, powers[back.clamp(min=0)], torch.zeros_like(decay))
 
 
 # ---------------------------------------------------------------------- catalog fields

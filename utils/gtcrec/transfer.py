@@ -1,4 +1,5 @@
-"""Which method serves a new catalog: the trained model, or text similarity to the last click.
+"""Which method serves a new catalog: the trained model, the model blended with text similarity, or
+text similarity alone.
 
 A model trained on one event does not always transfer to the next: on the generator it ranks a new
 event's talks above text similarity, on a real rating log it ranked them below. Nothing about the new
@@ -14,12 +15,16 @@ it were a new one (:func:`transfer_check`):
    every session keeps the measurement from being a few hundred sessions' noise;
 3. the same architecture is trained on the old half, its table is swapped to the new half
    (:func:`gtcrec.model.swap_item_table`), and it ranks those sessions, against text similarity to
-   the last click on the same sessions.
+   the last click (and recency-weighted) on the same sessions, and against **blends**: the model's
+   scores plus ``w`` x text similarity, for each weight ``w`` of :data:`BLEND_WEIGHTS` and each
+   text mode.
 
-If the model does not win, a swap serves text similarity to the last click. That needs no other
-model: with its learned parts set to zero (:func:`text_similarity_mode`) the model ranks exactly by
-that similarity (its skip path, see :mod:`gtcrec.representation`), so the served graph stays the same.
-The decision is saved beside the trained model (:func:`save_decision`) and read by the swap.
+Whichever of the three scores best is what a swap serves: the model (``w`` 0); the blend
+(:meth:`gtcrec.representation.ItemRepresentation.set_text_blend`, one more block of columns in the
+same output product); or text similarity alone, which needs no other model either: with its learned
+parts set to zero (:func:`text_similarity_mode`) the model ranks exactly by that similarity (its
+skip path, see :mod:`gtcrec.representation`). The decision is saved beside the trained model
+(:func:`save_decision`) and applied by the swap (:func:`serve_as_decided`).
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ import torch
 from gtcrec.etl import RESERVED
 
 DECISION_FILE = "new_catalog.json"
-MODEL, TEXT = "model", "text similarity"
+MODEL, TEXT, BLEND = "model", "text similarity", "model + text similarity"
+BLEND_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)  # the text weights a check tries (the skip's gain starts at 5)
 RECENCY_DECAY = 0.5  # the recency-weighted text baseline's (gtcrec.baselines.TextSimilarityBaseline)
 TEXT_NAMES = {0.0: "text: last click", RECENCY_DECAY: "text: recency-weighted"}  # the baselines' names
 
@@ -78,7 +84,23 @@ def text_similarity_mode(model, decay: float = 0.0) -> Any:
             if tensor is not None:
                 tensor.zero_()
         block.decay.fill_(float(decay))
-    rep.train(rep.training)  # forget the kept table
+    rep.set_text_blend(0.0)  # and forgets the kept table
+    return model
+
+
+def serve_as_decided(model, check: Dict[str, Any]) -> Any:
+    """Put ``model`` in the mode a transfer check chose (``check``: :func:`transfer_check`'s result, or
+    ``{}``: the model as trained): text-similarity mode, a blend, or nothing to change. In place."""
+    choice = check.get("serves", MODEL)
+    if choice == TEXT:
+        return text_similarity_mode(model, check.get("text_decay", 0.0))
+    if choice == BLEND:
+        from gtcrec import model as gm
+
+        blend = check["blend"]
+        gm.item_embedding(model).set_text_blend(blend["text_weight"], blend["text_decay"])
+    elif choice != MODEL:
+        raise ValueError(f"unknown choice {choice!r} in a transfer check")
     return model
 
 
@@ -92,7 +114,9 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
     ``vectors``: the talks' text vectors in catalog order (``table[RESERVED:]``). ``build(schema,
     table, catalog, warm) -> model`` builds the architecture for a catalog; ``fit(model, folder)``
     trains it on the processed sessions in ``folder`` (parquet with the item-list column). Returns
-    recall@10 of both, the number of sessions, and ``serves``: :data:`MODEL` when the model wins.
+    recall@10 of the model, of the better text mode and of the best blend, the number of sessions,
+    and ``serves``: the best of the three (:data:`MODEL`, :data:`BLEND` or :data:`TEXT`; on a tie the
+    one listed first), with ``blend`` (its ``text_weight`` and ``text_decay``) and ``text_decay``.
     """
     import tempfile
 
@@ -122,15 +146,22 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
     prefixes, targets = metrics.sessions_to_prefixes(new_valid)
     text = {0.0: baselines.TextSimilarityBaseline(new_table, "last"),
             RECENCY_DECAY: baselines.TextSimilarityBaseline(new_table, "recency", decay=RECENCY_DECAY)}
-    text_recall = {decay: metrics.evaluate_scores(b.scores(prefixes), targets, exclude=prefixes)["recall@10"]
-                   for decay, b in text.items()}
+    def recall_of(scores):
+        return metrics.evaluate_scores(scores, targets, exclude=prefixes)["recall@10"]
+
+    model_scores = gm.score_sessions(model, prefixes)
+    text_scores = {decay: b.scores(prefixes) for decay, b in text.items()}
+    text_recall = {decay: recall_of(scores) for decay, scores in text_scores.items()}
     decay = max(text_recall, key=lambda d: (text_recall[d], -d))  # the better text mode (ties: last click)
-    recall = {MODEL: metrics.evaluate_scores(gm.score_sessions(model, prefixes), targets,
-                                             exclude=prefixes)["recall@10"],
-              TEXT: text_recall[decay]}
+    blends = {(w, d): recall_of(model_scores + w * text_scores[d]) for w in BLEND_WEIGHTS for d in text}
+    weight, blend_decay = max(blends, key=lambda wd: (blends[wd], -wd[0], -wd[1]))  # ties: the lighter blend
+    recall = {MODEL: recall_of(model_scores), BLEND: blends[weight, blend_decay], TEXT: text_recall[decay]}
+    best = max(recall.values())
     return {"recall@10": recall, "text_recall@10": {TEXT_NAMES[d]: r for d, r in text_recall.items()},
-            "text_decay": decay, "sessions": len(prefixes), "talks": {"old": len(old), "new": len(new)},
-            "serves": MODEL if recall[MODEL] > recall[TEXT] else TEXT}
+            "blend_recall@10": {f"{w} x {TEXT_NAMES[d]}": r for (w, d), r in blends.items()},
+            "blend": {"text_weight": weight, "text_decay": blend_decay}, "text_decay": decay,
+            "sessions": len(prefixes), "talks": {"old": len(old), "new": len(new)},
+            "serves": next(name for name in (MODEL, BLEND, TEXT) if recall[name] == best)}
 
 
 def save_decision(model_dir: str | os.PathLike, check: Dict[str, Any]) -> Path:
@@ -148,12 +179,7 @@ def decision(model_dir: str | os.PathLike) -> Dict[str, Any]:
 
 
 def serves(model_dir: str | os.PathLike) -> str:
-    """What a swap serves for the model saved in ``model_dir``: :data:`MODEL` unless a transfer check
-    saved there chose :data:`TEXT` (a model without a check serves itself)."""
+    """What a swap serves for the model saved in ``model_dir``: :data:`MODEL`, :data:`BLEND` or
+    :data:`TEXT`, as a transfer check saved there chose (a model without a check serves itself)."""
     return decision(model_dir).get("serves", MODEL)
 
-
-def text_decay(model_dir: str | os.PathLike) -> float:
-    """The skip's decay of the text-similarity mode the check chose (0: last click; a model without a
-    check, or a check without the key: 0)."""
-    return float(decision(model_dir).get("text_decay", 0.0))

@@ -85,20 +85,16 @@ def swapped_model(model, table: np.ndarray, catalog: pd.DataFrame | None = None,
     """The trained model (a saved model folder, loaded fresh, or a model object, changed in place)
     with ``table`` as its item table: :func:`gtcrec.model.swap_item_table`, no retraining. With
     ``catalog`` (the new talks, in table order), a model whose item representation reads catalog
-    fields (track, day, ...) gets the new talks' values. A folder whose transfer check chose text
-    similarity (:mod:`gtcrec.transfer`) gives the model in text-similarity mode, unless
-    ``decided=False`` (the trained model as it is, to measure it)."""
+    fields (track, day, ...) gets the new talks' values. A folder is served as its transfer check
+    chose (:mod:`gtcrec.transfer`: the model, the model blended with text similarity, or text
+    similarity), unless ``decided=False`` (the trained model as it is, to measure it)."""
     from gtcrec import model as gm
     from gtcrec import transfer
     from gtcrec.representation import ItemRepresentation, catalog_fields
 
-    text_mode, decay = False, 0.0
     if isinstance(model, (str, os.PathLike)):
-        text_mode = decided and transfer.serves(model) == transfer.TEXT
-        decay = transfer.text_decay(model)
-        model = gm.load_model(model)
-    if text_mode:
-        transfer.text_similarity_mode(model, decay)
+        check = transfer.decision(model) if decided else {}
+        model = transfer.serve_as_decided(gm.load_model(model), check)
     rep = gm.item_embedding(model)
     fields = None
     if catalog is not None and isinstance(rep, ItemRepresentation):

@@ -53,7 +53,7 @@ class Quality:
     notes: dict[str, str]
     counts: dict
     retrain: dict
-    served: str = ""  # the row that a swap serves: the swapped model, or text similarity (gtcrec.transfer)
+    served: str = ""  # the row that a swap serves: the swapped model, a blend or text similarity (gtcrec.transfer)
     every_session: dict | None = None  # the zero-shot methods on every session of the new event (see below)
 
     def table(self, columns: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "mrr@10")) -> pd.DataFrame:
@@ -66,18 +66,35 @@ class Quality:
 SWAPPED, RETRAINED = "swapped (zero-shot)", "retrained on the new event"
 
 
-def zero_shot_on_every_session(swapped, new_table: np.ndarray, split_dirs, ks: Sequence[int] = (10, 20)) -> dict:
-    """The methods that need no click of the new event (the swapped model, the text baselines) on EVERY
-    session of its processed splits (``split_dirs``: train / valid / test folders), not only the test
-    split: none of them has seen a new-event click, so every session is a fair test, and ten times the
-    sessions give an SE about three times smaller. ``{"sessions": n, "results": {name: metrics}}``."""
+def served_row(check: dict) -> str:
+    """The row of :class:`Quality` that a transfer check's choice serves (``check``: the saved
+    decision, :func:`gtcrec.transfer.decision`; ``{}``: the swapped model)."""
+    from gtcrec import transfer
+
+    choice = check.get("serves", transfer.MODEL)
+    if choice == transfer.TEXT:
+        return transfer.TEXT_NAMES[float(check.get("text_decay", 0.0))]
+    if choice == transfer.BLEND:
+        blend = check["blend"]
+        return f"{SWAPPED} + {blend['text_weight']:g} x {transfer.TEXT_NAMES[float(blend['text_decay'])]}"
+    return SWAPPED
+
+
+def zero_shot_on_every_session(swapped, new_table: np.ndarray, split_dirs, ks: Sequence[int] = (10, 20),
+                               blended: tuple | None = None) -> dict:
+    """The methods that need no click of the new event (the swapped model, the text baselines and,
+    with ``blended`` = ``(row name, model)``, the served blend) on EVERY session of its processed splits
+    (``split_dirs``: train / valid / test folders), not only the test split: none of them has seen a
+    new-event click, so every session is a fair test, and ten times the sessions give an SE about three
+    times smaller. ``{"sessions": n, "results": {name: metrics}}``."""
     from gtcrec import baselines, metrics
     from gtcrec import model as gm
 
     sessions = [s for name in etl.SPLITS for s in metrics.read_sessions(split_dirs[name])]
     prefixes, targets = metrics.sessions_to_prefixes(sessions)
-    results = {SWAPPED: metrics.evaluate_scores(gm.score_sessions(swapped, prefixes), targets, ks=ks,
-                                                exclude=prefixes)}
+    models = {SWAPPED: swapped, **(dict([blended]) if blended else {})}
+    results = {name: metrics.evaluate_scores(gm.score_sessions(model, prefixes), targets, ks=ks, exclude=prefixes)
+               for name, model in models.items()}
     for name, baseline in baselines.text_baselines(new_table).items():
         results[name] = metrics.evaluate_scores(baseline.scores(prefixes), targets, ks=ks, exclude=prefixes)
     return {"sessions": len(prefixes), "results": results}
@@ -94,8 +111,8 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
     order, code = position + 3; time split), and every method is scored on its test split:
 
     * swapped (zero-shot): the trained model with the new table (``swapped`` or built from ``model_dir``),
-      as trained even where its transfer check chose text similarity (``Quality.served`` says which row
-      a swap serves);
+      as trained, whatever its transfer check chose (``Quality.served`` says which row a swap serves);
+    * the served blend, where the check chose one: the swapped model plus ``w`` x text similarity;
     * retrained: the same architecture built with the new table and trained on the new event's
       training split (``epochs``): the upper bound of what the clicks of the new event can teach;
     * untrained: the same architecture with the new table and no training at all;
@@ -135,6 +152,13 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
         swapped = swapped_model(model_dir, new_table, new_catalog, decided=False)
     results[SWAPPED] = evaluate(gm.score_sessions(swapped, prefixes))
     notes[SWAPPED] = "old event's clicks + new talks' text"
+    check = transfer.decision(model_dir)
+    served = served_row(check)
+    blended = None
+    if check.get("serves") == transfer.BLEND:
+        blended = (served, swapped_model(model_dir, new_table, new_catalog))
+        results[served] = evaluate(gm.score_sessions(blended[1], prefixes))
+        notes[served] = "the swapped model plus text similarity, as the transfer check chose"
 
     schema = gm.load_schema(result.split_dirs["train"])
     arch = {k: cfg[k] for k in ("arch", "masking", "d_model", "n_layer", "n_head", "dropout") if k in cfg}
@@ -185,6 +209,7 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
 
     ratios = {}
     for metric in ("recall@10", "ndcg@10"):
+        ratios[f"served_over_retrained_{metric}"] = ratio(served, RETRAINED, metric)
         ratios[f"swapped_over_retrained_{metric}"] = ratio(SWAPPED, RETRAINED, metric)
         ratios[f"swapped_over_oracle_{metric}"] = ratio(SWAPPED, "oracle", metric)
         ratios[f"swapped_over_untrained_{metric}"] = ratio(SWAPPED, "untrained, new table", metric)
@@ -192,17 +217,18 @@ def evaluate_new_event(model_dir, new_catalog: pd.DataFrame, new_clicks: pd.Data
         ratios[f"swapped_over_random_{metric}"] = ratio(SWAPPED, "random", metric)
         best_text = max(text, key=lambda name: results[name][metric])
         ratios[f"swapped_over_best_text_{metric}"] = ratio(SWAPPED, best_text, metric)
-    every = zero_shot_on_every_session(swapped, new_table, result.split_dirs, ks)
+        ratios[f"served_over_best_text_{metric}"] = ratio(served, best_text, metric)
+    every = zero_shot_on_every_session(swapped, new_table, result.split_dirs, ks, blended)
     for metric in ("recall@10", "ndcg@10"):
         best_text = max(text, key=lambda name: every["results"][name][metric])
-        ratios[f"swapped_over_best_text_every_session_{metric}"] = float(
-            every["results"][SWAPPED][metric] / every["results"][best_text][metric]) \
-            if every["results"][best_text][metric] else None
+        for who, row in (("swapped", SWAPPED), ("served", served)):
+            ratios[f"{who}_over_best_text_every_session_{metric}"] = float(
+                every["results"][row][metric] / every["results"][best_text][metric]) \
+                if every["results"][best_text][metric] else None
     counts = {**result.counts, "test_sessions": len(prefixes), "train_sessions": len(train_sessions),
               "n_talks": len(new_vocab), "every_sessions": every["sessions"]}
     retrain = {"epochs": epochs, "seconds": history["seconds"], "steps": history["steps"],
                "final_loss": history["train"][-1]["loss"] if history["train"] else None,
                "etl_seconds": etl_seconds}
     return Quality(results=results, ratios=ratios, notes=notes, counts=counts, retrain=retrain, every_session=every,
-                   served=(SWAPPED if transfer.serves(model_dir) == transfer.MODEL
-                           else transfer.TEXT_NAMES[transfer.text_decay(model_dir)]))
+                   served=served)
