@@ -53,7 +53,7 @@ b. NEW ITEMS, zero-shot: the movies are split into two disjoint catalogs by a se
    scores it on the new log's test split, next to the text baselines and the same model retrained
    on the new log's training split. Before that, notebook 03's transfer check
    (``gtcrec.transfer.transfer_check``, on the old log's own halves) decides what a swap serves: the
-   model, or text similarity to the last click; the "served" ratio is that choice against the best
+   model, the model blended with text similarity, or text similarity alone; the "served" ratio is that choice against the best
    text baseline.
 """
 from __future__ import annotations
@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
             best = max(every_text, key=lambda n: every["results"][n][metric])
             ratios[f"new swapped / best text ({best}), every session, {metric}"] = (
                 every["results"][swap_name()][metric] / every["results"][best][metric])
+            served = out["new_items"]["served"]
+            ratios[f"new served ({served}) / best text, every session, {metric}"] = (
+                every["results"][served][metric] / every["results"][best][metric])
         print(f"transfer check on the old log: {out['new_items']['transfer_check']['recall@10']} -> "
               f"a swap serves {out['new_items']['served']}")
     out["ratios"] = ratios

@@ -17,8 +17,10 @@ into a temporary folder, starts a real Triton server on it (explicit model contr
    ``gtcrec-swap`` command in a new process (wall time including Python start and imports).
 2. quality on the new event (``gtcrec.swap.evaluate_new_event``): recall@10 and NDCG@10 of the swapped
    model against the same architecture retrained on the new event's clicks (one run per ``--epochs``
-   value; default: notebook 03's EPOCHS, the budget the swapped model got), the untrained model, popularity and item-kNN fitted on the old event, and the oracle.
-   Target: swapped >= 0.9 x retrained.
+   value; default: notebook 03's EPOCHS, the budget the swapped model got), the untrained model, the
+   text-similarity baselines, popularity and item-kNN fitted on the old event, and the oracle; and the
+   row a swap serves (notebook 03's transfer check: the model, a blend with text similarity, or text
+   similarity). Targets: >= 1.1 x the best text baseline and >= 0.95 x retrained.
 """
 from __future__ import annotations
 
@@ -135,7 +137,8 @@ def measure_quality(args, tmp: Path) -> dict:
             oracle_path=oracle, epochs=epochs, batch_size=int(t3["parameters"].get("BATCH_SIZE", 256)),
             lr=float(t3["parameters"].get("LEARNING_RATE", 1e-3)), seed=args.seed)
         runs[epochs] = {"results": quality.results, "ratios": quality.ratios, "counts": quality.counts,
-                        "retrain": quality.retrain, "seconds": time.perf_counter() - started}
+                        "retrain": quality.retrain, "served": quality.served, "every_session": quality.every_session,
+                        "seconds": time.perf_counter() - started}
     return runs
 
 
@@ -180,8 +183,11 @@ def report(speed: dict | None, quality: dict | None) -> None:
             table = pd.DataFrame(q["results"]).T[["recall@10", "ndcg@10", "recall@20"]]
             print(table.round(4).to_string())
             r = q["ratios"]
-            print(f"swapped / retrained: recall@10 {r['swapped_over_retrained_recall@10']:.3f}, ndcg@10 "
-                  f"{r['swapped_over_retrained_ndcg@10']:.3f} (target >= 0.9)")
+            for who, row in (("swapped", "swapped (as trained)"), ("served", f"served ({q['served']})")):
+                print(f"{row}: / retrained recall@10 {r[f'{who}_over_retrained_recall@10']:.3f} (target >= 0.95); "
+                      f"/ best text recall@10 {r[f'{who}_over_best_text_recall@10']:.3f} on the test split, "
+                      f"{r[f'{who}_over_best_text_every_session_recall@10']:.3f} on all "
+                      f"{q['every_session']['sessions']} sessions (target >= 1.1)")
             if r.get("swapped_over_oracle_recall@10") is not None:
                 print(f"swapped / oracle: recall@10 {r['swapped_over_oracle_recall@10']:.3f}, ndcg@10 "
                       f"{r['swapped_over_oracle_ndcg@10']:.3f}")

@@ -46,7 +46,9 @@ def test_training_beats_baselines_and_stays_below_the_oracle(series):
     assert check["sessions"] > 50
     assert check["talks"]["old"] + check["talks"]["new"] == series.manifest("01-etl")["metrics"]["n_talks"]
     recall = check["recall@10"]
-    assert check["serves"] == (transfer.MODEL if recall[transfer.MODEL] > recall[transfer.TEXT] else transfer.TEXT)
+    assert set(recall) == {transfer.MODEL, transfer.BLEND, transfer.TEXT}
+    assert recall[check["serves"]] == max(recall.values())  # the best of the model, a blend and text similarity
+    assert recall[transfer.BLEND] == max(check["blend_recall@10"].values())
     assert transfer.serves(series.path("03-train", "model")) == check["serves"]
     # learning works: far above popularity and random
     assert ours["recall@10"] > 3 * test["popularity"]["recall@10"]

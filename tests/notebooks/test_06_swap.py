@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from gtcrec import transfer
+from gtcrec import swap, transfer
 from gtcrec.serving.server import server_processes
 
 pytestmark = pytest.mark.notebooks
@@ -74,8 +74,13 @@ def test_catalog_swap_notebook(series):
     assert ratios["swapped_over_best_text_recall@10"] == pytest.approx(swapped / best_text, rel=1e-3)
     # what the swap serves is notebook 03's transfer decision
     decision = series.manifest("03-train")["metrics"]["transfer"]
-    assert m["served"] == ("swapped (zero-shot)" if decision["serves"] == "model"
-                           else transfer.TEXT_NAMES[decision["text_decay"]])
+    assert m["served"] == swap.served_row(decision) and m["served"] in q and m["served"] in every["quality"]
+    if decision["serves"] == transfer.BLEND:  # the blend's row is named by its weight and text mode
+        assert m["served"] == (f"swapped (zero-shot) + {decision['blend']['text_weight']:g} x "
+                               f"{transfer.TEXT_NAMES[decision['blend']['text_decay']]}")
+        # the served blend holds the same band as the swapped model
+        assert q[m["served"]]["recall@10"] >= 0.85 * best_text
+    assert ratios["served_over_best_text_recall@10"] == pytest.approx(q[m["served"]]["recall@10"] / best_text, rel=1e-3)
     # the old event's baselines only tie on new talks: about chance (k / catalog size)
     chance = 10 / m["new_event"]["n_talks"]
     for name in ("popularity (old event)", "item-kNN (old event)"):

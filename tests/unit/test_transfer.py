@@ -142,3 +142,12 @@ def test_a_blend_is_one_product_in_the_trace_and_can_be_switched_off(tmp_path):
     for weight, decay in ((-1.0, 0.0), (1.0, 1.0), (float("nan"), 0.0)):
         with pytest.raises(ValueError, match="text blend"):
             rep.set_text_blend(weight, decay)
+
+
+def test_the_served_row_names_what_the_check_chose():
+    from gtcrec.swap import SWAPPED, served_row
+
+    assert served_row({}) == served_row({"serves": transfer.MODEL}) == SWAPPED
+    assert served_row({"serves": transfer.TEXT, "text_decay": transfer.RECENCY_DECAY}) == "text: recency-weighted"
+    blend = {"serves": transfer.BLEND, "blend": {"text_weight": 4.0, "text_decay": 0.0}}
+    assert served_row(blend) == f"{SWAPPED} + 4 x text: last click"

@@ -73,7 +73,7 @@ from gtcrec.swap.switch import (LoadResult, load_version, SwapResult, swap_catal
                                 REFUSED_STAYS_LISTED, version_table, status)
 from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_summary, plot_timeline
 from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, SWAPPED, RETRAINED,
-                                 evaluate_new_event)
+                                 served_row, evaluate_new_event)
 from gtcrec.swap.fleet import (FleetSwapError, FleetSwapResult, FleetRollbackResult, Fleet, fleet_serving,
                                fleet_status, swap_fleet, rollback_fleet)
 from gtcrec.swap.cli import main
@@ -122,6 +122,7 @@ __all__ = [
     "Quality",
     "SWAPPED",
     "RETRAINED",
+    "served_row",
     "evaluate_new_event",
     "FleetSwapError",
     "FleetSwapResult",
