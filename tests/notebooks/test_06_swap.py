@@ -2,7 +2,8 @@
 import pandas as pd
 import pytest
 
-from gtcrec import swap, transfer
+from gtcrec import transfer
+from gtcrec.swap import served_row
 from gtcrec.serving.server import server_processes
 
 pytestmark = pytest.mark.notebooks
@@ -74,7 +75,7 @@ def test_catalog_swap_notebook(series):
     assert ratios["swapped_over_best_text_recall@10"] == pytest.approx(swapped / best_text, rel=1e-3)
     # what the swap serves is notebook 03's transfer decision
     decision = series.manifest("03-train")["metrics"]["transfer"]
-    assert m["served"] == swap.served_row(decision) and m["served"] in q and m["served"] in every["quality"]
+    assert m["served"] == served_row(decision) and m["served"] in q and m["served"] in every["quality"]
     if decision["serves"] == transfer.BLEND:  # the blend's row is named by its weight and text mode
         assert m["served"] == (f"swapped (zero-shot) + {decision['blend']['text_weight']:g} x "
                                f"{transfer.TEXT_NAMES[decision['blend']['text_decay']]}")
