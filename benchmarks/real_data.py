@@ -53,8 +53,8 @@ b. NEW ITEMS, zero-shot: the movies are split into two disjoint catalogs by a se
    scores it on the new log's test split, next to the text baselines and the same model retrained
    on the new log's training split. Before that, notebook 03's transfer check
    (``gtcrec.transfer.transfer_check``, on the old log's own halves) decides what a swap serves: the
-   model, the model blended with text similarity, or text similarity alone; the "served" ratio is that choice against the best
-   text baseline.
+   model, the model blended with text similarity, or text similarity alone; the "served" ratio is that
+   choice against the best text baseline.
 """
 from __future__ import annotations
 
