@@ -146,6 +146,7 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
     prefixes, targets = metrics.sessions_to_prefixes(new_valid)
     text = {0.0: baselines.TextSimilarityBaseline(new_table, "last"),
             RECENCY_DECAY: baselines.TextSimilarityBaseline(new_table, "recency", decay=RECENCY_DECAY)}
+
     def recall_of(scores):
         return metrics.evaluate_scores(scores, targets, exclude=prefixes)["recall@10"]
 
@@ -182,4 +183,3 @@ def serves(model_dir: str | os.PathLike) -> str:
     """What a swap serves for the model saved in ``model_dir``: :data:`MODEL`, :data:`BLEND` or
     :data:`TEXT`, as a transfer check saved there chose (a model without a check serves itself)."""
     return decision(model_dir).get("serves", MODEL)
-
