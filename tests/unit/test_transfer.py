@@ -29,6 +29,16 @@ def fit(model, folder):
     M.train(model, folder, epochs=2, batch_size=64, lr=3e-2, seed=3, output_dir=folder.parent / "out")
 
 
+def trained_model(tmp_path, sessions=None):
+    """``(table, model)``: the test architecture on every talk (all warm), trained on ``sessions``."""
+    table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
+    warm = np.ones(N_ITEMS + 3, dtype=bool)
+    warm[:3] = False
+    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
+    fit(model, write_parquet(make_sessions(200, seed=1) if sessions is None else sessions, tmp_path / "train"))
+    return table, model
+
+
 def test_halves_and_restricted_sessions():
     old, new = transfer.split_talks(10, seed=1)
     assert len(old) == 5 and len(new) == 5 and not set(old) & set(new) and set(old) | set(new) == set(range(10))
@@ -40,11 +50,7 @@ def test_halves_and_restricted_sessions():
 
 
 def test_text_similarity_mode_ranks_by_the_last_click(tmp_path):
-    table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
-    warm = np.ones(N_ITEMS + 3, dtype=bool)
-    warm[:3] = False
-    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
-    fit(model, write_parquet(make_sessions(200, seed=1), tmp_path / "train"))
+    table, model = trained_model(tmp_path)
     prefixes = make_sessions(12, seed=4)
     trained = M.score_sessions(model, prefixes)
     text = baselines.TextSimilarityBaseline(table, "last").scores(prefixes)
@@ -85,10 +91,7 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
     assert transfer.TEXT_NAMES[check["text_decay"]] == max(expected, key=expected.get)
 
     # the decision saved beside a model decides what swapped_model gives
-    warm = np.ones(N_ITEMS + 3, dtype=bool)
-    warm[:3] = False
-    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
-    fit(model, write_parquet(train, tmp_path / "train"))
+    _, model = trained_model(tmp_path, train)
     folder = M.save_model(model, tmp_path / "model")
     assert transfer.serves(folder) == transfer.MODEL  # no check saved: the model serves
     new_table, prefixes = make_table(20, seed=7), [np.array([3, 4]), np.array([10, 11, 12])]
@@ -115,11 +118,7 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path):
 
 
 def test_a_blend_is_one_product_in_the_trace_and_can_be_switched_off(tmp_path):
-    table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
-    warm = np.ones(N_ITEMS + 3, dtype=bool)
-    warm[:3] = False
-    model = build(M.make_schema(N_ITEMS + 3), table, catalog, warm)
-    fit(model, write_parquet(make_sessions(200, seed=1), tmp_path / "train"))
+    table, model = trained_model(tmp_path)
     model.eval()
     prefixes = make_sessions(12, seed=4)
     alone = M.score_sessions(model, prefixes)
