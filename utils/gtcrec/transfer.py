@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Sequence
 
@@ -42,6 +43,7 @@ from gtcrec.etl import RESERVED
 DECISION_FILE = "new_catalog.json"
 MODEL, TEXT, BLEND = "model", "text similarity", "model + text similarity"
 BLEND_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)  # the text weights a check tries (the skip's gain starts at 5)
+CHUNK_SESSIONS = 4096  # sessions a check scores at a time
 RECENCY_DECAY = 0.5  # the recency-weighted text baseline's (gtcrec.baselines.TextSimilarityBaseline)
 TEXT_NAMES = {0.0: "text: last click", RECENCY_DECAY: "text: recency-weighted"}  # the baselines' names
 
@@ -104,6 +106,13 @@ def serve_as_decided(model, check: Dict[str, Any]) -> Any:
     return model
 
 
+def _hits(scores: np.ndarray, targets: np.ndarray, prefixes: Sequence[np.ndarray]) -> int:
+    """How many sessions have their target in the top 10 (clicked talks excluded)."""
+    from gtcrec import metrics
+
+    return int(round(metrics.evaluate_scores(scores, targets, exclude=prefixes)["recall@10"] * len(prefixes)))
+
+
 def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequence[np.ndarray],
                    vectors: np.ndarray, catalog: pd.DataFrame, build: Callable, fit: Callable,
                    seed: int = 0) -> Dict[str, Any]:
@@ -146,17 +155,23 @@ def transfer_check(train_sessions: Sequence[np.ndarray], valid_sessions: Sequenc
     prefixes, targets = metrics.sessions_to_prefixes(new_valid)
     text = {0.0: baselines.TextSimilarityBaseline(new_table, "last"),
             RECENCY_DECAY: baselines.TextSimilarityBaseline(new_table, "recency", decay=RECENCY_DECAY)}
-
-    def recall_of(scores):
-        return metrics.evaluate_scores(scores, targets, exclude=prefixes)["recall@10"]
-
-    model_scores = gm.score_sessions(model, prefixes)
-    text_scores = {decay: b.scores(prefixes) for decay, b in text.items()}
-    text_recall = {decay: recall_of(scores) for decay, scores in text_scores.items()}
+    # every row scored on the same sessions, a chunk at a time (two score matrices of one chunk in memory)
+    hits: Dict[Any, int] = defaultdict(int)
+    for start in range(0, len(prefixes), CHUNK_SESSIONS):
+        chunk, chunk_targets = prefixes[start:start + CHUNK_SESSIONS], targets[start:start + CHUNK_SESSIONS]
+        model_scores = gm.score_sessions(model, chunk)
+        hits[MODEL] += _hits(model_scores, chunk_targets, chunk)
+        for d, baseline in text.items():
+            text_scores = baseline.scores(chunk)
+            hits[d] += _hits(text_scores, chunk_targets, chunk)
+            for w in BLEND_WEIGHTS:
+                hits[w, d] += _hits(model_scores + w * text_scores, chunk_targets, chunk)
+    recall_of = {row: found / len(prefixes) for row, found in hits.items()}
+    text_recall = {d: recall_of[d] for d in text}
     decay = max(text_recall, key=lambda d: (text_recall[d], -d))  # the better text mode (ties: last click)
-    blends = {(w, d): recall_of(model_scores + w * text_scores[d]) for w in BLEND_WEIGHTS for d in text}
+    blends = {(w, d): recall_of[w, d] for w in BLEND_WEIGHTS for d in text}
     weight, blend_decay = max(blends, key=lambda wd: (blends[wd], -wd[0], -wd[1]))  # ties: the lighter blend
-    recall = {MODEL: recall_of(model_scores), BLEND: blends[weight, blend_decay], TEXT: text_recall[decay]}
+    recall = {MODEL: recall_of[MODEL], BLEND: blends[weight, blend_decay], TEXT: text_recall[decay]}
     best = max(recall.values())
     return {"recall@10": recall, "text_recall@10": {TEXT_NAMES[d]: r for d, r in text_recall.items()},
             "blend_recall@10": {f"{w} x {TEXT_NAMES[d]}": r for (w, d), r in blends.items()},
