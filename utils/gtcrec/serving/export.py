@@ -45,6 +45,7 @@ from merlin.table import TensorTable
 
 from gtcrec.serving import executor_model
 from gtcrec.serving import operators as ops
+from gtcrec.serving import order
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
 
 REQUEST_COLUMNS = ("session_id", "talk_id", "timestamp")
@@ -276,13 +277,14 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     import cloudpickle
 
     with tempfile.TemporaryDirectory(prefix="gtcrec-export-") as tmp:
-        if self_contained:
-            cloudpickle.register_pickle_by_value(ops)
+        by_value = (ops, order) if self_contained else ()  # the operators and the click order they use
+        for module in by_value:
+            cloudpickle.register_pickle_by_value(module)
         try:
             executor_config, node_configs = to_export.export(tmp, name=name)
         finally:
-            if self_contained:
-                cloudpickle.unregister_pickle_by_value(ops)
+            for module in by_value:
+                cloudpickle.unregister_pickle_by_value(module)
         executor_config = install_export(tmp, out_repo, name=name, version=version, backend=backend,
                                          request=request, instance_count=instance_count, executor=executor,
                                          dynamic_batching=dynamic_batching, max_batch_size=max_batch_size,
