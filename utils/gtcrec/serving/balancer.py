@@ -55,6 +55,15 @@ INSTALL_HINT = ("run `make env` (it unpacks Debian's haproxy package into .venv/
                 "download`), install haproxy on PATH, or set $GTCREC_HAPROXY to its binary")
 
 
+# What the balancer's public ports forward (everything else is answered 403 / PERMISSION_DENIED there).
+_MODEL = "/v2/models/(?!stats$)[A-Za-z0-9_.-]+(/versions/[0-9]+)?"  # /v2/models/stats: statistics
+OPEN_HTTP_GET = rf"^/v2(/health/(live|ready))?$|^{_MODEL}(/ready)?$"  # health, server / model metadata, readiness
+OPEN_HTTP_POST = rf"^{_MODEL}/infer$"
+OPEN_GRPC_PATHS = tuple(f"/inference.GRPCInferenceService/{m}" for m in (
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelStreamInfer"))
+REFUSED = "not served on this port: inference, health and metadata only"
+
+
 def model_ready_path(model_name: str) -> str:
     """Triton's ready endpoint of one model: 200 while any version of it is READY."""
     return f"/v2/models/{model_name}/ready"
@@ -203,12 +212,25 @@ def haproxy_config(replicas: Sequence = (), http_port: int = 8000, grpc_port: in
                   "    timeout resolve 1s",
                   "    timeout retry 1s",
                   ""]
-    lines += ["frontend triton_http",
+    lines += ["# Public: inference, health and metadata only. Triton's control APIs (model repository, config,",
+              "# shared memory, statistics, trace, logging) are refused here; the project's tools reach them on",
+              "# the replicas' own ports, with the control key.",
+              "frontend triton_http",
               f"    bind {bind}:{int(http_port)}",
+              f"    acl open_get path_reg {OPEN_HTTP_GET}",
+              f"    acl open_post path_reg {OPEN_HTTP_POST}",
+              "    http-request allow if METH_GET open_get or METH_HEAD open_get or METH_POST open_post",
+              "    http-request return status 403 content-type application/json "
+              f"string '{{\"error\":\"{REFUSED}\"}}'",
               "    default_backend triton_http",
               "",
               "frontend triton_grpc",
               f"    bind {bind}:{int(grpc_port)} proto h2",
+              "    acl open_rpc path " + " ".join(OPEN_GRPC_PATHS),
+              "    http-request allow if METH_POST open_rpc",
+              # a gRPC answer with no message (trailers only): status 7 PERMISSION_DENIED and why
+              "    http-request return status 200 content-type application/grpc "
+              f"hdr grpc-status 7 hdr grpc-message '{REFUSED}'",
               "    default_backend triton_grpc",
               ""]
     for kind in ("http", "grpc"):

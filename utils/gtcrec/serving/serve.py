@@ -2,7 +2,7 @@
 
     gtcrec-serve [REPOSITORY] [--artifacts-dir artifacts] [--model-name executor_model]
                  [--http-port 8000] [--grpc-port 8001] [--tritonserver PATH] [--log FILE]
-                 [--reset] [--no-heal]
+                 [--reset] [--no-heal] [--control-key-file FILE]
 
 Starts ``tritonserver`` (:class:`gtcrec.serving.server.TritonServer`: the bundled copy or a given
 one) on loopback, in explicit model control on ``REPOSITORY``, loads the served model, prints the
@@ -14,6 +14,11 @@ Without ``REPOSITORY`` it serves ``ARTIFACTS_DIR/serve/model_repository``, a cop
 that notebook 04 exported (``make run`` leaves it in ``ARTIFACTS_DIR/04-ensemble/``). The copy is made
 the first time (or again with ``--reset``), so swaps never change notebook 04's export, which
 notebooks 05 and 06 read.
+
+Control: Triton's control APIs (model repository, config, shared memory, statistics, trace,
+logging) need the key of :mod:`gtcrec.serving.access`; ``gtcrec-serve`` creates the key file
+(``~/.config/gtcrec/control.key``, mode 0600) when there is no key, and ``gtcrec-swap`` and the healing
+watcher send it. Inference, health and metadata are open.
 
 Healing (:class:`InstanceWatcher`; ``--no-heal`` turns it off): every python-backend instance
 runs in a stub process. When one dies (an out-of-memory kill, a crash in native code), Triton keeps
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gtcrec.serving import access
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
 from gtcrec.serving.server import PortInUseError, TritonServer, TritonServerError
 
@@ -289,6 +295,10 @@ def _parser() -> argparse.ArgumentParser:
                         "or the one bundled in the nvidia-pytriton wheel)")
     parser.add_argument("--log", help="the server's log file (default: a new file in the temp folder)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (default: %(default)s)")
+    parser.add_argument("--control-key-file", help="the key of Triton's control APIs (model repository, "
+                        "config, shared memory, statistics, trace, logging); created, readable by you only, when "
+                        "missing (default: $GTCREC_CONTROL_KEY, $GTCREC_CONTROL_KEY_FILE, or "
+                        "~/.config/gtcrec/control.key). gtcrec-swap reads the same file")
     parser.add_argument("--no-heal", action="store_true", help="do not reload versions whose instances crashed")
     parser.add_argument("--watch-interval", type=float, default=0.2, help="seconds between two looks at the "
                         "instances (default: %(default)s)")
@@ -311,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo = (Path(args.repository) if args.repository
                 else artifacts_repository(args.artifacts_dir, args.model_name, reset=args.reset, log=log))
         repo = check_repository(repo, args.model_name)
-    except ServeError as exc:
+        key, key_source = access.key_for_command(args.control_key_file, create=True)
+    except (ServeError, access.ControlKeyError, OSError) as exc:
         print(f"gtcrec-serve: {exc}", file=sys.stderr)
         return 2
 
@@ -326,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = TritonServer(repo, model_control="explicit", load_models=[args.model_name],
                                   http_port=args.http_port or None, grpc_port=args.grpc_port or None,
                                   host="127.0.0.1", log_path=args.log, startup_timeout=args.startup_timeout,
-                                  tritonserver=args.tritonserver)
+                                  tritonserver=args.tritonserver, control_key=key)
             log(f"starting {server.binary.executable} ({server.binary.source}) on {repo}; log {server.log_path}")
             server.start()
         except (TritonServerError, PortInUseError, ValueError) as exc:
@@ -340,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({len(stubs)} instance{'s' if len(stubs) != 1 else ''}; ready in {server.startup_seconds:.1f} s)")
         log(f"HTTP  http://{server.http_url}  (KServe v2: POST /v2/models/{args.model_name}/infer)")
         log(f"gRPC  {server.grpc_url}")
+        log(f"open to every client: inference, health, metadata; the control APIs ({', '.join(access.RESTRICTED)}) "
+            f"need the key in {key_source}")
         log(f"swap a catalog: gtcrec-swap NEW_CATALOG --repository {repo} --url {server.grpc_url} "
             f"--model-name {args.model_name} --model-dir {_model_dir(args.artifacts_dir)}")
         if not args.no_heal:

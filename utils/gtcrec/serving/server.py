@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from gtcrec.serving import access
 from gtcrec.serving.binary import (ENV_BINARY, PortInUseError, TritonBinary,  # noqa: F401 (re-exported)
                                    TritonServerError, find_tritonserver)
 
@@ -221,6 +222,11 @@ class TritonServer:
     log_path: where stdout/stderr of the server go (default: a new file in the temp folder).
     startup_timeout: seconds to wait for readiness before giving up (the process is then killed).
     gpu: ``None`` detects ``/dev/nvidia*``; without a GPU the CUDA memory pool is disabled.
+    control_key: the key of Triton's control APIs (:mod:`gtcrec.serving.access`: model repository,
+        config, shared memory, statistics, trace, logging); ``None`` takes
+        :func:`gtcrec.serving.access.read_key` or, when there is none, a new random key that only this
+        object knows. Inference, health and metadata need no key. :meth:`grpc_client` and
+        :meth:`http_client` send it with every control call.
     """
 
     def __init__(self, model_repository: str | os.PathLike | Sequence[str | os.PathLike],
@@ -230,7 +236,7 @@ class TritonServer:
                  load_models: Iterable[str] = (), tritonserver: str | os.PathLike | None = None,
                  server_id: str | None = None, gpu: bool | None = None, log_verbose: int = 0,
                  exit_timeout: int = 10, stop_timeout: float = 15.0,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), control_key: str | None = None):
         if model_control not in ("explicit", "none"):
             raise ValueError("model_control must be 'explicit' or 'none'")
         repos = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
@@ -253,6 +259,7 @@ class TritonServer:
         self.exit_timeout = int(exit_timeout)
         self.stop_timeout = float(stop_timeout)
         self.extra_args = list(extra_args)
+        self.control_key = access.read_key(control_key) or access.new_key()
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix=f"{self.server_id}-", suffix=".log")
             os.close(fd)
@@ -301,7 +308,12 @@ class TritonServer:
         if self.binary.cache_directory:
             args.append(f"--cache-directory={self.binary.cache_directory}")
         args += [f"--load-model={m}" for m in self.load_models]
+        args += access.server_args(self.control_key)
         return args + self.extra_args
+
+    def command_line(self) -> str:
+        """The command line to show (the control key hidden)."""
+        return access.redact(" ".join(self.command()), self.control_key)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _choose_ports(self) -> None:
@@ -401,17 +413,19 @@ class TritonServer:
             self._log_file.flush()
         return _tail(self.log_path, n_lines)
 
-    def grpc_client(self):
-        """A new ``tritonclient.grpc.InferenceServerClient`` (close it when done)."""
+    def grpc_client(self) -> access.ControlClient:
+        """A new ``tritonclient.grpc.InferenceServerClient`` that sends this server's control key with
+        control calls (close it when done)."""
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(self.grpc_url)
+        return access.ControlClient(grpcclient.InferenceServerClient(self.grpc_url), self.control_key)
 
-    def http_client(self, **kwargs):
-        """A new ``tritonclient.http.InferenceServerClient`` (close it when done)."""
+    def http_client(self, **kwargs) -> access.ControlClient:
+        """A new ``tritonclient.http.InferenceServerClient`` that sends this server's control key with
+        control calls (close it when done)."""
         import tritonclient.http as httpclient
 
-        return httpclient.InferenceServerClient(self.http_url, **kwargs)
+        return access.ControlClient(httpclient.InferenceServerClient(self.http_url, **kwargs), self.control_key)
 
     def load_model(self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None) -> float:
         """Load (or reload) a model over gRPC (a load over HTTP stalls in-flight HTTP requests).

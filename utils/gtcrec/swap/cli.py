@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 from gtcrec.data import DataValidationError
+from gtcrec.serving import access
 from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError
 from gtcrec.swap.switch import rollback, status, swap_catalog
 from gtcrec.swap.fleet import fleet_status, rollback_fleet, swap_fleet
@@ -23,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="gtcrec-swap",
         description="Swap a new event's catalog into the served session model (no retraining) and hot-load "
                     "it into a running Triton server as the next model version; or roll back.",
-        epilog="Exit status: 0 done; 2 bad arguments or invalid catalog (nothing changed); 1 the server refused "
-               "the new version or the rollback (the serving version is unchanged).")
+        epilog="Exit status: 0 done; 2 bad arguments, invalid catalog, or no or a wrong control key (nothing "
+               "changed); 1 the server refused the new version or the rollback (the serving version is unchanged).")
     parser.add_argument("catalog", nargs="?", help="the new catalog file (CSV or parquet, the catalog format)")
     parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
     parser.add_argument("--url", required=True, action="append", help="the server's gRPC address, host:port "
@@ -38,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: the same as the serving version)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="default: %(default)s")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server's load")
+    parser.add_argument("--control-key-file", help="the key of the servers' control APIs (default: "
+                        "$GTCREC_CONTROL_KEY, $GTCREC_CONTROL_KEY_FILE, or ~/.config/gtcrec/control.key, the file "
+                        "gtcrec-serve creates)")
     parser.add_argument("--json", help="also write the result as JSON to this file ('-': stdout)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--rollback", action="store_true", help="return to the previous version")
@@ -70,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.status or args.rollback) and not (args.catalog and args.model_dir):
         parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
     try:
+        if args.control_key_file:  # every control call of this process sends the key of that file
+            access.key_for_command(args.control_key_file)  # checked now: a clear error before any work
+            os.environ.pop(access.ENV_KEY, None)
+            os.environ[access.ENV_KEY_FILE] = str(Path(args.control_key_file).resolve())
         if args.fleet:
             return _fleet(args, log)
         args.url = args.url[0]
@@ -95,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataValidationError as exc:
         print(f"gtcrec-swap: invalid catalog, nothing changed:\n{exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, access.ControlKeyError) as exc:
         print(f"gtcrec-swap: {exc}", file=sys.stderr)
         return 2
     except SwapError as exc:  # FleetSwapError included

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gtcrec.serving import access
 from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, _record, file_lock,
                                     grpc_target, read_history, serving_versions)
 from gtcrec.swap.switch import LoadResult, RollbackResult, SwapResult, load_version, rollback, swap_catalog
@@ -301,6 +302,8 @@ class Fleet:
         self.n_replicas, self.model_name = int(n_replicas), model_name
         self.startup_timeout, self.check_interval = float(startup_timeout), float(check_interval)
         self.haproxy, self.tritonserver, self.server_kwargs = haproxy, tritonserver, server_kwargs
+        # one control key for every replica, as in a deployment (where a secret holds it)
+        self.control_key = access.read_key(server_kwargs.pop("control_key", None)) or access.new_key()
         self.replicas: list = []
         self.balancer = None
         self.startup_seconds: float | None = None
@@ -323,7 +326,8 @@ class Fleet:
             for i in range(self.n_replicas):
                 server = TritonServer(self.model_repository, load_models=[self.model_name],
                                       startup_timeout=self.startup_timeout, tritonserver=self.tritonserver,
-                                      server_id=f"gtcrec-replica{i}-{os.getpid()}", **self.server_kwargs)
+                                      server_id=f"gtcrec-replica{i}-{os.getpid()}", control_key=self.control_key,
+                                      **self.server_kwargs)
                 self.replicas.append(server)
                 server.start()
             self.balancer = Balancer(self.replicas, check_interval=self.check_interval, haproxy=self.haproxy,
@@ -379,13 +383,22 @@ def replica_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
+    try:
+        key = access.read_key()
+    except access.ControlKeyError as exc:
+        print(f"replica: {exc}", file=sys.stderr)
+        return 2
+    if key is None:  # a replica nobody can swap would be useless: the deployment must hand it the key
+        print(f"replica: no control key; mount a secret and set ${access.ENV_KEY_FILE} to its path "
+              f"(or set ${access.ENV_KEY})", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         server = TritonServer(args.repository, load_models=[args.model_name], host=args.host,
                               http_port=args.http_port, grpc_port=args.grpc_port,
-                              startup_timeout=args.startup_timeout).start()
+                              startup_timeout=args.startup_timeout, control_key=key).start()
     except (TritonServerError, ValueError) as exc:
         print(f"replica: {exc}", file=sys.stderr)
         return 1

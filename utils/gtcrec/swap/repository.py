@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gtcrec.serving import access
+
 
 DEFAULT_MODEL_NAME = "executor_model"
 HISTORY_FILE = "gtcrec_swap_history.json"
@@ -58,9 +60,9 @@ def grpc_target(url) -> str:
 
 
 def _grpc_client(url):
-    import tritonclient.grpc as grpcclient
-
-    return grpcclient.InferenceServerClient(grpc_target(url))
+    """A gRPC client for control calls: it sends the control key (the server object's own, else
+    :func:`gtcrec.serving.access.read_key`)."""
+    return access.control_client(grpc_target(url), access.key_of(url))
 
 
 def serving_versions(url, model_name: str = DEFAULT_MODEL_NAME) -> list[int]:
