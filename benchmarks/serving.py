@@ -125,12 +125,12 @@ def triton_stats(client, model_name: str) -> dict:
     return out
 
 
-def served_breakdown_ms(url: str, arrays: dict, model_name: str, n: int) -> dict:
+def served_breakdown_ms(server, arrays: dict, model_name: str, n: int) -> dict:
     """One client sends ``n`` requests in turn (gRPC); returns the mean ms per request of the client's
-    total and of Triton's statistics over exactly those requests, and the client's p50."""
-    import tritonclient.grpc as grpcclient
-
-    stats_client = grpcclient.InferenceServerClient(url)
+    total and of Triton's statistics over exactly those requests (a control API: the server's key), and
+    the client's p50."""
+    url = server.grpc_url
+    stats_client = server.control_client()
     try:
         load.latency_ms(url, arrays, n=5, warmup=0, model_name=model_name)
         before = triton_stats(stats_client, model_name)
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
                     measures[f"{executor}/grpc/perf_analyzer"] = (
                         lambda name=name: np.array([load.run_perf_analyzer(
                             server.grpc_url, [one], concurrency=(1,), seconds=1.0, model_name=name,
-                            strict=True)[0]["p50_ms"]]))
+                            strict=True, control_key=server.control_key)[0]["p50_ms"]]))
             for label, name in extras.items():
                 measures[f"{label}/grpc/python"] = (lambda name=name: load.latency_ms(
                     server.grpc_url, one, n=per_round, warmup=5, model_name=name))
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
                     measures[f"{label}/grpc/perf_analyzer"] = (
                         lambda name=name: np.array([load.run_perf_analyzer(
                             server.grpc_url, [one], concurrency=(1,), seconds=1.0, model_name=name,
-                            strict=True)[0]["p50_ms"]]))
+                            strict=True, control_key=server.control_key)[0]["p50_ms"]]))
             if "cached" in extras:  # the cache must give the model's answer
                 import tritonclient.grpc as grpcclient
 
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
                 for _ in range(args.rounds):
                     row = {}
                     for label, model in (("lean", names["lean"]), ("floor", FLOOR_MODEL)):
-                        for key, value in served_breakdown_ms(server.grpc_url, one, model, per_round).items():
+                        for key, value in served_breakdown_ms(server, one, model, per_round).items():
                             row[f"{label}/{key}"] = value
                     rows_b.append(row)
                 breakdown = pd.DataFrame(rows_b)
@@ -422,7 +422,8 @@ def main(argv=None) -> int:
                               flush=True)
                 if use_pa:
                     for r in load.run_perf_analyzer(server.grpc_url, requests, concurrency=args.concurrency,
-                                                    seconds=args.seconds, model_name=names["lean"]):
+                                                    seconds=args.seconds, model_name=names["lean"],
+                                                    control_key=server.control_key):
                         if "error" in r:
                             print(f"  perf_analyzer  {n:4d} sessions/request  {r['concurrency']:2d} clients: {r['error']}")
                             continue

@@ -36,6 +36,12 @@ STUB.write_text(f"#!/bin/sh\necho '{STUB_MESSAGE}' >&2\nexit 3\n")
 STUB.chmod(STUB.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 _ORIGINAL = os.environ.get(ENV_BINARY)
 
+# The control key (gtcrec.serving.access): tests never read or write the user's own key file
+# (~/.config/gtcrec/control.key) and start from no key at all; gtcrec-serve subprocesses create theirs here.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="gtcrec-test-config-")
+for _name in ("GTCREC_CONTROL_KEY", "GTCREC_CONTROL_KEY_FILE"):
+    os.environ.pop(_name, None)
+
 
 def _runs_a_server_notebook(item) -> bool:
     try:

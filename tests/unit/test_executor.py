@@ -161,7 +161,7 @@ def test_perf_analyzer_runs_when_available(served, clicks):
         pytest.skip(load.perf_analyzer_status()["reason"])
     server, _, _ = served
     rows = load.run_perf_analyzer(server.grpc_url, load.requests_of(clicks, 2, limit=3), concurrency=(1,),
-                                  seconds=0.5, model_name="rec_lean", strict=True)
+                                  seconds=0.5, model_name="rec_lean", strict=True, control_key=server.control_key)
     assert rows[0]["concurrency"] == 1 and rows[0]["requests_per_s"] > 0 and rows[0]["p50_ms"] > 0
 
 
@@ -275,17 +275,17 @@ def test_dynamic_batching_on_the_server(served, clicks):
         finally:
             client.close()
 
-    before = server.grpc_client()
-    stats0 = before.get_inference_statistics("rec_batched", as_json=True)["model_stats"][0]
-    before.close()
+    with server.control_client() as control:  # statistics: a control API
+        stats0 = control.get_inference_statistics("rec_batched", as_json=True)["model_stats"][0]
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    with server.control_client() as control:
+        stats = control.get_inference_statistics("rec_batched", as_json=True)["model_stats"][0]
     client = server.grpc_client()
     try:
-        stats = client.get_inference_statistics("rec_batched", as_json=True)["model_stats"][0]
         for i, request in enumerate(requests):
             if i == 4:
                 assert "bad request" in str(results[i]) and "INVALID_ARGUMENT" in str(results[i])

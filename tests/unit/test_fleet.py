@@ -208,6 +208,10 @@ def test_fleet_swap_through_the_balancer_drops_nothing_and_ends_on_the_new_catal
 @pytest.mark.server
 def test_fleet_rollback_from_the_command_line(world, fleet, fleet_swapped, tmp_path):  # noqa: F811
     urls = [a for r in fleet.replicas for a in ("--url", r.grpc_url)]
+    assert swap.main(["--fleet", "--status", "--repository", str(world["repo"]), "--model-name", NAME] + urls) == 2
+    key_file = tmp_path / "control.key"  # one key on every replica, in a file as a deployment's secret
+    key_file.write_text(fleet.control_key)
+    urls += ["--control-key-file", str(key_file)]
     assert swap.main(["--fleet", "--status", "--repository", str(world["repo"]), "--model-name", NAME,
                       "--json", str(tmp_path / "status.json")] + urls) == 0
     status = json.loads((tmp_path / "status.json").read_text())

@@ -85,7 +85,7 @@ class FakeClient:
 
 
 class FakeServer:
-    """What the watcher reads from a server: its stubs and a gRPC client."""
+    """What the watcher reads from a server: its stubs and a control client."""
 
     def __init__(self):
         self.stubs, self.loads, self.fail = [], [], None
@@ -96,7 +96,7 @@ class FakeServer:
     def stub_processes(self, model=None):
         return [s for s in self.stubs if model is None or s.model == model]
 
-    def grpc_client(self):
+    def control_client(self):
         return FakeClient(self.loads, self.fail)
 
 
@@ -316,6 +316,13 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     assert f"gRPC  127.0.0.1:{served.grpc_port}" in served.wait_for("gRPC ")
     assert f"serving {NAME} version 1 from {repo} (2 instances" in served.wait_for("serving ")
     assert f"--model-dir {world['model_dir']}" in served.wait_for("swap a catalog")
+    # the control key: made on first use, readable by its owner only, never printed (tests/conftest.py points
+    # XDG_CONFIG_HOME at a temporary folder, so this is not the user's own file)
+    key_file = Path(os.environ["XDG_CONFIG_HOME"]) / "gtcrec" / "control.key"
+    assert served.wait_for("need the key in").endswith(f"need the key in {key_file}")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) >= 40 and key not in "\n".join(served.lines)
     assert (repo / NAME / "1").is_dir()  # a copy: swaps leave notebook 04's export alone
     export = world["art"] / "04-ensemble" / "model_repository" / NAME
 
@@ -324,6 +331,18 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     assert answer["model_version"] == "1"
     assert_answer_equals(answer, lean_transform(world["ensemble_v1"], request_arrays(body)))
     assert set(outputs(answer)["talk_ids"].ravel()) <= set(world["old"]["talk_id"])
+
+    # anyone can ask for recommendations, nobody without the key can unload the model
+    refused = post(f"{url}/v2/repository/models/{NAME}/unload", {})
+    assert "restricted, expecting header 'gtcrec-control-key'" in refused["error"]
+    assert post(url + path, body)["model_version"] == "1"
+    wrong = world["root"] / "wrong.key"
+    wrong.write_text("not-the-key\n")
+    denied = subprocess.run([str(BIN / "gtcrec-swap"), "--status", "--repository", str(repo), "--url",
+                             f"127.0.0.1:{served.grpc_port}", "--control-key-file", str(wrong)],
+                            capture_output=True, text=True, timeout=120)
+    assert denied.returncode == 2 and "a key that does not match" in denied.stderr, denied.stderr
+    assert "not-the-key" not in denied.stderr + denied.stdout
 
     done = subprocess.run([str(BIN / "gtcrec-swap"), str(world["fall"]), "--repository", str(repo),
                            "--url", f"127.0.0.1:{served.grpc_port}", "--model-dir", str(world["model_dir"]),

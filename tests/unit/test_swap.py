@@ -252,8 +252,14 @@ def test_broken_version_is_refused_and_the_current_one_keeps_serving(world, serv
 
 
 @pytest.mark.server
-def test_rollback_returns_to_the_previous_version_then_refuses(world, server, swapped):
+def test_rollback_returns_to_the_previous_version_then_refuses(world, server, swapped, monkeypatch):
     current = swap.serving_versions(server, NAME)[-1]
+    # the command line is another process in real life: it has the key the server was started with, here
+    # through the environment (as a deployment's secret); without it, nothing happens
+    assert swap.main(["--rollback", "--repository", str(world["repo"]), "--url", server.grpc_url,
+                      "--model-name", NAME]) == 2
+    assert swap.serving_versions(server, NAME)[-1] == current
+    monkeypatch.setenv("GTCREC_CONTROL_KEY", server.control_key)
     previous = max(v for v in swap.repository_versions(world["repo"], NAME) if v < current)
     assert swap.main(["--rollback", "--repository", str(world["repo"]), "--url", server.grpc_url,
                       "--model-name", NAME]) == 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HEADER = "gtcrec-control-key"
@@ -201,6 +202,18 @@ def control_client(url: str, key: str | None = None, protocol: str = "grpc") -> 
     else:
         raise ValueError("protocol must be 'grpc' or 'http'")
     return ControlClient(client_module.InferenceServerClient(url), key if key is not None else read_key())
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server's gRPC ``host:port`` with the key to send it: what a command line hands to the swap
+    functions, which take a :class:`~gtcrec.serving.server.TritonServer` or an address."""
+
+    grpc_url: str
+    control_key: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return self.grpc_url
 
 
 def key_of(target) -> str | None:

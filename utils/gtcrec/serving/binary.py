@@ -16,9 +16,11 @@ In this order:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -61,6 +63,23 @@ class TritonBinary:
 
     def has_backend(self, name: str) -> bool:
         return name in self.backends()
+
+    def supports_restricted_api(self) -> bool:
+        """Whether this server can put API groups behind a header (``--http-restricted-api`` and
+        ``--grpc-restricted-protocol``: Triton 2.41, release 23.12, and newer; the bundled 2.51 can)."""
+        return _has_flags(str(self.executable), tuple(sorted(self.env.items())),
+                          ("--http-restricted-api", "--grpc-restricted-protocol"))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_flags(executable: str, env: tuple, flags: tuple) -> bool:
+    try:
+        done = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, **dict(env)})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    text = done.stdout + done.stderr
+    return all(flag in text for flag in flags)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -268,10 +268,18 @@ def perf_analyzer_input(requests: Sequence[dict[str, np.ndarray]], path: str | o
 
 def run_perf_analyzer(url: str, requests: Sequence[dict[str, np.ndarray]], concurrency: Sequence[int] = (1, 2, 4),
                       seconds: float = 3.0, protocol: str = "grpc", model_name: str = cl.DEFAULT_MODEL_NAME,
-                      timeout: float | None = None, strict: bool = False) -> list[dict]:
+                      timeout: float | None = None, strict: bool = False, control_key: str | None = None) -> list[dict]:
     """Run perf_analyzer over a concurrency range; one dict per concurrency (its CSV row, with
     ``p50_ms``, ``p95_ms``, ``p99_ms``, ``requests_per_s`` and ``sessions_per_s`` added). A point
-    that fails gives ``{"concurrency", "error"}`` instead (``strict=True``: raise)."""
+    that fails gives ``{"concurrency", "error"}`` instead (``strict=True``: raise).
+
+    perf_analyzer reads the model's configuration and statistics, two control APIs: it sends
+    ``control_key`` (default: :func:`gtcrec.serving.access.read_key`) as a header (``-H``), so the key
+    is on its command line while it runs; its messages are shown with the key hidden."""
+    from gtcrec.serving import access
+
+    key = control_key or access.read_key()
+    key_args = [f"-H{name}:{value}" for name, value in access.headers(key, protocol).items()]
     status = perf_analyzer_status()
     if not status["available"]:
         raise RuntimeError(f"perf_analyzer cannot run here: {status['reason']}")
@@ -286,11 +294,12 @@ def run_perf_analyzer(url: str, requests: Sequence[dict[str, np.ndarray]], concu
                    "--measurement-mode", "time_windows",
                    "--measurement-interval", str(int(seconds * 1000)),
                    # a shared machine is never "stable" by the default 10%: accept any variation
-                   "--stability-percentage", "1000", "--max-trials", "3", "-f", str(report)]
+                   "--stability-percentage", "1000", "--max-trials", "3", "-f", str(report), *key_args]
             # no --shape: every entry of the input JSON gives its own shapes
             run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **status["env"]},
                                  timeout=timeout or (seconds * 6 + 60))
             if run.returncode != 0 or not report.exists():
+                run.stdout, run.stderr = access.redact(run.stdout, key), access.redact(run.stderr, key)
                 tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
                 if not strict:
                     results.append({"concurrency": c, "error": f"perf_analyzer exit {run.returncode}: " + " ".join(tail)})

@@ -233,7 +233,7 @@ class InstanceWatcher:
                              "again")
                     os.utime(folder / str(version))  # Triton reloads a version only if its files are newer
                     started = time.perf_counter()
-                    client = self.server.grpc_client()
+                    client = self.server.control_client()
                     try:
                         client.load_model(self.model_name, client_timeout=self.load_timeout)
                     finally:

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +226,7 @@ class TritonServer:
     control_key: the key of Triton's control APIs (:mod:`gtcrec.serving.access`: model repository,
         config, shared memory, statistics, trace, logging); ``None`` takes
         :func:`gtcrec.serving.access.read_key` or, when there is none, a new random key that only this
-        object knows. Inference, health and metadata need no key. :meth:`grpc_client` and
-        :meth:`http_client` send it with every control call.
+        object knows. Inference, health and metadata need no key; :meth:`control_client` sends it.
     """
 
     def __init__(self, model_repository: str | os.PathLike | Sequence[str | os.PathLike],
@@ -260,6 +260,13 @@ class TritonServer:
         self.stop_timeout = float(stop_timeout)
         self.extra_args = list(extra_args)
         self.control_key = access.read_key(control_key) or access.new_key()
+        # Triton older than 2.41 (release 23.12, e.g. in NVIDIA's merlin-pytorch:23.08) cannot restrict its APIs
+        self.restricted = self.binary.supports_restricted_api()
+        if not self.restricted:
+            warnings.warn(f"{self.binary.executable} has no --http-restricted-api / --grpc-restricted-protocol "
+                          "(Triton older than 2.41): its control APIs (load, unload, shared memory, ...) are open to "
+                          "every client that reaches its ports. Keep it on loopback, or use Triton 2.41 or newer.",
+                          stacklevel=2)
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix=f"{self.server_id}-", suffix=".log")
             os.close(fd)
@@ -308,7 +315,8 @@ class TritonServer:
         if self.binary.cache_directory:
             args.append(f"--cache-directory={self.binary.cache_directory}")
         args += [f"--load-model={m}" for m in self.load_models]
-        args += access.server_args(self.control_key)
+        if self.restricted:
+            args += access.server_args(self.control_key)
         return args + self.extra_args
 
     def command_line(self) -> str:
@@ -413,19 +421,25 @@ class TritonServer:
             self._log_file.flush()
         return _tail(self.log_path, n_lines)
 
-    def grpc_client(self) -> access.ControlClient:
-        """A new ``tritonclient.grpc.InferenceServerClient`` that sends this server's control key with
-        control calls (close it when done)."""
+    def grpc_client(self):
+        """A new ``tritonclient.grpc.InferenceServerClient`` (close it when done): inference, health and
+        metadata. Control calls need :meth:`control_client`."""
         import tritonclient.grpc as grpcclient
 
-        return access.ControlClient(grpcclient.InferenceServerClient(self.grpc_url), self.control_key)
+        return grpcclient.InferenceServerClient(self.grpc_url)
 
-    def http_client(self, **kwargs) -> access.ControlClient:
-        """A new ``tritonclient.http.InferenceServerClient`` that sends this server's control key with
-        control calls (close it when done)."""
+    def http_client(self, **kwargs):
+        """A new ``tritonclient.http.InferenceServerClient`` (close it when done): inference, health and
+        metadata. Control calls need :meth:`control_client`."""
         import tritonclient.http as httpclient
 
-        return access.ControlClient(httpclient.InferenceServerClient(self.http_url, **kwargs), self.control_key)
+        return httpclient.InferenceServerClient(self.http_url, **kwargs)
+
+    def control_client(self, protocol: str = "grpc") -> access.ControlClient:
+        """A client that sends this server's control key with every control call (load, unload,
+        repository index, statistics, ...); close it when done."""
+        return access.control_client(self.grpc_url if protocol == "grpc" else self.http_url, self.control_key,
+                                     protocol)
 
     def load_model(self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None) -> float:
         """Load (or reload) a model over gRPC (a load over HTTP stalls in-flight HTTP requests).
@@ -433,7 +447,7 @@ class TritonServer:
         Blocks until the model is loaded; returns the seconds it took. A failed load raises
         ``tritonclient.utils.InferenceServerException``; the old version, if any, keeps serving."""
         started = time.perf_counter()
-        client = self.grpc_client()
+        client = self.control_client()
         try:
             client.load_model(name, config=config, files=files)
         finally:
@@ -441,7 +455,7 @@ class TritonServer:
         return time.perf_counter() - started
 
     def unload_model(self, name: str, unload_dependents: bool = False) -> None:
-        client = self.grpc_client()
+        client = self.control_client()
         try:
             client.unload_model(name, unload_dependents=unload_dependents)
         finally:
@@ -463,7 +477,7 @@ class TritonServer:
 
     def model_index(self) -> list[dict]:
         """The repository index (name, version, state, reason) as plain dicts."""
-        client = self.grpc_client()
+        client = self.control_client()
         try:
             index = client.get_model_repository_index(as_json=True)
         finally:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Sequence
 
 from gtcrec.data import DataValidationError
 from gtcrec.serving import access
-from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError
+from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError, grpc_target
 from gtcrec.swap.switch import rollback, status, swap_catalog
 from gtcrec.swap.fleet import fleet_status, rollback_fleet, swap_fleet
 
@@ -75,10 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.status or args.rollback) and not (args.catalog and args.model_dir):
         parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
     try:
-        if args.control_key_file:  # every control call of this process sends the key of that file
-            access.key_for_command(args.control_key_file)  # checked now: a clear error before any work
-            os.environ.pop(access.ENV_KEY, None)
-            os.environ[access.ENV_KEY_FILE] = str(Path(args.control_key_file).resolve())
+        key, _ = access.key_for_command(args.control_key_file)  # checked now: a clear error before any work
+        args.url = [access.Target(grpc_target(u), key) for u in args.url]
         if args.fleet:
             return _fleet(args, log)
         args.url = args.url[0]

@@ -85,6 +85,8 @@ def common_version(replicas: Sequence, model_name: str = DEFAULT_MODEL_NAME) -> 
     for r in replicas:
         try:
             serving[grpc_target(r)] = serving_versions(r, model_name)
+        except access.ControlKeyError:  # no or a wrong key: say so, not "unreachable"
+            raise
         except Exception as exc:  # a replica that does not answer
             serving[grpc_target(r)] = f"unreachable: {str(exc)[:200]}"
     distinct = {tuple(v) if isinstance(v, list) else v for v in serving.values()}
