@@ -206,8 +206,9 @@ def test_fleet_swap_through_the_balancer_drops_nothing_and_ends_on_the_new_catal
 
 
 @pytest.mark.server
-def test_fleet_rollback_from_the_command_line(world, fleet, fleet_swapped, tmp_path):  # noqa: F811
+def test_fleet_rollback_from_the_command_line(world, fleet, fleet_swapped, tmp_path, monkeypatch):  # noqa: F811
     urls = [a for r in fleet.replicas for a in ("--url", r.grpc_url)]
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))  # no key file either: refused
     assert swap.main(["--fleet", "--status", "--repository", str(world["repo"]), "--model-name", NAME] + urls) == 2
     key_file = tmp_path / "control.key"  # one key on every replica, in a file as a deployment's secret
     key_file.write_text(fleet.control_key)

@@ -255,7 +255,8 @@ def test_broken_version_is_refused_and_the_current_one_keeps_serving(world, serv
 def test_rollback_returns_to_the_previous_version_then_refuses(world, server, swapped, monkeypatch):
     current = swap.serving_versions(server, NAME)[-1]
     # the command line is another process in real life: it has the key the server was started with, here
-    # through the environment (as a deployment's secret); without it, nothing happens
+    # through the environment (as a deployment's secret); without it (and no key file), nothing happens
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(world["root"] / "no-config"))
     assert swap.main(["--rollback", "--repository", str(world["repo"]), "--url", server.grpc_url,
                       "--model-name", NAME]) == 2
     assert swap.serving_versions(server, NAME)[-1] == current

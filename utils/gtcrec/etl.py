@@ -123,7 +123,8 @@ class EtlResult:
 
 def run_etl(clicks: pd.DataFrame, catalog: pd.DataFrame, out_dir: str | Path, max_len: int = 20,
             valid_frac: float = 0.1, test_frac: float = 0.1) -> EtlResult:
-    """Fit the workflow on the training split and write processed parquet for every split."""
+    """Fit the workflow on the training split and write processed parquet for every split (a split
+    with no session, ``valid_frac`` or ``test_frac`` 0, gets no folder and no ``split_dirs`` entry)."""
     import nvtabular as nvt
 
     out_dir = Path(out_dir).resolve()
@@ -137,6 +138,9 @@ def run_etl(clicks: pd.DataFrame, catalog: pd.DataFrame, out_dir: str | Path, ma
     split_dirs = {}
     for name in SPLITS:
         frame = splits[name][columns].reset_index(drop=True)
+        if frame.empty and name != "train":  # a split asked to be empty (valid_frac or test_frac 0): no folder
+            counts[f"{name}_sessions_in"] = counts[f"{name}_sessions"] = 0
+            continue
         dataset = nvt.Dataset(frame, cpu=True, npartitions=1)  # one partition: Groupby never splits a session
         split_dirs[name] = out_dir / name
         workflow.transform(dataset).to_parquet(str(split_dirs[name]), out_files_per_proc=1)

@@ -101,6 +101,62 @@ class SwapResult:
         return out
 
 
+@dataclass
+class Published:
+    version: int
+    load: LoadResult
+    trace_check: dict
+    steps: dict
+
+
+def publish(model, vocab: Sequence[str], repository, server_url, previous: int, settings, k_model: int,
+            model_name: str = DEFAULT_MODEL_NAME, popularity: Sequence[float] | None = None,
+            timeout: float = 300.0, action: str = "swap", log: Log | None = None,
+            _before_load: Callable[[Path], None] | None = None) -> Published:
+    """Serve an eager ``model`` over the talks ``vocab`` as the next version: trace it to its top
+    ``k_model`` codes (checked against the eager model), export the ensemble with the serving settings
+    of version ``previous`` (``settings``, :func:`read_version`; ``popularity``: the fallback ranking,
+    ``None`` catalog order), and load it (:func:`load_version`: a refused version is archived and the old
+    one keeps serving). Call it holding :func:`repository_lock`. Used by the catalog swap and by the
+    live event's adaptation (:mod:`gtcrec.live`)."""
+    from gtcrec.serving import export as ex
+
+    log = log or _quiet
+    repo = Path(repository)
+    folder = repo / model_name
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
+    traced, check = trace_swapped(model, k_model)
+    steps["trace"] = time.perf_counter() - started
+    log(f"model over {len(vocab)} talks traced (K={k_model}; trace == eager within {check['max_score_diff']:.1e})")
+
+    version = next_version(repo, model_name)
+    config_before = (folder / "config.pbtxt").read_text()
+    _remember_config(repo, model_name, previous, config_before)
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="gtcrec-swap-") as tmp:
+            traced_path = Path(tmp) / "model_topk.pt"
+            traced.save(str(traced_path))
+            ex.export_ensemble(list(vocab), traced_path, repo, name=model_name, version=version,
+                               popularity=None if popularity is None else list(popularity),
+                               **settings.export_kwargs())
+    except BaseException:
+        if (folder / str(version)).is_dir():
+            shutil.rmtree(folder / str(version))
+        (folder / "config.pbtxt").write_text(config_before)
+        raise
+    steps["export"] = time.perf_counter() - started
+    _remember_config(repo, model_name, version)
+    log(f"exported version {version} in {steps['export']:.1f} s; loading it into {grpc_target(server_url)}")
+    if _before_load is not None:
+        _before_load(folder / str(version))
+    load = load_version(server_url, repo, version, model_name, restore_config=config_before,
+                        timeout=timeout, action=action)
+    steps["server_load"] = load.seconds
+    return Published(version, load, check, steps)
+
+
 def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_dir,
                  k_model: int | None = None, model_name: str = DEFAULT_MODEL_NAME,
                  timeout: float = 300.0, progress: bool = False, log: Log | None = None,
@@ -120,8 +176,6 @@ def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_di
     Returns a :class:`SwapResult`. Raises :class:`DataValidationError` (bad catalog) or
     :class:`SwapError` (the server refused; old version still serving). ``_before_load`` (tests and
     demonstrations) is called with the new version folder just before the load."""
-    from gtcrec.serving import export as ex
-
     log = log or _quiet
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
@@ -151,36 +205,10 @@ def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_di
         model = swapped_model(model_dir, prepared.table, prepared.catalog)
         steps["load_and_swap_model"] = time.perf_counter() - started
 
-        started = time.perf_counter()
-        traced, check = trace_swapped(model, k_model)
-        steps["trace"] = time.perf_counter() - started
-        log(f"model swapped to {len(prepared.vocab)} talks and traced (K={k_model}; trace == eager within "
-            f"{check['max_score_diff']:.1e})")
-
-        version = next_version(repo, model_name)
-        config_before = (folder / "config.pbtxt").read_text()
-        _remember_config(repo, model_name, previous, config_before)
-        started = time.perf_counter()
-        try:
-            with tempfile.TemporaryDirectory(prefix="gtcrec-swap-") as tmp:
-                traced_path = Path(tmp) / "model_topk.pt"
-                traced.save(str(traced_path))
-                ex.export_ensemble(prepared.vocab, traced_path, repo, name=model_name, version=version,
-                                   popularity=None, **settings.export_kwargs())
-        except BaseException:
-            if (folder / str(version)).is_dir():
-                shutil.rmtree(folder / str(version))
-            (folder / "config.pbtxt").write_text(config_before)
-            raise
-        steps["export"] = time.perf_counter() - started
-        _remember_config(repo, model_name, version)
-        log(f"exported version {version} in {steps['export']:.1f} s; loading it into {grpc_target(server_url)}")
-
-        if _before_load is not None:
-            _before_load(folder / str(version))
-        load = load_version(server_url, repo, version, model_name, restore_config=config_before,
-                            timeout=timeout, action="swap")
-        steps["server_load"] = load.seconds
+        published = publish(model, prepared.vocab, repo, server_url, previous, settings, k_model, model_name,
+                            popularity=None, timeout=timeout, action="swap", log=log, _before_load=_before_load)
+        version, load, check = published.version, published.load, published.trace_check
+        steps.update(published.steps)
     total = time.perf_counter() - t0
     _record(repo, model_name, action="swap", version=version, from_version=previous, ok=True,
             catalog=str(prepared.path), n_talks=len(prepared.vocab), first_ids=prepared.vocab[:3],

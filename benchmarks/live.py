@@ -1,0 +1,146 @@
+"""The live event: what the first clicks of a new event are worth, measured in ONE run.
+
+    python benchmarks/live.py [--artifacts-dir artifacts] [--cache data/cache/embeddings]
+                              [--fractions 0.01 0.02 0.05 0.1 0.2 0.5] [--scratch] [--budget 45] [--json out.json]
+
+Needs ``make run`` (or ``make run SIZE=small``) first: notebook 00's fall event, notebook 03's model.
+Nothing is asserted; the numbers are printed (and written as JSON with ``--json``).
+
+The fall event's clicks go through the ETL with its own vocabulary (sessions split by start time
+80/10/10, as notebook 06 measures it). Its training sessions, in order of their start, are the live
+stream: after the first ``f`` of them, :func:`gtcrec.live.adapt.adapt` starts from the swapped model
+(what a catalog swap serves, no click of the new event), chooses on the newest of those sessions and
+fits what they teach. Every method is scored on the same test split (the last click given the ones
+before, clicked talks excluded):
+
+* zero-shot: the swapped model as served (the transfer check's choice);
+* adapted after ``f``: what a cycle would serve (the zero-shot model when the guard keeps it);
+* item-kNN of the observed clicks alone, and popularity of the same clicks;
+* the best text-similarity baseline;
+* retrained: the same architecture trained on the WHOLE training split (notebook 03's epochs): the
+  upper bound the issue compares with;
+* with ``--scratch``: the same architecture trained from scratch on the same observed sessions
+  (notebook 03's epochs), with its seconds beside the adaptation's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+
+def main(argv=None) -> dict:
+    from gtcrec import baselines, data, etl, metrics
+    from gtcrec import model as gm
+    from gtcrec.live import adapt
+    from gtcrec.manifest import read_manifest
+    from gtcrec.representation import settings_for, warm_codes
+    from gtcrec.swap.catalog import prepare_catalog, swapped_model
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifacts-dir", default="artifacts")
+    parser.add_argument("--cache", default="data/cache/embeddings")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
+    parser.add_argument("--scratch", action="store_true", help="also train the architecture from scratch on the "
+                        "observed sessions")
+    parser.add_argument("--budget", type=float, default=45.0, help="fine-tune seconds per cycle")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--work", default="/tmp/gtcrec-live-benchmark")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+
+    art = Path(args.artifacts_dir)
+    work = Path(args.work)
+    data_out, train_out = read_manifest(art, "00-data"), read_manifest(art, "03-train")
+    catalog = data.load_catalog(data_out.path("fall_catalog"))
+    clicks, _ = data.load_clicks(data_out.path("fall_clicks"), catalog)
+    model_dir = train_out.path("model")
+    epochs = int(train_out["parameters"].get("EPOCHS", 5))
+    batch_size = int(train_out["parameters"].get("BATCH_SIZE", 128))
+    lr = float(train_out["parameters"].get("LEARNING_RATE", 1e-3))
+    prepared = prepare_catalog(data_out.path("fall_catalog"), args.cache)
+    served = swapped_model(model_dir, prepared.table, prepared.catalog)
+    max_len = int(served.max_sequence_length)
+    n_codes = gm.n_codes(served)
+
+    split = etl.run_etl(clicks, catalog, work / "etl", max_len=max_len)
+    train_sessions = metrics.read_sessions(split.split_dirs["train"])
+    prefixes, targets = metrics.sessions_to_prefixes(metrics.read_sessions(split.split_dirs["test"]))
+
+    def score(scores) -> float:
+        return float(metrics.evaluate_scores(scores, targets, ks=(10,), exclude=prefixes)["recall@10"])
+
+    results = {"zero-shot (served after the swap)": score(gm.score_sessions(served, prefixes))}
+    text = {name: score(b.scores(prefixes)) for name, b in baselines.text_baselines(prepared.table).items()}
+    best_text = max(text, key=text.get)
+    results[f"best text ({best_text})"] = text[best_text]
+
+    cfg = gm.describe(served)
+    arch = {k: cfg[k] for k in ("arch", "masking", "d_model", "n_layer", "n_head", "dropout") if k in cfg}
+    schema = gm.load_schema(split.split_dirs["train"])
+
+    def fresh(warm):
+        return gm.build_model(schema, prepared.table, max_len=max_len, seed=args.seed,
+                              item_repr=settings_for(cfg.get("item_repr"), prepared.catalog, warm), **arch)
+
+    started = time.perf_counter()
+    retrained = fresh(warm_codes(train_sessions, n_codes))
+    gm.train(retrained, split.split_dirs["train"], None, epochs=epochs, batch_size=batch_size, lr=lr, seed=args.seed,
+             output_dir=work / "retrained")
+    retrained_s = time.perf_counter() - started
+    results["retrained on the whole training split"] = retrained_r = score(gm.score_sessions(retrained, prefixes))
+    print(f"{len(train_sessions)} training sessions, {len(targets)} test sessions; retrained {retrained_r:.4f} "
+          f"({epochs} epochs, {retrained_s:.0f} s); zero-shot {results['zero-shot (served after the swap)']:.4f}; "
+          f"best text {text[best_text]:.4f}", flush=True)
+
+    numbered = etl.number_sessions(clicks)
+    train_clicks = etl.split_by_time(numbered)["train"]
+    order = train_clicks.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
+    zero = results["zero-shot (served after the swap)"]
+    rows = []
+    for f in args.fractions:
+        keep = set(order[:max(1, int(round(f * len(order))))])
+        observed = clicks[clicks["session_id"].isin(keep)]
+        started = time.perf_counter()
+        result = adapt.adapt(served, served, observed, catalog, work / f"adapt-{f}", budget_s=args.budget,
+                             seed=args.seed)
+        seconds = time.perf_counter() - started
+        adapted = score(gm.score_sessions(result.model, prefixes)) if result.publish else zero
+        obs_sessions = adapt.observe(observed, catalog, work / f"obs-{f}", max_len, valid_frac=0.0).fit
+        knn = baselines.ItemKNNBaseline(n_codes).fit(obs_sessions)
+        pop = baselines.PopularityBaseline(n_codes).fit(obs_sessions)
+        row = {"fraction": f, "sessions": len(obs_sessions), "chosen": result.chosen, "published": result.publish,
+               "adapted": adapted, "adapt_seconds": round(seconds, 1), "item-kNN of observed": score(knn.scores(prefixes)),
+               "popularity of observed": score(pop.scores(prefixes)),
+               "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
+               "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
+        if args.scratch:
+            started = time.perf_counter()
+            scratch = fresh(warm_codes(obs_sessions, n_codes))
+            gm.train(scratch, work / f"obs-{f}" / "etl" / "train", None, epochs=epochs, batch_size=min(batch_size, 64),
+                     lr=lr, seed=args.seed, output_dir=work / f"scratch-{f}")
+            row["scratch"] = score(gm.score_sessions(scratch, prefixes))
+            row["scratch_seconds"] = round(time.perf_counter() - started, 1)
+            row["adapted / scratch"] = adapted / row["scratch"] if row["scratch"] else None
+        rows.append(row)
+        print(f"after {f:.0%} ({row['sessions']} sessions): adapted {adapted:.4f} ({result.chosen}, "
+              f"{'published' if result.publish else 'kept'}; {seconds:.0f} s) = {row['adapted / retrained']:.2f} x "
+              f"retrained, {row['adapted / zero-shot']:.2f} x zero-shot, {row['adapted / best text']:.2f} x best text; "
+              f"item-kNN of observed {row['item-kNN of observed']:.4f}"
+              + (f"; scratch {row['scratch']:.4f} ({row['scratch_seconds']:.0f} s)" if args.scratch else ""),
+              flush=True)
+    out = {"results": results, "retrained_seconds": retrained_s, "fractions": rows,
+           "n_train_sessions": len(train_sessions), "n_test_sessions": len(targets)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

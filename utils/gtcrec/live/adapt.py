@@ -1,0 +1,412 @@
+"""Learning from the live event's own clicks, without retraining from scratch.
+
+After a catalog swap the served model knows the new talks only by their text. Within hours the event's
+own clicks arrive (every request carries the session so far; :mod:`gtcrec.live.clicklog` reads them).
+:func:`adapt` turns the clicks observed since the catalog went live into a better model, if they hold
+one:
+
+1. the clicks go through the ETL of notebook 01 with the served vocabulary and are split by time:
+   the earliest sessions (``1 - VALID_FRAC``) to fit, the newest to choose;
+2. candidates, each starting from the swapped model:
+
+   * **popularity + co-occurrence** (:func:`closed_form`, no training), in the model's own per-talk
+     parts, so the served graph stays the same: each clicked talk's bias gets ``w * log(1 + clicks)``,
+     and each talk's residual vector the mean item vector of the talks clicked with it (session
+     co-occurrence, as item-kNN measures it) times ``a``; ``w`` from :data:`POPULARITY_WEIGHTS`, then
+     ``a`` from :data:`COOCCURRENCE_WEIGHTS` (0 for either: none);
+   * **fine-tune per talk**, from the best closed form: the residuals and biases of the clicked talks
+     are trained with the Transformers4Rec ``Trainer`` on the fitting sessions, every other parameter
+     frozen (a few hundred sessions cannot overfit the transformer);
+   * **fine-tune every part**, from the same start: the transformer, adapter and field vectors too, at a
+     smaller learning rate (:data:`LR_ALL`): what a model trained on the new event alone would learn,
+     without starting from nothing;
+
+   both fine-tunes run one epoch at a time up to :data:`MAX_EPOCHS` (half of ``budget_s`` each) and stop
+   when the newest sessions stop improving;
+
+3. every candidate and the version being served are scored on the newest sessions (recall@10 of each
+   next click given the clicks before it, clicked talks excluded); the best wins, the simpler one on a
+   tie. A winner that does not beat what is served by more than :data:`GUARD_Z` standard errors of the
+   paired difference (click by click) is not published;
+4. the winner is fitted again on all the observed sessions (the same weight, the same number of
+   epochs) and published as the next version through the swap's machinery
+   (:func:`gtcrec.swap.switch.publish`: trace, export, load under traffic, archive if refused). The
+   fallback ranking for sessions with no known talk becomes the observed popularity.
+
+Each cycle starts again from the swapped model with every click seen so far, so cycles never compound
+their own errors. Each is recorded in ``gtcrec_live.json`` in the model folder (:func:`read_cycles`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from gtcrec.layout import RESERVED
+
+VALID_FRAC = 0.2  # the newest share of observed sessions, held out to choose
+POPULARITY_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)  # w of w * log(1 + clicks), the per-talk bias
+COOCCURRENCE_WEIGHTS = (0.25, 0.5, 1.0, 2.0)  # a of the co-occurrence residual
+MAX_EPOCHS = 8
+PATIENCE = 1  # epochs without improvement before the fine-tune stops
+GUARD_Z = 1.0  # a new version must beat the served one by more than this many standard errors
+LR = 3e-3
+BATCH_SIZE = 32
+MIN_SESSIONS = 20  # fewer observed sessions (of 2+ clicks): nothing to learn from yet
+SERVING, CLOSED_FORM = "serving", "popularity + co-occurrence"
+FINE_TUNE, TRAIN_ALL = "fine-tune per talk", "fine-tune every part"  # both start from the closed form
+LR_ALL = 1e-3  # every part: the transformer too, so a smaller step
+LIVE_FILE = "gtcrec_live.json"
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Observed sessions
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Observed:
+    """The observed clicks as code sessions of the served vocabulary, split by start time."""
+
+    fit_dir: Path  # processed parquet (notebook 01's format) of the fitting sessions
+    all_dirs: list[Path]  # ... of every observed session (fit and choose)
+    fit: list[np.ndarray]
+    choose: list[np.ndarray]
+    counts: dict
+
+    @property
+    def sessions(self) -> list[np.ndarray]:
+        return self.fit + self.choose
+
+
+def observe(clicks: pd.DataFrame, catalog: pd.DataFrame, work_dir, max_len: int,
+            valid_frac: float = VALID_FRAC) -> Observed:
+    """Clicks (session_id, talk_id, timestamp) -> :class:`Observed`, through :func:`gtcrec.etl.run_etl`
+    (fixed vocabulary of ``catalog``, last ``max_len`` clicks, one-click sessions dropped, whole sessions
+    split by start time: the newest ``valid_frac`` to choose)."""
+    from gtcrec import etl, metrics
+
+    result = etl.run_etl(clicks, catalog, Path(work_dir) / "etl", max_len=max_len, valid_frac=valid_frac,
+                         test_frac=0.0)
+    dirs = result.split_dirs  # no "valid" folder when valid_frac is 0
+    fit = metrics.read_sessions(dirs["train"])
+    choose = metrics.read_sessions(dirs["valid"]) if "valid" in dirs else []
+    return Observed(dirs["train"], [dirs[name] for name in ("train", "valid") if name in dirs],
+                    fit, choose, dict(result.counts, fit_sessions=len(fit), choose_sessions=len(choose)))
+
+
+def every_position(sessions: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each click after the first as a target, the clicks before it as the prefix (more of a few
+    sessions than their last clicks alone)."""
+    prefixes, targets = [], []
+    for s in sessions:
+        s = np.asarray(s, dtype=np.int64)
+        for t in range(1, len(s)):
+            prefixes.append(s[:t])
+            targets.append(s[t])
+    return prefixes, np.asarray(targets, dtype=np.int64)
+
+
+def hits(model, prefixes, targets, k: int = 10) -> np.ndarray:
+    """Per click: recall@k of the model's ranking (1 a hit, 0 a miss; ties count in expectation)."""
+    from gtcrec import metrics
+    from gtcrec import model as gm
+
+    if not len(targets):
+        return np.zeros(0)
+    return np.asarray(metrics.evaluate_scores(gm.score_sessions(model, prefixes), targets, ks=(k,),
+                                              exclude=prefixes, per_session=True)[f"recall@{k}"], dtype=np.float64)
+
+
+def recall_at(model, prefixes, targets, k: int = 10) -> float:
+    per_click = hits(model, prefixes, targets, k)
+    return float(per_click.mean()) if len(per_click) else float("nan")
+
+
+def beats(candidate: np.ndarray, serving: np.ndarray, z: float = GUARD_Z) -> tuple[bool, float]:
+    """Whether ``candidate`` hits more of the same clicks than ``serving`` by more than ``z`` standard
+    errors (a few clicks' luck is not a reason to change what is served). The clicks where the two
+    differ decide: ``sum(d) / sqrt(sum(d ** 2))`` over the per-click differences ``d`` (with 0/1 hits,
+    (wins - losses) / sqrt(wins + losses), the sign test's). Returns ``(beats, that ratio)``."""
+    diff = np.asarray(candidate, dtype=np.float64) - np.asarray(serving, dtype=np.float64)
+    spread = float(np.sqrt((diff ** 2).sum()))
+    if spread == 0.0:
+        return False, 0.0
+    t = float(diff.sum() / spread)
+    return t > z, t
+
+
+def click_counts(sessions: Sequence[np.ndarray], n_codes: int) -> np.ndarray:
+    counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions]) if sessions
+                         else np.zeros(0, np.int64), minlength=n_codes).astype(np.float64)
+    counts[:RESERVED] = 0
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Candidates: the model's own per-talk parts
+# ----------------------------------------------------------------------------------------------
+
+def _representation(model):
+    from gtcrec import model as gm
+    from gtcrec.representation import ItemRepresentation
+
+    rep = gm.item_embedding(model)
+    if not isinstance(rep, ItemRepresentation) or rep.item_bias is None or rep.residual is None:
+        raise ValueError("adaptation needs the item representation of notebook 03 with per-talk residuals and "
+                         "biases (REPRESENTATION with residual and bias on); this model has a plain table")
+    return rep
+
+
+def with_per_talk(model, clicked: np.ndarray, bias: np.ndarray | None = None):
+    """A copy of ``model`` whose clicked talks may use a residual and a bias (``bias``: their
+    starting biases; others keep theirs)."""
+    import torch
+
+    out = copy.deepcopy(model)
+    rep = _representation(out)
+    warm = torch.as_tensor(np.asarray(clicked, dtype=np.float32), device=rep.warm.device)
+    rep.warm = torch.maximum(rep.warm, warm)
+    if bias is not None:
+        with torch.no_grad():
+            rep.item_bias.copy_(torch.as_tensor(np.asarray(bias, dtype=np.float32), device=rep.item_bias.device))
+    rep._clear()
+    return out.eval()
+
+
+def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: float):
+    """The model with what the observed ``sessions`` say in closed form, in its own per-talk parts:
+
+    * popularity: ``weight * log(1 + clicks)`` added to the bias of every clicked talk;
+    * co-occurrence: ``alpha * sum_i sim(j, i) * item_i`` added to the residual of every talk ``j``
+      clicked in a session with others (``sim``: the cosine of session co-occurrence of
+      :class:`gtcrec.baselines.ItemKNNBaseline`, its 100 nearest, each row scaled to sum to 1: a weighted
+      mean of the co-clicked talks; ``item_i`` the model's item vectors).
+      The skip path scores ``gain * item(last click) . item(j)``, so a talk often clicked with the last
+      click moves up, as item-kNN would rank it, in the same served graph.
+    """
+    from gtcrec import model as gm
+    from gtcrec.baselines import ItemKNNBaseline
+
+    rep = _representation(model)
+    n_codes = gm.n_codes(model)
+    counts = click_counts(sessions, n_codes)
+    clicked = counts > 0
+    warm = rep.warm.cpu().numpy()
+    bias = rep.item_bias.detach().cpu().numpy() * warm + np.where(clicked, weight * np.log1p(counts), 0.0)
+    out = with_per_talk(model, clicked, bias)
+    if alpha > 0 and sessions:
+        import torch
+
+        sim = ItemKNNBaseline(n_codes).fit(sessions).similarity_.tocsr()
+        total = np.asarray(sim.sum(axis=1)).ravel()
+        sim = sp.diags(np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)) @ sim  # rows sum to 1
+        out_rep = _representation(out)
+        with torch.no_grad():
+            items = rep.table().detach().cpu().numpy()
+            out_rep.residual.add_(torch.as_tensor(alpha * np.asarray(sim @ items, dtype=np.float32),
+                                                  device=out_rep.residual.device))
+        out_rep._clear()
+    return out
+
+
+def fine_tune(model, train_data, counts: np.ndarray, choose: tuple | None, epochs: int = MAX_EPOCHS,
+              lr: float = LR, batch_size: int = BATCH_SIZE, seed: int = 42, work_dir=None,
+              deadline: float | None = None, parts: str = "per-talk") -> tuple[object, list[float]]:
+    """Train a copy of ``model`` with the Transformers4Rec ``Trainer``, one epoch at a time: ``parts``
+    ``"per-talk"``, only the residuals and biases of the clicked talks (``counts > 0``); ``"all"``,
+    every part that was trainable (transformer, adapter, field vectors, skip) and those. With ``choose``
+    (prefixes, targets), stop when recall@10 there has not improved for :data:`PATIENCE` epochs and keep
+    the best epoch (none: the model as it started); without it, train ``epochs`` epochs. Returns
+    ``(model, recall after each epoch)``, the number of epochs kept in ``model.fit_epochs``;
+    ``deadline`` (``time.perf_counter()``) stops early."""
+    from gtcrec import model as gm
+
+    if parts not in ("per-talk", "all"):
+        raise ValueError("parts must be 'per-talk' or 'all'")
+    tuned = with_per_talk(model, counts > 0)
+    rep = _representation(tuned)
+    if parts == "per-talk":
+        for p in tuned.parameters():
+            p.requires_grad_(False)
+    rep.residual.requires_grad_(True)
+    rep.item_bias.requires_grad_(True)
+    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gtcrec-adapt-"))
+    curve: list[float] = []
+    best = (recall_at(tuned, *choose) if choose else -1.0, 0, copy.deepcopy(tuned.state_dict()))
+    for epoch in range(1, epochs + 1):
+        gm.train(tuned, train_data, None, epochs=1, lr=lr, batch_size=batch_size, seed=seed + epoch,
+                 output_dir=work_dir / "t4r")
+        late = deadline is not None and time.perf_counter() > deadline
+        if choose is None:
+            if late:
+                break
+            continue
+        score = recall_at(tuned, *choose)
+        curve.append(score)
+        if score > best[0]:
+            best = (score, epoch, copy.deepcopy(tuned.state_dict()))
+        elif epoch - best[1] >= PATIENCE or late:
+            break
+        if late:
+            break
+    if choose is not None:
+        tuned.load_state_dict(best[2])
+        tuned.fit_epochs = best[1]
+    else:
+        tuned.fit_epochs = epochs
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    rep._clear()
+    return tuned.eval(), curve
+
+
+# ----------------------------------------------------------------------------------------------
+# One adaptation
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Adaptation:
+    """What :func:`adapt` measured and chose. ``scores``: recall@10 on the newest observed sessions
+    of every candidate and of the version served; ``chosen``: the winner; ``publish``: whether it
+    beats what is served; ``model``: the winner fitted on every observed session (None when not
+    published); ``popularity``: clicks per talk (the new fallback ranking)."""
+
+    scores: dict[str, float]
+    chosen: str
+    publish: bool
+    reason: str
+    settings: dict
+    counts: dict
+    seconds: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)  # recall@10 on the newest sessions after each fine-tune epoch
+    model: object = None
+    popularity: list[float] | None = None
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out.pop("model")
+        out.pop("popularity")
+        return out
+
+
+def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame, work_dir=None,
+          weights: Sequence[float] = POPULARITY_WEIGHTS, alphas: Sequence[float] = COOCCURRENCE_WEIGHTS,
+          epochs: int = MAX_EPOCHS, lr: float = LR, lr_all: float = LR_ALL,
+          batch_size: int = BATCH_SIZE, seed: int = 42, budget_s: float | None = 45.0,
+          log: Log | None = None) -> Adaptation:
+    """Choose and fit what the observed ``clicks`` teach (see the module docstring).
+
+    ``serving_model``: the eager model of the version being served (the guard); ``base_model``: the
+    swapped model every candidate starts from (often the same); ``catalog``: the served catalog (its
+    order is the vocabulary); ``budget_s``: seconds for the fine-tune epochs of the choice."""
+    from gtcrec import model as gm
+
+    log = log or _quiet
+    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gtcrec-adapt-"))
+    t0 = time.perf_counter()
+    max_len = int(base_model.max_sequence_length)
+    observed = observe(clicks, catalog, work_dir, max_len)
+    n_codes = gm.n_codes(base_model)
+    seconds = {"observe": time.perf_counter() - t0}
+    if len(observed.sessions) < MIN_SESSIONS or not observed.choose:
+        return Adaptation({}, SERVING, False, f"{len(observed.sessions)} observed sessions of 2+ clicks, fewer than "
+                          f"{MIN_SESSIONS}: nothing to learn from yet", {}, observed.counts, seconds)
+    choose = every_position(observed.choose)
+    fit_counts = click_counts(observed.fit, n_codes)
+    per_click = {SERVING: hits(serving_model, *choose)}
+    started = time.perf_counter()
+    # popularity first, then co-occurrence on top of the best popularity (0: none)
+    grid = {(w, 0.0): hits(closed_form(base_model, observed.fit, w, 0.0), *choose) for w in (0.0, *weights)}
+    best_w = max(grid, key=lambda wa: (grid[wa].mean(), -wa[0]))[0]
+    grid.update({(best_w, a): hits(closed_form(base_model, observed.fit, best_w, a), *choose) for a in alphas})
+    best_w, best_a = max(grid, key=lambda wa: (grid[wa].mean(), -wa[1], -wa[0]))
+    per_click[CLOSED_FORM] = grid[(best_w, best_a)]
+    scores = {name: float(h.mean()) for name, h in per_click.items()}
+    curves: dict[str, list[float]] = {}
+    seconds["closed_form"] = time.perf_counter() - started
+    log(f"{len(observed.fit)} sessions to fit, {len(observed.choose)} ({len(choose[1])} clicks) to choose; "
+        f"serving {scores[SERVING]:.4f}; popularity x {best_w:g} + co-occurrence x {best_a:g} "
+        f"{scores[CLOSED_FORM]:.4f}")
+    started = time.perf_counter()
+    start = closed_form(base_model, observed.fit, best_w, best_a)
+    tuned = {}
+    for name, parts, rate in ((FINE_TUNE, "per-talk", lr), (TRAIN_ALL, "all", lr_all)):
+        deadline = None if budget_s is None else time.perf_counter() + budget_s / 2
+        tuned[name], curves[name] = fine_tune(start, observed.fit_dir, fit_counts, choose, epochs, rate, batch_size,
+                                              seed, work_dir / name.replace(" ", "-"), deadline, parts)
+        per_click[name] = hits(tuned[name], *choose)
+        scores[name] = float(per_click[name].mean())
+    seconds["fine_tune"] = time.perf_counter() - started
+    log(f"from there, {FINE_TUNE} {scores[FINE_TUNE]:.4f} ({tuned[FINE_TUNE].fit_epochs} epochs), {TRAIN_ALL} "
+        f"{scores[TRAIN_ALL]:.4f} ({tuned[TRAIN_ALL].fit_epochs} epochs), in {seconds['fine_tune']:.1f} s")
+
+    order = [SERVING, CLOSED_FORM, FINE_TUNE, TRAIN_ALL]  # simplest first: a tie goes to the simpler
+    chosen = max(order, key=lambda name: (scores[name], -order.index(name)))
+    wins, t = beats(per_click[chosen], per_click[SERVING])
+    settings = {"popularity_weight": best_w, "cooccurrence_weight": best_a,
+                "epochs": tuned[chosen].fit_epochs if chosen in tuned else None,
+                "lr": {FINE_TUNE: lr, TRAIN_ALL: lr_all}.get(chosen), "batch_size": batch_size,
+                "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3)}
+    if not wins:
+        why = ("no candidate scores above" if chosen == SERVING else
+               f"{chosen} ({scores[chosen]:.4f}) is not {GUARD_Z:g} standard error above")
+        return Adaptation(scores, chosen, False, f"{why} the version served ({scores[SERVING]:.4f}) on the newest "
+                          f"{len(observed.choose)} sessions ({len(choose[1])} clicks); it keeps serving",
+                          settings, observed.counts, seconds, curves)
+    # the winner again, on every observed session, with the settings chosen
+    started = time.perf_counter()
+    all_counts = click_counts(observed.sessions, n_codes)
+    final = closed_form(base_model, observed.sessions, best_w, best_a)
+    if chosen in tuned:
+        final, _ = fine_tune(final, _dataset(observed.all_dirs, base_model), all_counts, None,
+                             max(1, int(settings["epochs"] or 1)), settings["lr"], batch_size, seed, work_dir / "final",
+                             parts="per-talk" if chosen == FINE_TUNE else "all")
+    seconds["refit"] = time.perf_counter() - started
+    seconds["total"] = time.perf_counter() - t0
+    return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
+                      f"{scores[SERVING]:.4f} on the newest {len(observed.choose)} sessions ({t:.1f} standard "
+                      "errors)", settings, observed.counts, seconds, curves, final, all_counts[RESERVED:].tolist())
+
+
+def _dataset(folders: Sequence[Path], model):
+    """One merlin Dataset over the parquet files of several processed folders."""
+    from merlin.io import Dataset
+
+    from gtcrec import model as gm
+
+    files = [str(f) for folder in folders for f in sorted(Path(folder).glob("*.parquet"))]
+    ds = Dataset(files, engine="parquet", cpu=True)
+    ds.schema = gm._model_schema(model)
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------
+# The record of cycles
+# ----------------------------------------------------------------------------------------------
+
+def read_cycles(repository, model_name: str) -> list[dict]:
+    path = Path(repository) / model_name / LIVE_FILE
+    return json.loads(path.read_text())["cycles"] if path.is_file() else []
+
+
+def record_cycle(repository, model_name: str, cycle: dict) -> None:
+    path = Path(repository) / model_name / LIVE_FILE
+    cycles = read_cycles(repository, model_name) + [cycle]
+    tmp = path.with_name(f".{LIVE_FILE}.tmp")
+    tmp.write_text(json.dumps({"cycles": cycles}, indent=2, default=str))
+    os.replace(tmp, path)
