@@ -26,6 +26,7 @@ import pytest
 
 from gtcrec import data, embeddings, etl, swap
 from gtcrec import model as gm
+from gtcrec.live import log_stats, read_click_log
 from gtcrec.manifest import write_manifest
 from gtcrec.serving import client as cl
 from gtcrec.serving import serve
@@ -253,7 +254,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(world):
-    s = Served(["--artifacts-dir", world["art"]], cwd=world["root"])
+    s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1"],
+               cwd=world["root"])
     try:
         s.wait_for("Ctrl-C or SIGTERM stops it")
         yield s
@@ -287,6 +289,15 @@ def request_arrays(body: dict) -> dict:
             "timestamp": np.asarray(inputs["timestamp"], dtype=np.int64)}
 
 
+def clicks_of(table) -> set:
+    """(session, talk, epoch ms) of request arrays or of a click log's rows."""
+    if isinstance(table, pd.DataFrame):
+        ms = table["timestamp"].dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+        return set(zip(table["session_id"], table["talk_id"], ms.tolist()))
+    return {(s.decode(), t.decode(), int(ts)) for s, t, ts in zip(table["session_id"], table["talk_id"],
+                                                                   table["timestamp"])}
+
+
 def load_version_ensemble(repo: Path, version: int):
     from merlin.dag import postorder_iter_nodes
     from merlin.systems.dag import Ensemble
@@ -316,6 +327,9 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     assert f"gRPC  127.0.0.1:{served.grpc_port}" in served.wait_for("gRPC ")
     assert f"serving {NAME} version 1 from {repo} (2 instances" in served.wait_for("serving ")
     assert f"--model-dir {world['model_dir']}" in served.wait_for("swap a catalog")
+    click_log = world["root"] / "clicklog"
+    assert f"logging clicks to {click_log} (parquet segments clicks-*.parquet, a new one every 1 s" in \
+        served.wait_for("logging clicks")
     # the control key: made on first use, readable by its owner only, never printed (tests/conftest.py points
     # XDG_CONFIG_HOME at a temporary folder, so this is not the user's own file)
     key_file = Path(os.environ["XDG_CONFIG_HOME"]) / "gtcrec" / "control.key"
@@ -349,6 +363,18 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
                            "--cache", str(world["cache"])], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "version 2 serving" in done.stderr
+    # version 1 is unloaded (a few seconds after version 2 serves): its instances wrote what they held when
+    # Triton finalized them
+    deadline = time.monotonic() + 60
+    while True:
+        v1 = [doc for doc in log_stats(click_log)["by_writer"].values() if doc["version"] == "1"]
+        if all(doc["closed"] for doc in v1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(v1) == 2 and all(doc["closed"] and doc["clicks_dropped"] == 0 for doc in v1), v1
+    logged = pd.concat([pd.read_parquet(f) for f in sorted(click_log.glob("clicks-*.parquet"))], ignore_index=True)
+    readme_clicks = clicks_of(request_arrays(body))
+    assert readme_clicks <= clicks_of(logged[logged["model_version"] == 1])
 
     fall_ids = world["new"]["talk_id"].tolist()
     fall_body = json.loads(json.dumps(body))
@@ -465,3 +491,15 @@ def test_sigterm_stops_the_server_and_leaves_no_process(world, served):
     assert served.wait_for("[gtcrec-serve] stopped", timeout=5)
     assert "SIGTERM: stopping" in "\n".join(served.lines)
     assert _port_is_free("127.0.0.1", served.http_port) and _port_is_free("127.0.0.1", served.grpc_port)
+    # the click log (--click-log): the instances serving at the stop closed their logs (finalize). The copy that
+    # the healing test replaced keeps two open ones: the stub it killed, and its healthy sibling, because Triton
+    # never finishes unloading a copy with a dead stub and exits without finalizing it (that writer's time
+    # rotation had written what it got)
+    clicks, report = read_click_log(world["root"] / "clicklog", catalog_ids=world["new"]["talk_id"])
+    writers = report["writers"]
+    docs = sorted(writers["by_writer"].values(), key=lambda d: d["started_at"])
+    states = [(d["version"], d["instance"], d["pid"], d["closed"]) for d in docs]
+    assert all(d["closed"] for d in docs[-2:]) and writers["open"] <= 2, states
+    assert writers["clicks_dropped"] == 0 and writers["clicks_lost"] == 0 and writers["write_errors"] == 0
+    assert not report["files_skipped"]
+    assert clicks_of(probe(world)) <= clicks_of(clicks)

@@ -3,6 +3,7 @@
     gtcrec-serve [REPOSITORY] [--artifacts-dir artifacts] [--model-name executor_model]
                  [--http-port 8000] [--grpc-port 8001] [--tritonserver PATH] [--log FILE]
                  [--reset] [--no-heal] [--control-key-file FILE]
+                 [--click-log DIR [--click-log-seconds S]]
 
 Starts ``tritonserver`` (:class:`gtcrec.serving.server.TritonServer`: the bundled copy or a given
 one) on loopback, in explicit model control on ``REPOSITORY``, loads the served model, prints the
@@ -32,6 +33,10 @@ drops no request of the healthy instance. It does not heal while ``gtcrec-swap``
 folder's lock (that swap loads a new copy anyway), nor when the newest version folder is not the
 one served (a load would serve that folder).
 
+Click log (``--click-log DIR``): the model's instances write the clicks of every request they
+answered into parquet segments in ``DIR`` (a new segment every ``--click-log-seconds``, default 10,
+while clicks come; the rest when the server stops). :func:`gtcrec.live.read_click_log` reads them.
+
 Exit status: 0 stopped by Ctrl-C / SIGTERM; 1 the server failed to start or died; 2 bad
 arguments or no repository.
 """
@@ -50,6 +55,7 @@ from typing import Callable, Sequence
 
 from gtcrec.serving import access
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
+from gtcrec.serving.executor_model import CLICK_LOG_SECONDS
 from gtcrec.serving.server import PortInUseError, TritonServer, TritonServerError
 
 SERVE_DIR = "serve"  # ARTIFACTS_DIR/serve/model_repository
@@ -302,6 +308,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-heal", action="store_true", help="do not reload versions whose instances crashed")
     parser.add_argument("--watch-interval", type=float, default=0.2, help="seconds between two looks at the "
                         "instances (default: %(default)s)")
+    parser.add_argument("--click-log", metavar="DIR", help="log the clicks of every answered request into parquet "
+                        "segments in DIR (created); read them with gtcrec.live.read_click_log")
+    parser.add_argument("--click-log-seconds", type=float, metavar="S", help="a new click log segment at least "
+                        "every S seconds while clicks come (default: 10)")
     return parser
 
 
@@ -317,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if args.repository and args.reset:
         parser.error("--reset copies notebook 04's export; it does not apply to a REPOSITORY given")
+    if args.click_log_seconds is not None and (args.click_log is None or not args.click_log_seconds > 0):
+        parser.error("--click-log-seconds needs --click-log and a number > 0")
     try:
         repo = (Path(args.repository) if args.repository
                 else artifacts_repository(args.artifacts_dir, args.model_name, reset=args.reset, log=log))
@@ -337,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = TritonServer(repo, model_control="explicit", load_models=[args.model_name],
                                   http_port=args.http_port or None, grpc_port=args.grpc_port or None,
                                   host="127.0.0.1", log_path=args.log, startup_timeout=args.startup_timeout,
-                                  tritonserver=args.tritonserver, control_key=key)
+                                  tritonserver=args.tritonserver, control_key=key, click_log=args.click_log,
+                                  click_log_seconds=args.click_log_seconds)
             log(f"starting {server.binary.executable} ({server.binary.source}) on {repo}; log {server.log_path}")
             server.start()
         except (TritonServerError, PortInUseError, ValueError) as exc:
@@ -353,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"gRPC  {server.grpc_url}")
         log(f"open to every client: inference, health, metadata; the control APIs ({', '.join(access.RESTRICTED)}) "
             f"need the key in {key_source}")
+        if server.click_log is not None:
+            every = server.click_log_seconds or CLICK_LOG_SECONDS
+            log(f"logging clicks to {server.click_log} (parquet segments clicks-*.parquet, a new one every "
+                f"{every:g} s while clicks come; read with gtcrec.live.read_click_log)")
         log(f"swap a catalog: gtcrec-swap NEW_CATALOG --repository {repo} --url {server.grpc_url} "
             f"--model-name {args.model_name} --model-dir {_model_dir(args.artifacts_dir)}")
         if not args.no_heal:

@@ -30,6 +30,8 @@ from typing import Iterable, Mapping, Sequence
 from gtcrec.serving import access
 from gtcrec.serving.binary import (ENV_BINARY, PortInUseError, TritonBinary,  # noqa: F401 (re-exported)
                                    TritonServerError, find_tritonserver)
+# the click log's settings: the executor (which cannot import gtcrec) reads them from its environment
+from gtcrec.serving.executor_model import CLICK_LOG_ENV, CLICK_LOG_RECORDS_ENV, CLICK_LOG_SECONDS_ENV
 
 _PR_SET_PDEATHSIG = 1
 
@@ -227,6 +229,11 @@ class TritonServer:
         config, shared memory, statistics, trace, logging); ``None`` takes
         :func:`gtcrec.serving.access.read_key` or, when there is none, a new random key that only this
         object knows. Inference, health and metadata need no key; :meth:`control_client` sends it.
+    click_log: a folder (created) where the gtcrec executor's instances log the clicks of the requests
+        they answered (:class:`gtcrec.serving.executor_model.ClickLog`; read it back with
+        :func:`gtcrec.live.read_click_log`): the child gets ``$GTCREC_CLICK_LOG`` (absolute path), and
+        ``click_log_seconds`` / ``click_log_records`` (segment rotation) when given. ``None``: no click
+        log, even if this process's environment has those variables (they are not passed on).
     """
 
     def __init__(self, model_repository: str | os.PathLike | Sequence[str | os.PathLike],
@@ -236,7 +243,9 @@ class TritonServer:
                  load_models: Iterable[str] = (), tritonserver: str | os.PathLike | None = None,
                  server_id: str | None = None, gpu: bool | None = None, log_verbose: int = 0,
                  exit_timeout: int = 10, stop_timeout: float = 15.0,
-                 extra_args: Sequence[str] = (), control_key: str | None = None):
+                 extra_args: Sequence[str] = (), control_key: str | None = None,
+                 click_log: str | os.PathLike | None = None, click_log_seconds: float | None = None,
+                 click_log_records: int | None = None):
         if model_control not in ("explicit", "none"):
             raise ValueError("model_control must be 'explicit' or 'none'")
         repos = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
@@ -272,6 +281,12 @@ class TritonServer:
             os.close(fd)
             log_path = name
         self.log_path = Path(log_path).resolve()
+        self.click_log = Path(click_log).resolve() if click_log is not None else None
+        for name, value in (("click_log_seconds", click_log_seconds), ("click_log_records", click_log_records)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        self.click_log_seconds = None if click_log_seconds is None else float(click_log_seconds)
+        self.click_log_records = None if click_log_records is None else int(click_log_records)
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._log_file = None
@@ -331,6 +346,18 @@ class TritonServer:
                              "to None for a free one.")
         self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
 
+    def click_log_env(self) -> dict[str, str]:
+        """The click log's variables for the child (empty without ``click_log``); creates the folder."""
+        if self.click_log is None:
+            return {}
+        self.click_log.mkdir(parents=True, exist_ok=True)
+        env = {CLICK_LOG_ENV: str(self.click_log)}
+        if self.click_log_seconds is not None:
+            env[CLICK_LOG_SECONDS_ENV] = repr(self.click_log_seconds)
+        if self.click_log_records is not None:
+            env[CLICK_LOG_RECORDS_ENV] = str(self.click_log_records)
+        return env
+
     def start(self) -> "TritonServer":
         """Start the server and wait until it reports ready (raises with the log tail if not)."""
         if self.is_running():
@@ -338,6 +365,9 @@ class TritonServer:
         self._choose_ports()
         env = dict(os.environ)
         env.update(self.binary.env)
+        for name in (CLICK_LOG_ENV, CLICK_LOG_SECONDS_ENV, CLICK_LOG_RECORDS_ENV):
+            env.pop(name, None)  # only what this object says
+        env.update(self.click_log_env())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         started = time.perf_counter()
