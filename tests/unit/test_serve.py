@@ -28,6 +28,7 @@ from gtcrec import data, embeddings, etl, swap
 from gtcrec import model as gm
 from gtcrec.live import log_stats, read_click_log
 from gtcrec.manifest import write_manifest
+from gtcrec.representation import DEFAULT_SETTINGS, settings_for
 from gtcrec.serving import client as cl
 from gtcrec.serving import serve
 from gtcrec.serving.export import export_ensemble, lean_transform
@@ -192,7 +193,8 @@ def world(tmp_path_factory):
     assert newly == 0
     old_table = etl.item_table(old_vectors)
     model = gm.build_model(gm.make_schema(len(old_table), MAX_LEN), old_table, d_model=16, n_layer=1, n_head=2,
-                           max_len=MAX_LEN, arch="gpt2", masking="clm", seed=0)
+                           max_len=MAX_LEN, arch="gpt2", masking="clm", seed=0,
+                           item_repr=settings_for(DEFAULT_SETTINGS, old))  # per-talk parts: gtcrec-adapt needs them
     model_dir = gm.save_model(model, art / "03-train" / "model")
     traced = gm.trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
                            k=K_MODEL)
@@ -395,6 +397,57 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     doc = json.loads(status.stdout)
     assert doc["serving"] == [2] and doc["agree"]
     assert sorted(p.name for p in export.iterdir() if p.name.isdigit()) == ["1"]  # notebook 04's export untouched
+
+
+# ------------------------------------------------------------------------------------------------ adapting
+
+@pytest.mark.server
+def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world, served):
+    """Attendees of the fall event click (pairs the talks' text does not show); gtcrec-adapt is killed while it
+    fits, then runs again: the first run leaves the served version, the repository and the log as they were."""
+    import tritonclient.grpc as grpcclient
+
+    repo = world["art"] / "serve" / "model_repository"
+    click_log = world["root"] / "clicklog"
+    fall = world["new"]["talk_id"].tolist()
+    follow = np.random.default_rng(3).permutation(len(fall))
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
+    rng = np.random.default_rng(4)
+    for i in range(80):
+        walk = [int(rng.integers(len(fall)))]
+        for _ in range(3):
+            walk.append(int(follow[walk[-1]]))
+        session = pd.DataFrame({"session_id": f"live-{i}", "talk_id": [fall[j] for j in walk],
+                                "timestamp": np.int64(1_730_000_000_000) + 600_000 * i + 60_000 * np.arange(4)})
+        for t in range(1, 5):  # each request carries the session so far
+            cl.infer_arrays(client, cl.request_arrays(session.head(t)))
+    client.close()
+    time.sleep(2.5)  # the log writes a segment every second
+    before = {f.name: f.stat().st_size for f in click_log.iterdir()}
+    versions = swap.repository_versions(repo, NAME)
+    args = [str(BIN / "gtcrec-adapt"), "--repository", str(repo), "--url", f"127.0.0.1:{served.grpc_port}",
+            "--model-dir", str(world["model_dir"]), "--click-log", str(click_log), "--cache", str(world["cache"]),
+            "--budget", "10"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # the choice has started: nothing is written until the load
+        if "sessions to fit" in line:
+            proc.kill()
+            break
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert swap.serving_versions(f"127.0.0.1:{served.grpc_port}", NAME) == [2]
+    assert swap.repository_versions(repo, NAME) == versions and not (repo / NAME / "gtcrec_live.json").exists()
+    assert {n: (click_log / n).stat().st_size for n in before} == before  # the log as it was (new segments may come)
+
+    done = subprocess.run(args + ["--json", "-"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cycle = json.loads(done.stdout.strip().splitlines()[-1])
+    assert cycle["log"]["sessions"] >= 80 and cycle["serving_before"] == 2
+    assert cycle["published"] and cycle["version"] == 3, cycle["reason"]  # the untrained model cannot know the pairs
+    assert swap.serving_versions(f"127.0.0.1:{served.grpc_port}", NAME) == [3]
+    assert (repo / NAME / "live" / "3").is_dir()  # the eager model, for the next cycle's guard
+    status = subprocess.run([str(BIN / "gtcrec-adapt"), "--status", "--repository", str(repo)],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and len(json.loads(status.stdout)) == 1
 
 
 # ------------------------------------------------------------------------------------------------ healing

@@ -40,6 +40,7 @@ SMALL: dict[str, dict[str, Any]] = {
                  "N_PARITY_SESSIONS": 300},
     "06-catalog-swap": {"EPOCHS_RETRAINED": 3},
     "07-scale-out": {"LOG_SESSIONS": 3000, "SESSIONS_PER_PART": 1000, "LOAD_SECONDS": 1.0},
+    "08-live-event": {"FRACTIONS": [0.05, 0.2, 0.5], "BUDGET_S": 20.0},
 }
 
 
@@ -198,7 +199,7 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
 # from an empty text-embedding cache (notebooks 00 and 06 encode 5,000 talks each). 890 s in all, within
 # the 15 minutes of a coffee break; measured 812 s (README). Printed next to each notebook's time.
 BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 420, "04-ensemble": 10,
-                            "05-serve": 55, "06-catalog-swap": 130, "07-scale-out": 170}
+                            "05-serve": 55, "06-catalog-swap": 130, "07-scale-out": 170, "08-live-event": 480}
 
 
 def budget_note(stem: str | None, seconds: float, size: str) -> str:

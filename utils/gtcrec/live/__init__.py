@@ -1,10 +1,16 @@
-"""The live event: what attendees click while the event runs.
+"""The live event: what attendees click while the event runs, and what the served model learns from it.
 
 * ``gtcrec.live.clicklog``: :func:`read_click_log` reads the click log the served model writes
   (``TritonServer(click_log=...)``, ``gtcrec-serve --click-log``; the writer is
   :class:`gtcrec.serving.executor_model.ClickLog`), and click files other applications drop into the
   same folder, into one clicks table; :func:`log_stats` sums the writers' counters.
+* ``gtcrec.live.adapt``: :func:`gtcrec.live.adapt.adapt` chooses, on the newest logged sessions, what the clicks teach the
+  swapped model (popularity, co-occurrence, a bounded fine-tune) and whether it beats the version serving.
+* ``gtcrec.live.cycle``: :func:`run_cycle` reads the log, adapts and hot-loads the result through the swap's
+  machinery; ``gtcrec-adapt`` repeats it.
 """
+from gtcrec.live.adapt import observe, read_cycles  # the module gtcrec.live.adapt holds adapt()
 from gtcrec.live.clicklog import log_stats, read_click_log
+from gtcrec.live.cycle import LIVE_MODELS, run_cycle
 
-__all__ = ["read_click_log", "log_stats"]
+__all__ = ["read_click_log", "log_stats", "observe", "read_cycles", "run_cycle", "LIVE_MODELS"]

@@ -1,0 +1,248 @@
+"""One adaptation cycle against a running server, and ``gtcrec-adapt``, the command that repeats it.
+
+A cycle (:func:`run_cycle`):
+
+1. finds the catalog being served and when it went live (the last catalog swap in the model folder's
+   swap history; without one, the catalog given, every click counts);
+2. reads the logged clicks on its talks (:func:`gtcrec.live.clicklog.read_click_log`; a new event's
+   talk ids are new, so clicks on talks of another catalog are dropped and counted);
+3. rebuilds the swapped model (the trained model with that catalog's table, as the swap serves it) and
+   the eager model of the version being served (the same, or the one a previous cycle saved);
+4. :func:`gtcrec.live.adapt.adapt` chooses what the clicks teach and whether it beats the version served;
+5. when it does, :func:`gtcrec.swap.switch.publish` serves it as the next version, under the swap's lock,
+   with the swap's guarantees (warm-up, load under traffic, a refused version archived and the old one
+   kept). The eager model is saved in ``<model>/live/<version>`` for the next cycle's guard.
+
+Nothing is written before step 5, so a cycle killed earlier leaves the server, the repository and the
+log as they were, and the next cycle starts afresh. Every cycle, published or not, is recorded in
+``gtcrec_live.json`` (:func:`gtcrec.live.adapt.read_cycles`); ``gtcrec-adapt --status`` shows them.
+
+    gtcrec-adapt --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR --click-log DIR
+                 [--catalog FILE] [--cache DIR] [--every N | --every-seconds S] [--cycles M]
+    gtcrec-adapt --status --repository REPO
+
+Saved models are trusted files: loading one runs pickle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from gtcrec.live import adapt as live_adapt
+from gtcrec.live.clicklog import read_click_log
+from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, _record, current_version,
+                                    read_history, read_version, repository_lock)
+
+LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
+
+
+@dataclass
+class Live:
+    """The catalog being served and since when."""
+
+    catalog_file: Path
+    since: pd.Timestamp | None  # when the swap put it there (for the record)
+    swapped: bool  # a catalog swap put it there (else: the trained catalog)
+
+
+def live_catalog(repository, model_name: str = DEFAULT_MODEL_NAME, catalog=None) -> Live:
+    """The last successful catalog swap of the model folder, or ``catalog`` (the trained one)."""
+    swaps = [e for e in read_history(repository, model_name)["events"] if e.get("action") == "swap" and e.get("ok")]
+    if swaps:
+        last = swaps[-1]
+        return Live(Path(last["catalog"]), pd.Timestamp(last["time"]).tz_convert("UTC").tz_localize(None), True)
+    if catalog is None:
+        raise SwapError(f"{Path(repository) / model_name} has no catalog swap in its history: pass the catalog the "
+                        "served version was exported with (--catalog)")
+    return Live(Path(catalog), None, False)
+
+
+def _eager_models(model_dir, prepared, live: Live, repository, model_name: str, serving: int):
+    """(base, serving): the model every candidate starts from, and the eager model of the served version."""
+    from gtcrec import model as gm
+    from gtcrec.swap.catalog import swapped_model
+
+    base = (swapped_model(model_dir, prepared.table, prepared.catalog) if live.swapped
+            else gm.load_model(model_dir).eval())
+    saved = Path(repository) / model_name / LIVE_MODELS / str(serving)
+    return base, (gm.load_model(saved).eval() if saved.is_dir() else base)
+
+
+def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_name: str = DEFAULT_MODEL_NAME,
+              catalog=None, work_dir=None, budget_s: float | None = 45.0, timeout: float = 300.0,
+              log: Log | None = None) -> dict:
+    """One cycle (module docstring); returns what it recorded."""
+    from gtcrec import model as gm
+    from gtcrec.swap.catalog import prepare_catalog
+    from gtcrec.swap.switch import publish
+
+    log = log or _quiet
+    t0 = time.perf_counter()
+    repo = Path(repository).resolve()
+    live = live_catalog(repo, model_name, catalog)
+    serving, _ = current_version(server_url, repo, model_name)
+    settings = read_version(repo, serving, model_name)
+    prepared = prepare_catalog(live.catalog_file, cache_dir)
+    if prepared.vocab != settings.vocab:
+        raise SwapError(f"version {serving} serves another catalog than {live.catalog_file}")
+    # the new catalog's talk ids are new (a swap rule): its clicks are those on its talks, whatever the clock
+    # of the clients that sent them; clicks on other catalogs' talks are dropped and counted
+    clicks, report = read_click_log(click_log, catalog_ids=prepared.vocab)
+    log(f"version {serving} serving {len(prepared.vocab)} talks (live since {live.since or 'the start'}); "
+        f"{report['clicks']} of their clicks logged, in {report['sessions']} sessions")
+    base, serving_model = _eager_models(model_dir, prepared, live, repo, model_name, serving)
+    cycle = {"time": pd.Timestamp.now("UTC").isoformat(), "serving_before": serving, "log": report,
+             "catalog": str(live.catalog_file)}
+    with tempfile.TemporaryDirectory(prefix="gtcrec-adapt-", dir=work_dir) as tmp:
+        result = live_adapt.adapt(serving_model, base, clicks, prepared.catalog, tmp, budget_s=budget_s, log=log)
+    cycle.update(result.summary())
+    log(result.reason)
+    if result.publish:
+        with repository_lock(repo, model_name):
+            try:
+                done = publish(result.model, prepared.vocab, repo, server_url, serving, settings,
+                               int(settings.k_model or 0), model_name, popularity=result.popularity,
+                               timeout=timeout, action="adapt", log=log)
+            except SwapError as exc:
+                cycle.update(published=False, error=str(exc))
+                _record(repo, model_name, action="adapt", version=exc.version, from_version=serving, ok=False,
+                        error=str(exc)[:500])
+            else:
+                gm.save_model(result.model, repo / model_name / LIVE_MODELS / str(done.version))
+                cycle.update(published=True, version=done.version, load_seconds=done.load.seconds)
+                _record(repo, model_name, action="adapt", version=done.version, from_version=serving, ok=True,
+                        chosen=result.chosen, clicks=report["clicks"])
+                log(f"version {done.version} serving ({result.chosen})")
+    cycle["seconds"] = round(time.perf_counter() - t0, 3)
+    live_adapt.record_cycle(repo, model_name, cycle)
+    return cycle
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gtcrec-adapt",
+        description="Learn from the live event's logged clicks: choose what they teach on a time split, and serve "
+                    "it as the next model version when it beats the version served (no retraining from scratch).",
+        epilog="Exit status: 0 done; 2 bad arguments or no control key; 1 a cycle failed (the version served is "
+               "unchanged).")
+    parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
+    parser.add_argument("--url", help="the server's gRPC address, host:port")
+    parser.add_argument("--model-dir", help="the trained model saved by notebook 03 (artifacts/03-train/model)")
+    parser.add_argument("--click-log", help="the folder of logged clicks (gtcrec-serve --click-log) or of click "
+                        "files in the documented clicks format")
+    parser.add_argument("--catalog", help="the catalog served, when no catalog swap is in the history")
+    parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache (default: %(default)s)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--budget", type=float, default=45.0, help="seconds of fine-tuning per cycle (default: "
+                        "%(default)s)")
+    parser.add_argument("--every", type=int, help="repeat: a cycle each time this many new sessions were logged")
+    parser.add_argument("--every-seconds", type=float, help="repeat: a cycle every this many seconds")
+    parser.add_argument("--cycles", type=int, help="stop after this many cycles (default: one, or forever with "
+                        "--every / --every-seconds)")
+    parser.add_argument("--control-key-file", help="the key of the server's control APIs (see gtcrec-swap)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server's load")
+    parser.add_argument("--json", help="also write each cycle as a JSON line to this file ('-': stdout)")
+    parser.add_argument("--status", action="store_true", help="show the recorded cycles and stop")
+    return parser
+
+
+def _status(repository, model_name: str) -> list[dict]:
+    rows = []
+    for c in live_adapt.read_cycles(repository, model_name):
+        rows.append({"time": c.get("time"), "clicks": (c.get("log") or {}).get("clicks"),
+                     "sessions": (c.get("log") or {}).get("sessions"), "chosen": c.get("chosen"),
+                     "serving_recall@10": (c.get("scores") or {}).get("serving"),
+                     "chosen_recall@10": (c.get("scores") or {}).get(c.get("chosen")),
+                     "published": c.get("published", False), "version": c.get("version", c.get("serving_before")),
+                     "seconds": c.get("seconds"), "reason": c.get("reason") or c.get("error")})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    from gtcrec.serving import access
+    from gtcrec.swap.repository import grpc_target
+
+    warnings.filterwarnings("ignore", message=".*Tensorflow dtype mappings.*")
+    parser = _parser()
+    args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"[gtcrec-adapt] {msg}", file=sys.stderr, flush=True)
+
+    if args.status:
+        rows = _status(args.repository, args.model_name)
+        for r in rows:
+            log(f"{r['time']}: {r['clicks']} clicks, {r['sessions']} sessions; {r['chosen']} "
+                f"{r['chosen_recall@10']} vs serving {r['serving_recall@10']}; "
+                f"{'published as' if r['published'] else 'kept'} version {r['version']} ({r['seconds']} s)")
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not (args.url and args.model_dir and args.click_log):
+        parser.error("a cycle needs --url, --model-dir and --click-log (or use --status)")
+    if args.every is not None and args.every < 1 or args.every_seconds is not None and args.every_seconds <= 0:
+        parser.error("--every and --every-seconds must be positive")
+    try:
+        key, _ = access.key_for_command(args.control_key_file)
+    except access.ControlKeyError as exc:
+        print(f"gtcrec-adapt: {exc}", file=sys.stderr)
+        return 2
+    target = access.Target(grpc_target(args.url), key)
+    repeat = args.every is not None or args.every_seconds is not None
+    cycles = args.cycles if args.cycles is not None else (None if repeat else 1)
+    done, last_sessions, last_time = 0, -1, 0.0
+    code = 0
+    try:
+        while cycles is None or done < cycles:
+            if args.every is not None and last_sessions >= 0:
+                _, report = read_click_log(args.click_log)
+                if report["sessions"] - last_sessions < args.every:
+                    time.sleep(1.0)
+                    continue
+            if args.every_seconds is not None and time.monotonic() - last_time < args.every_seconds:
+                time.sleep(min(1.0, args.every_seconds))
+                continue
+            last_time = time.monotonic()
+            try:
+                cycle = run_cycle(args.repository, target, args.model_dir, args.cache, args.click_log,
+                                  args.model_name, catalog=args.catalog, budget_s=args.budget, timeout=args.timeout,
+                                  log=log)
+            except access.ControlKeyError as exc:
+                print(f"gtcrec-adapt: {exc}", file=sys.stderr)
+                return 2
+            except (SwapError, FileNotFoundError, ValueError) as exc:
+                print(f"gtcrec-adapt: the cycle failed, the version served is unchanged: {exc}", file=sys.stderr)
+                code = 1
+                if not repeat:
+                    return code
+                done += 1
+                continue
+            last_sessions = (cycle.get("log") or {}).get("sessions", 0)
+            if args.json:
+                line = json.dumps(cycle, default=str)
+                if args.json == "-":
+                    print(line, flush=True)
+                else:
+                    with open(args.json, "a") as f:
+                        f.write(line + "\n")
+            done += 1
+    except KeyboardInterrupt:
+        log("stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
