@@ -30,7 +30,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 warnings.filterwarnings("ignore")
 
