@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     from gtcrec import model as gm
     from gtcrec.live import adapt
     from gtcrec.manifest import read_manifest
-    from gtcrec.representation import settings_for, warm_codes
+    from gtcrec.representation import warm_codes
     from gtcrec.swap.catalog import prepare_catalog, swapped_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,13 +80,8 @@ def main(argv=None) -> dict:
     best_text = max(text, key=text.get)
     results[f"best text ({best_text})"] = text[best_text]
 
-    cfg = gm.describe(served)
-    arch = {k: cfg[k] for k in ("arch", "masking", "d_model", "n_layer", "n_head", "dropout") if k in cfg}
-    schema = gm.load_schema(split.split_dirs["train"])
-
-    def fresh(warm):
-        return gm.build_model(schema, prepared.table, max_len=max_len, seed=args.seed,
-                              item_repr=settings_for(cfg.get("item_repr"), prepared.catalog, warm), **arch)
+    def fresh(warm):  # the architecture untrained over the new table, ``warm`` talks with per-talk parts
+        return adapt.with_per_talk(adapt.fresh_like(served, prepared.catalog, args.seed), warm)
 
     started = time.perf_counter()
     retrained = fresh(warm_codes(train_sessions, n_codes))

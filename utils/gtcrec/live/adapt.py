@@ -189,7 +189,17 @@ def with_per_talk(model, clicked: np.ndarray, bias: np.ndarray | None = None):
     return out.eval()
 
 
-def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: float):
+def cooccurrence(sessions: Sequence[np.ndarray], n_codes: int) -> sp.csr_matrix:
+    """The cosine of session co-occurrence (:class:`gtcrec.baselines.ItemKNNBaseline`, its 100 nearest),
+    each row scaled to sum to 1 (rows of talks clicked with no other: 0)."""
+    from gtcrec.baselines import ItemKNNBaseline
+
+    sim = ItemKNNBaseline(n_codes).fit(sessions).similarity_.tocsr()
+    total = np.asarray(sim.sum(axis=1)).ravel()
+    return sp.diags(np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)) @ sim
+
+
+def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: float, sim: sp.spmatrix | None = None):
     """The model with what the observed ``sessions`` say in closed form, in its own per-talk parts:
 
     * popularity: ``weight * log(1 + clicks)`` added to the bias of every clicked talk;
@@ -198,10 +208,10 @@ def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: flo
       :class:`gtcrec.baselines.ItemKNNBaseline`, its 100 nearest, each row scaled to sum to 1: a weighted
       mean of the co-clicked talks; ``item_i`` the model's item vectors).
       The skip path scores ``gain * item(last click) . item(j)``, so a talk often clicked with the last
-      click moves up, as item-kNN would rank it, in the same served graph.
+      click moves up, as item-kNN would rank it, in the same served graph. ``sim``: :func:`cooccurrence`
+      of ``sessions`` when already computed.
     """
     from gtcrec import model as gm
-    from gtcrec.baselines import ItemKNNBaseline
 
     rep = _representation(model)
     n_codes = gm.n_codes(model)
@@ -213,9 +223,7 @@ def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: flo
     if alpha > 0 and sessions:
         import torch
 
-        sim = ItemKNNBaseline(n_codes).fit(sessions).similarity_.tocsr()
-        total = np.asarray(sim.sum(axis=1)).ravel()
-        sim = sp.diags(np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)) @ sim  # rows sum to 1
+        sim = cooccurrence(sessions, n_codes) if sim is None else sim
         out_rep = _representation(out)
         with torch.no_grad():
             items = rep.table().detach().cpu().numpy()
@@ -344,11 +352,22 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     per_click = {SERVING: hits(serving_model, *choose)}
     started = time.perf_counter()
     # popularity first, then co-occurrence on top of the best popularity (0: none)
-    grid = {(w, 0.0): hits(closed_form(base_model, observed.fit, w, 0.0), *choose) for w in (0.0, *weights)}
-    best_w = max(grid, key=lambda wa: (grid[wa].mean(), -wa[0]))[0]
-    grid.update({(best_w, a): hits(closed_form(base_model, observed.fit, best_w, a), *choose) for a in alphas})
-    best_w, best_a = max(grid, key=lambda wa: (grid[wa].mean(), -wa[1], -wa[0]))
-    per_click[CLOSED_FORM] = grid[(best_w, best_a)]
+    sim = cooccurrence(observed.fit, n_codes)  # fitted once for the whole grid
+    best = None  # ((mean hits, -a, -w), (w, a), model, per-click hits): only the best model is kept
+
+    def consider(w: float, a: float):
+        nonlocal best
+        candidate = closed_form(base_model, observed.fit, w, a, sim)
+        per = hits(candidate, *choose)
+        key = (per.mean(), -a, -w)
+        if best is None or key > best[0]:
+            best = (key, (w, a), candidate, per)
+
+    for w in (0.0, *weights):  # popularity first
+        consider(w, 0.0)
+    for a in alphas:  # then co-occurrence on top of the best popularity (0: none)
+        consider(best[1][0], a)
+    (best_w, best_a), best_closed, per_click[CLOSED_FORM] = best[1], best[2], best[3]
     scores = {name: float(h.mean()) for name, h in per_click.items()}
     curves: dict[str, list[float]] = {}
     seconds["closed_form"] = time.perf_counter() - started
@@ -356,7 +375,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
         f"serving {scores[SERVING]:.4f}; popularity x {best_w:g} + co-occurrence x {best_a:g} "
         f"{scores[CLOSED_FORM]:.4f}")
     started = time.perf_counter()
-    starts = {FINE_TUNE: closed_form(base_model, observed.fit, best_w, best_a), SCRATCH: fresh_like(base_model, catalog, seed)}
+    starts = {FINE_TUNE: best_closed, SCRATCH: fresh_like(base_model, catalog, seed)}
     tuned = {}
     for name, parts, rate in ((FINE_TUNE, "per-talk", lr), (SCRATCH, "all", lr_all)):
         deadline = None if budget_s is None else time.perf_counter() + budget_s / 2

@@ -27,9 +27,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from gtcrec.data.formats import CLICK_COLUMNS  # the documented clicks format
 from gtcrec.serving.executor_model import SEGMENT_PREFIX, STATS_SUFFIX
 
-CLICK_COLUMNS = ["session_id", "talk_id", "timestamp"]
 SUFFIXES = (".parquet", ".csv")
 DROP_REASONS = {  # in the order they are checked: a row is counted under the first that applies
     "empty_session_id": "an empty session id",

@@ -170,6 +170,20 @@ def _status(repository, model_name: str) -> list[dict]:
     return rows
 
 
+def _listing(folder) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of the files the log reader reads: it changes when the log does."""
+    from gtcrec.live.clicklog import click_files
+
+    out = []
+    for path in click_files(folder):
+        try:
+            stat = path.stat()
+        except OSError:  # gone since it was listed
+            continue
+        out.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
@@ -204,12 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeat = args.every is not None or args.every_seconds is not None
     cycles = args.cycles if args.cycles is not None else (None if repeat else 1)
     done, last_sessions, last_time = 0, -1, 0.0
+    logged_sessions, served_ids, last_files = 0, None, None
     code = 0
     try:
         while cycles is None or done < cycles:
             if args.every is not None and last_sessions >= 0:
-                _, report = read_click_log(args.click_log)
-                if report["sessions"] - last_sessions < args.every:
+                files = _listing(args.click_log)
+                if files != last_files:  # read the log again only when a file came or changed
+                    last_files = files
+                    _, report = read_click_log(args.click_log, catalog_ids=served_ids)  # counted as the cycle counts
+                    logged_sessions = report["sessions"]
+                if logged_sessions - last_sessions < args.every:
                     time.sleep(1.0)
                     continue
             if args.every_seconds is not None and time.monotonic() - last_time < args.every_seconds:
@@ -230,7 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return code
                 done += 1
                 continue
-            last_sessions = (cycle.get("log") or {}).get("sessions", 0)
+            last_sessions = logged_sessions = (cycle.get("log") or {}).get("sessions", 0)
+            if args.every is not None:
+                from gtcrec.data import load_catalog
+
+                served_ids, last_files = load_catalog(cycle["catalog"])["talk_id"].tolist(), _listing(args.click_log)
             if args.json:
                 line = json.dumps(cycle, default=str)
                 if args.json == "-":
