@@ -19,8 +19,9 @@ before, clicked talks excluded):
 * the best text-similarity baseline;
 * retrained: the same architecture trained on the WHOLE training split (notebook 03's epochs): the
   upper bound the issue compares with;
-* with ``--scratch``: the same architecture trained from scratch on the same observed sessions
-  (notebook 03's epochs), with its seconds beside the adaptation's.
+* with ``--scratch``: the same architecture trained from scratch on ALL the observed sessions (the
+  settings of the adaptation's own scratch candidate, which fits on the older ones only), with its
+  seconds beside the adaptation's.
 """
 from __future__ import annotations
 
@@ -110,15 +111,16 @@ def main(argv=None) -> dict:
         knn = baselines.ItemKNNBaseline(n_codes).fit(obs_sessions)
         pop = baselines.PopularityBaseline(n_codes).fit(obs_sessions)
         row = {"fraction": f, "sessions": len(obs_sessions), "chosen": result.chosen, "published": result.publish,
-               "adapted": adapted, "adapt_seconds": round(seconds, 1), "item-kNN of observed": score(knn.scores(prefixes)),
+               "adapted": adapted, "adapt_seconds": round(seconds, 1),
+               "adapt_steps": {k: round(v, 1) for k, v in result.seconds.items()}, "item-kNN of observed": score(knn.scores(prefixes)),
                "popularity of observed": score(pop.scores(prefixes)),
                "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
                "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
         if args.scratch:
             started = time.perf_counter()
             scratch = fresh(warm_codes(obs_sessions, n_codes))
-            gm.train(scratch, work / f"obs-{f}" / "etl" / "train", None, epochs=epochs, batch_size=min(batch_size, 64),
-                     lr=lr, seed=args.seed, output_dir=work / f"scratch-{f}")
+            gm.train(scratch, work / f"obs-{f}" / "etl" / "train", None, epochs=adapt.EPOCHS_ALL,
+                     batch_size=adapt.BATCH_SIZE_ALL, lr=adapt.LR_ALL, seed=args.seed, output_dir=work / f"scratch-{f}")
             row["scratch"] = score(gm.score_sessions(scratch, prefixes))
             row["scratch_seconds"] = round(time.perf_counter() - started, 1)
             row["adapted / scratch"] = adapted / row["scratch"] if row["scratch"] else None

@@ -462,9 +462,10 @@ def probe(world) -> dict[str, np.ndarray]:
 @pytest.mark.server
 def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_path):
     """Kill one of the two stub processes (SIGKILL, as an out-of-memory kill would) while one client
-    sends requests for 60 s, alternating the client helpers (one retry on the unhealthy-stub error)
+    sends requests for 30 s, alternating the client helpers (one retry on the unhealthy-stub error)
     and plain requests (no retry). Target: correct answers again within 5 s of the kill, at most 2% of
-    the requests of the next 60 s failed."""
+    the requests of the next 60 s failed; held here over the first 30 s, where every failure falls
+    (the stub is reloaded within ~12 s), which is the stricter share."""
     import tritonclient.grpc as grpcclient
 
     server_pid = served.server_pid()
@@ -481,7 +482,7 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
     rows = []
-    while time.monotonic() - killed_at < 60.0:
+    while time.monotonic() - killed_at < 30.0:
         for retries in (1, 0):  # helpers, then a plain request
             sent = time.monotonic()
             try:
@@ -519,7 +520,7 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
     assert result["helpers_failed"] <= 0.02 * len(helpers), result
     assert result["plain_failed"] <= 0.02 * len(plain), result
     assert all("is not healthy" in e for e in result["errors"]), result  # no other kind of failure
-    assert len(helpers) > 500  # the client really kept asking
+    assert len(helpers) > 250  # the client really kept asking
     # answers after the heal are those of before the kill
     late = frame[frame["sent"] > result["plain_correct_after_s"] + 1]
     assert len(late) > 100 and late["ok"].all()

@@ -396,7 +396,7 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
           batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = 42,
           output_dir: str | os.PathLike = "t4r-output", weight_decay: float = 0.0,
           logging_steps: int | None = None, max_steps: int = -1, verbose: bool = False,
-          bf16: bool | None = None) -> Dict[str, Any]:
+          bf16: bool | None = None, callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
     """Train with T4R's ``Trainer`` (``T4RecTrainingArguments``, linear learning-rate schedule).
 
     ``train_data`` / ``valid_data``: a processed parquet folder (or file) or a
@@ -409,7 +409,8 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
     default); one eval entry per epoch when ``valid_data`` is given (the loss of predicting each
     session's last item). Nothing is checkpointed; save with :func:`save_model`. ``verbose`` keeps
     the Hugging Face progress/log printing. ``bf16``: train under bfloat16 autocast (``None``: where
-    the machine has it natively, :func:`bf16_native`).
+    the machine has it natively, :func:`bf16_native`). ``callbacks``: Hugging Face ``TrainerCallback`` s
+    (e.g. one that scores each epoch and stops the run).
     """
     from transformers4rec.torch import Trainer
 
@@ -428,7 +429,7 @@ def train(model, train_data, valid_data=None, epochs: int = DEFAULTS["epochs"],
         model=model, args=args, schema=schema,
         train_dataset_or_path=_as_dataset(train_data, schema),
         eval_dataset_or_path=None if valid_data is None else _as_dataset(valid_data, schema),
-        compute_metrics=False)
+        compute_metrics=False, callbacks=list(callbacks))
     if not verbose:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -6,7 +6,8 @@ own clicks arrive (every request carries the session so far; :mod:`gtcrec.live.c
 one:
 
 1. the clicks go through the ETL of notebook 01 with the served vocabulary and are split by time:
-   the earliest sessions (``1 - VALID_FRAC``) to fit, the newest to choose;
+   the newest sessions (:data:`VALID_FRAC`, at most :data:`MAX_CHOOSE_SESSIONS`) to choose, the
+   earlier ones to fit;
 2. candidates, each starting from the swapped model:
 
    * **popularity + co-occurrence** (:func:`closed_form`, no training), in the model's own per-talk
@@ -16,21 +17,23 @@ one:
      ``a`` from :data:`COOCCURRENCE_WEIGHTS` (0 for either: none);
    * **fine-tune per talk**, from the best closed form: the residuals and biases of the clicked talks
      are trained with the Transformers4Rec ``Trainer`` on the fitting sessions, every other parameter
-     frozen (a few hundred sessions cannot overfit the transformer);
+     frozen (a few hundred sessions cannot overfit the transformer), at most :data:`EPOCHS` epochs;
    * **trained on the event's clicks alone**: a fresh model of the same architecture over the same
-     table (:func:`fresh_like`), every part trained at notebook 03's rate (:data:`LR_ALL`): what a
+     table (:func:`fresh_like`), every part trained for notebook 03's :data:`EPOCHS_ALL` epochs: what a
      retraining on the observed clicks gives, which wins once they are many;
 
-   both fine-tunes run one epoch at a time up to :data:`MAX_EPOCHS` (half of ``budget_s`` each) and stop
-   when the newest sessions stop improving;
+   each fine-tune is one linear schedule; a callback scores the newest sessions after every epoch,
+   keeps the best epoch and stops when :data:`PATIENCE` epochs bring nothing, or once ``budget_s``
+   (for both) has passed;
 
 3. every candidate and the version being served are scored on the newest sessions (recall@10 of each
    next click given the clicks before it, clicked talks excluded); the best wins, the simpler one on a
    tie. A winner that does not beat what is served by more than :data:`GUARD_Z` standard errors of the
    paired difference (click by click) is not published;
-4. the winner is fitted again on all the observed sessions (the same weight, the same number of
-   epochs) and published as the next version through the swap's machinery
-   (:func:`gtcrec.swap.switch.publish`: trace, export, load under traffic, archive if refused). The
+4. a closed form or a fine-tune per talk is fitted again on all the observed sessions (the same
+   weights, the same number of epochs: seconds); the model trained from scratch is published as it
+   was chosen (fitting it again would double the cycle). The winner becomes the next version through
+   the swap's machinery (:func:`gtcrec.swap.switch.publish`: trace, export, load under traffic, archive if refused). The
    fallback ranking for sessions with no known talk becomes the observed popularity.
 
 Each cycle starts again from the swapped model with every click seen so far, so cycles never compound
@@ -53,19 +56,18 @@ import scipy.sparse as sp
 
 from gtcrec.layout import RESERVED
 
-VALID_FRAC = 0.2  # the newest share of observed sessions, held out to choose
+VALID_FRAC = 0.2  # the newest share of observed sessions, held out to choose ...
+MAX_CHOOSE_SESSIONS = 500  # ... up to this many (~2,500 clicks: a standard error under 0.01); the rest fit
 POPULARITY_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)  # w of w * log(1 + clicks), the per-talk bias
 COOCCURRENCE_WEIGHTS = (0.25, 0.5, 1.0, 2.0)  # a of the co-occurrence residual
-MAX_EPOCHS = 8
-PATIENCE = 2  # epochs without improvement before the fine-tune stops
+PATIENCE = 2  # epochs without improvement on the newest sessions before a fine-tune stops
 GUARD_Z = 1.0  # a new version must beat the served one by more than this many standard errors
-LR = 3e-3
-BATCH_SIZE = 32
+EPOCHS, LR, BATCH_SIZE = 2, 3e-3, 32  # the fine-tune per talk (a few hundred sessions overfit fast)
 MIN_SESSIONS = 20  # fewer observed sessions (of 2+ clicks): nothing to learn from yet
 SERVING, CLOSED_FORM = "serving", "popularity + co-occurrence"
 FINE_TUNE = "fine-tune per talk"  # from the closed form
 SCRATCH = "trained on the event's clicks alone"  # a fresh model of the same architecture
-LR_ALL = 3e-3  # every part, from scratch: notebook 03's rate
+EPOCHS_ALL, LR_ALL, BATCH_SIZE_ALL = 5, 1e-3, 64  # from scratch: notebook 03's epochs, smaller steps
 LIVE_FILE = "gtcrec_live.json"
 
 Log = Callable[[str], None]
@@ -245,16 +247,19 @@ def fresh_like(model, catalog: pd.DataFrame, seed: int = 42):
                           seed=seed, item_repr=settings_for(cfg.get("item_repr"), catalog), **arch).eval()
 
 
-def fine_tune(model, train_data, counts: np.ndarray, choose: tuple | None, epochs: int = MAX_EPOCHS,
-              lr: float = LR, batch_size: int = BATCH_SIZE, seed: int = 42, work_dir=None,
-              deadline: float | None = None, parts: str = "per-talk") -> tuple[object, list[float]]:
-    """Train a copy of ``model`` with the Transformers4Rec ``Trainer``, one epoch at a time: ``parts``
-    ``"per-talk"``, only the residuals and biases of the clicked talks (``counts > 0``); ``"all"``,
-    every part that was trainable (transformer, adapter, field vectors, skip) and those. With ``choose``
-    (prefixes, targets), stop when recall@10 there has not improved for :data:`PATIENCE` epochs and keep
-    the best epoch (none: the model as it started); without it, train ``epochs`` epochs. Returns
-    ``(model, recall after each epoch)``, the number of epochs kept in ``model.fit_epochs``;
-    ``deadline`` (``time.perf_counter()``) stops early."""
+def fine_tune(model, train_data, counts: np.ndarray, choose: tuple | None, epochs: int, lr: float,
+              batch_size: int, seed: int = 42, work_dir=None, deadline: float | None = None,
+              parts: str = "per-talk") -> tuple[object, list[float]]:
+    """Train a copy of ``model`` with the Transformers4Rec ``Trainer`` for one linear schedule of
+    ``epochs`` epochs: ``parts`` ``"per-talk"``, only the residuals and biases of the clicked talks
+    (``counts > 0``); ``"all"``, those and every part that was trainable (transformer, adapter, field
+    vectors, skip). With ``choose`` (prefixes, targets), a callback scores recall@10 there after every
+    epoch, stops the run when it has not improved for :data:`PATIENCE` epochs, and the best epoch is kept
+    (none: the model as it started). ``deadline`` (``time.perf_counter()``) stops the run after the
+    epoch that passes it. Returns ``(model, recall after each epoch)``, the number of epochs kept in
+    ``model.fit_epochs``."""
+    from transformers import TrainerCallback
+
     from gtcrec import model as gm
 
     if parts not in ("per-talk", "all"):
@@ -268,28 +273,29 @@ def fine_tune(model, train_data, counts: np.ndarray, choose: tuple | None, epoch
     rep.item_bias.requires_grad_(True)
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gtcrec-adapt-"))
     curve: list[float] = []
-    best = (recall_at(tuned, *choose) if choose else -1.0, 0, copy.deepcopy(tuned.state_dict()))
-    for epoch in range(1, epochs + 1):
-        gm.train(tuned, train_data, None, epochs=1, lr=lr, batch_size=batch_size, seed=seed + epoch,
-                 output_dir=work_dir / "t4r")
-        late = deadline is not None and time.perf_counter() > deadline
-        if choose is None:
-            if late:
-                break
-            continue
-        score = recall_at(tuned, *choose)
-        curve.append(score)
-        if score > best[0]:
-            best = (score, epoch, copy.deepcopy(tuned.state_dict()))
-        elif epoch - best[1] >= PATIENCE or late:
-            break
-        if late:
-            break
+    best = {"score": recall_at(tuned, *choose) if choose else -1.0, "epoch": 0,
+            "state": copy.deepcopy(tuned.state_dict()) if choose else None}
+
+    class EarlyStop(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            epoch = int(round(state.epoch))
+            if choose is None:
+                best["epoch"] = epoch
+            else:
+                rep._clear()
+                curve.append(recall_at(tuned, *choose))
+                if curve[-1] > best["score"]:
+                    best.update(score=curve[-1], epoch=epoch, state=copy.deepcopy(tuned.state_dict()))
+                elif epoch - best["epoch"] >= PATIENCE:
+                    control.should_training_stop = True
+            if deadline is not None and time.perf_counter() > deadline:
+                control.should_training_stop = True
+
+    gm.train(tuned, train_data, None, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+             output_dir=work_dir / "t4r", callbacks=[EarlyStop()])
     if choose is not None:
-        tuned.load_state_dict(best[2])
-        tuned.fit_epochs = best[1]
-    else:
-        tuned.fit_epochs = epochs
+        tuned.load_state_dict(best["state"])
+    tuned.fit_epochs = best["epoch"]
     for p in tuned.parameters():
         p.requires_grad_(False)
     rep._clear()
@@ -327,21 +333,24 @@ class Adaptation:
 
 def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame, work_dir=None,
           weights: Sequence[float] = POPULARITY_WEIGHTS, alphas: Sequence[float] = COOCCURRENCE_WEIGHTS,
-          epochs: int = MAX_EPOCHS, lr: float = LR, lr_all: float = LR_ALL,
-          batch_size: int = BATCH_SIZE, seed: int = 42, budget_s: float | None = 45.0,
+          epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, epochs_all: int = EPOCHS_ALL,
+          lr_all: float = LR_ALL, batch_size_all: int = BATCH_SIZE_ALL, seed: int = 42,
+          budget_s: float | None = 45.0,
           log: Log | None = None) -> Adaptation:
     """Choose and fit what the observed ``clicks`` teach (see the module docstring).
 
     ``serving_model``: the eager model of the version being served (the guard); ``base_model``: the
     swapped model every candidate starts from (often the same); ``catalog``: the served catalog (its
-    order is the vocabulary); ``budget_s``: seconds for the fine-tune epochs of the choice."""
+    order is the vocabulary); ``budget_s``: seconds for the training of both fine-tunes (each stops
+    after the epoch that passes it)."""
     from gtcrec import model as gm
 
     log = log or _quiet
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gtcrec-adapt-"))
     t0 = time.perf_counter()
     max_len = int(base_model.max_sequence_length)
-    observed = observe(clicks, catalog, work_dir, max_len)
+    n_sessions = max(1, clicks["session_id"].nunique())
+    observed = observe(clicks, catalog, work_dir, max_len, min(VALID_FRAC, MAX_CHOOSE_SESSIONS / n_sessions))
     n_codes = gm.n_codes(base_model)
     seconds = {"observe": time.perf_counter() - t0}
     if len(observed.sessions) < MIN_SESSIONS or not observed.choose:
@@ -375,11 +384,12 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
         f"serving {scores[SERVING]:.4f}; popularity x {best_w:g} + co-occurrence x {best_a:g} "
         f"{scores[CLOSED_FORM]:.4f}")
     started = time.perf_counter()
-    starts = {FINE_TUNE: best_closed, SCRATCH: fresh_like(base_model, catalog, seed)}
+    deadline = None if budget_s is None else started + budget_s
     tuned = {}
-    for name, parts, rate in ((FINE_TUNE, "per-talk", lr), (SCRATCH, "all", lr_all)):
-        deadline = None if budget_s is None else time.perf_counter() + budget_s / 2
-        tuned[name], curves[name] = fine_tune(starts[name], observed.fit_dir, fit_counts, choose, epochs, rate, batch_size,
+    for name, start, parts, n_epochs, rate, batch in (
+            (FINE_TUNE, best_closed, "per-talk", epochs, lr, batch_size),
+            (SCRATCH, fresh_like(base_model, catalog, seed), "all", epochs_all, lr_all, batch_size_all)):
+        tuned[name], curves[name] = fine_tune(start, observed.fit_dir, fit_counts, choose, n_epochs, rate, batch,
                                               seed, work_dir / name.replace(" ", "-"), deadline, parts)
         per_click[name] = hits(tuned[name], *choose)
         scores[name] = float(per_click[name].mean())
@@ -392,7 +402,8 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     wins, t = beats(per_click[chosen], per_click[SERVING])
     settings = {"popularity_weight": best_w, "cooccurrence_weight": best_a,
                 "epochs": tuned[chosen].fit_epochs if chosen in tuned else None,
-                "lr": {FINE_TUNE: lr, SCRATCH: lr_all}.get(chosen), "batch_size": batch_size,
+                "lr": {FINE_TUNE: lr, SCRATCH: lr_all}.get(chosen),
+                "batch_size": {FINE_TUNE: batch_size, SCRATCH: batch_size_all}.get(chosen),
                 "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3)}
     if not wins:
         why = ("no candidate scores above" if chosen == SERVING else
@@ -400,15 +411,17 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
         return Adaptation(scores, chosen, False, f"{why} the version served ({scores[SERVING]:.4f}) on the newest "
                           f"{len(observed.choose)} sessions ({len(choose[1])} clicks); it keeps serving",
                           settings, observed.counts, seconds, curves)
-    # the winner again, on every observed session, with the settings chosen
+    # the winner again, on every observed session, with the settings chosen; the model trained from
+    # scratch is published as chosen (fitting it again would double the cycle)
     started = time.perf_counter()
     all_counts = click_counts(observed.sessions, n_codes)
-    final = (fresh_like(base_model, catalog, seed) if chosen == SCRATCH
-             else closed_form(base_model, observed.sessions, best_w, best_a))
-    if chosen in tuned:
-        final, _ = fine_tune(final, _dataset(observed.all_dirs, base_model), all_counts, None,
-                             max(1, int(settings["epochs"] or 1)), settings["lr"], batch_size, seed, work_dir / "final",
-                             parts="per-talk" if chosen == FINE_TUNE else "all")
+    if chosen == SCRATCH:
+        final = tuned[SCRATCH]
+    else:
+        final = closed_form(base_model, observed.sessions, best_w, best_a)
+        if chosen == FINE_TUNE:
+            final, _ = fine_tune(final, _dataset(observed.all_dirs, base_model), all_counts, None,
+                                 max(1, int(settings["epochs"] or 1)), lr, batch_size, seed, work_dir / "final")
     seconds["refit"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
