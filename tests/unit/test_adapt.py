@@ -58,7 +58,10 @@ def test_positions_counts_and_the_guard():
     assert adapt.beats(same, same) == (False, 0.0)
     many = np.r_[np.ones(60), np.zeros(40)]
     assert adapt.beats(np.r_[np.ones(80), np.zeros(20)], many)[0]  # 20 more hits in 100: far beyond 1 SE
-    assert not adapt.beats(np.r_[np.ones(61), np.zeros(39)], many)[0]  # one click's luck
+    # one click's luck among many that differ: 11 wins and 10 losses (1 / sqrt(21) = 0.22 SE)
+    lucky = np.r_[np.ones(50), np.zeros(10), np.ones(11), np.zeros(29)]
+    assert adapt.beats(lucky, many) == (False, pytest.approx(1 / np.sqrt(21)))
+    assert not adapt.beats(np.r_[np.ones(61), np.zeros(39)], many, z=1.0)[0]  # one click alone: 1 SE
     assert not adapt.beats(np.zeros(100), many)[0]
 
 
