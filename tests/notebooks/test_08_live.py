@@ -6,7 +6,10 @@ and 1,911 clicks: binomial SEs 0.025 / 0.016 / 0.011; the bands are 0.065 wide a
 the test split (150 sessions, SE ~0.035) the zero-shot swap scored 0.74 in both; after the cycles the
 served version scored 0.74 / 0.74 / 0.78 in the first run (it kept the swap at 5 and 20 %) and 0.72 /
 0.713 / 0.767 in the second (it loaded versions at every cycle: the guard passed on 8 and 42 choosing
-sessions, and the first two loads cost recall on the test split, within the band)."""
+sessions, and the first two loads cost recall on the test split, within the band). A third run, after
+cycles needed 100 clicks to choose on and half a standard error: 0.705 / 0.682 / 0.681; test 0.74 (kept,
+40 clicks) / 0.713 / 0.807; by hand, on the newest logged sessions: swap 0.656, per-talk fine-tune 0.704,
+the version serving 0.815."""
 import pytest
 
 from gtcrec.live import read_cycles
@@ -35,7 +38,7 @@ def test_live_event_notebook(series):
         if c["published"]:
             assert c["scores"][c["chosen"]] > c["scores"]["serving"]
         else:
-            assert "keeps serving" in c["reason"] or "nothing to learn" in c["reason"]
+            assert any(why in c["reason"] for why in ("keeps serving", "nothing to learn", "too few to tell"))
     assert cycles[-1]["published"], cycles[-1]["reason"]  # half the stream: enough to beat the swap
     recorded = read_cycles(series.path("08-live-event", "model_repository"), "executor_model")
     assert [c.get("published", False) for c in recorded] == [c["published"] for c in cycles]
@@ -49,3 +52,12 @@ def test_live_event_notebook(series):
     assert all(o["served"] >= zero - 0.035 for o in m["offline"]), m["offline"]
     assert m["offline"][-1]["served"] >= zero, m["offline"]
     assert m["offline"][-1]["served"] <= m["retrained"] + 0.05
+
+    # inside a cycle, by hand: the T4R fine-tune of the per-talk parts learned from the logged clicks, the
+    # version serving (fitted on all of them) scores above the swap on their newest sessions, and the
+    # control API refused a keyless unload while the model kept serving
+    by_hand = m["by_hand"]
+    zero_logged = by_hand["swapped model (zero-shot)"]
+    assert by_hand["fine-tuned per talk, 1 epoch"] > zero_logged + 0.01, by_hand
+    assert by_hand["version serving now"] > zero_logged + 0.05, by_hand
+    assert m["keyless_unload_refused"] is True

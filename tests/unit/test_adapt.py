@@ -114,3 +114,6 @@ def test_a_few_clicks_keep_the_version_served(world):
     few = as_clicks(paired_sessions(adapt.MIN_SESSIONS - 5, seed=4, follow=world["follow"]), ids)
     result = adapt.adapt(model, model, few, world["catalog"], world["tmp"] / "few", budget_s=None)
     assert not result.publish and result.model is None and "nothing to learn from yet" in result.reason
+    some = as_clicks(paired_sessions(60, seed=5, follow=world["follow"]), ids)  # 12 sessions choose: ~40 clicks
+    result = adapt.adapt(model, model, some, world["catalog"], world["tmp"] / "some", budget_s=None)
+    assert not result.publish and "too few to tell the candidates apart" in result.reason
