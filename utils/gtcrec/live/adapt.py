@@ -31,7 +31,8 @@ one:
    tie. A winner that does not beat what is served by more than :data:`GUARD_Z` standard errors of the
    paired difference (click by click) is not published;
 4. the winner is fitted again on all the observed sessions (the same weights, the same number of
-   epochs, the same seed) and published as the next version through the swap's machinery (:func:`gtcrec.swap.switch.publish`: trace, export, load under traffic, archive if refused). The
+   epochs, the same seed) and published as the next version through the swap's machinery
+   (:func:`gtcrec.swap.switch.publish`: trace, export, load under traffic, archive if refused). The
    fallback ranking for sessions with no known talk becomes the observed popularity.
 
 Each cycle starts again from the swapped model with every click seen so far, so cycles never compound
