@@ -100,7 +100,7 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
         f"{report['clicks']} of their clicks logged, in {report['sessions']} sessions")
     base, serving_model = _eager_models(model_dir, prepared, live, repo, model_name, serving)
     cycle = {"time": pd.Timestamp.now("UTC").isoformat(), "serving_before": serving, "log": report,
-             "catalog": str(live.catalog_file)}
+             "catalog": str(live.catalog_file), "published": False}
     with tempfile.TemporaryDirectory(prefix="gtcrec-adapt-", dir=work_dir) as tmp:
         result = live_adapt.adapt(serving_model, base, clicks, prepared.catalog, tmp, budget_s=budget_s, log=log)
     cycle.update(result.summary())
