@@ -393,9 +393,9 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     started = time.perf_counter()
     deadline = None if budget_s is None else started + budget_s
     tuned = {}
-    for name, start, parts, n_epochs, rate, batch in (
-            (FINE_TUNE, best_closed, "per-talk", epochs, lr, batch_size),
-            (SCRATCH, fresh_like(base_model, catalog, seed), "all", epochs_all, lr_all, batch_size_all)):
+    recipes = {FINE_TUNE: ("per-talk", epochs, lr, batch_size), SCRATCH: ("all", epochs_all, lr_all, batch_size_all)}
+    for name, start in ((FINE_TUNE, best_closed), (SCRATCH, fresh_like(base_model, catalog, seed))):
+        parts, n_epochs, rate, batch = recipes[name]
         tuned[name], curves[name] = fine_tune(start, observed.fit_dir, fit_counts, choose, n_epochs, rate, batch,
                                               seed, work_dir / name.replace(" ", "-"), deadline, parts)
         per_click[name] = hits(tuned[name], *choose)
@@ -409,8 +409,8 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     wins, t = beats(per_click[chosen], per_click[SERVING])
     settings = {"popularity_weight": best_w, "cooccurrence_weight": best_a,
                 "epochs": tuned[chosen].fit_epochs if chosen in tuned else None,
-                "lr": {FINE_TUNE: lr, SCRATCH: lr_all}.get(chosen),
-                "batch_size": {FINE_TUNE: batch_size, SCRATCH: batch_size_all}.get(chosen),
+                "lr": recipes[chosen][2] if chosen in recipes else None,
+                "batch_size": recipes[chosen][3] if chosen in recipes else None,
                 "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3)}
     if not wins:
         why = ("no candidate scores above" if chosen == SERVING else
@@ -426,7 +426,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     if chosen in tuned:
         final, _ = fine_tune(final, _dataset(observed.all_dirs, base_model), all_counts, None,
                              max(1, int(settings["epochs"] or 1)), settings["lr"], settings["batch_size"], seed,
-                             work_dir / "final", parts="per-talk" if chosen == FINE_TUNE else "all")
+                             work_dir / "final", parts=recipes[chosen][0])
     seconds["refit"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
