@@ -33,20 +33,97 @@ from pathlib import Path
 
 
 warnings.filterwarnings("ignore")
+FRACTIONS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, batch_size: int, lr: float,
+          seed: int = 42, scratch: bool = False, budget: float | None = 45.0, log=print) -> dict:
+    """The live curve of one new event: ``served`` (the swapped model, as a swap serves it), its
+    ``catalog`` and ``table`` (text rows, reserved rows included), the event's ``clicks``; the
+    retrained bound trained for ``epochs`` epochs (``batch_size``, ``lr``). Returns every number."""
+    from gtcrec import baselines, etl, metrics
+    from gtcrec import model as gm
+    from gtcrec.live import adapt
+    from gtcrec.representation import warm_codes
+
+    max_len = int(served.max_sequence_length)
+    n_codes = gm.n_codes(served)
+    split = etl.run_etl(clicks, catalog, work / "etl", max_len=max_len)
+    train_sessions = metrics.read_sessions(split.split_dirs["train"])
+    prefixes, targets = metrics.sessions_to_prefixes(metrics.read_sessions(split.split_dirs["test"]))
+
+    def score(scores) -> float:
+        return float(metrics.evaluate_scores(scores, targets, ks=(10,), exclude=prefixes)["recall@10"])
+
+    results = {"zero-shot (served after the swap)": score(gm.score_sessions(served, prefixes))}
+    text = {name: score(b.scores(prefixes)) for name, b in baselines.text_baselines(table).items()}
+    best_text = max(text, key=text.get)
+    results[f"best text ({best_text})"] = text[best_text]
+
+    def fresh(warm):  # the architecture untrained over the new table, ``warm`` talks with per-talk parts
+        return adapt.with_per_talk(adapt.fresh_like(served, catalog, seed), warm)
+
+    started = time.perf_counter()
+    retrained = fresh(warm_codes(train_sessions, n_codes))
+    gm.train(retrained, split.split_dirs["train"], None, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+             output_dir=work / "retrained")
+    retrained_s = time.perf_counter() - started
+    results["retrained on the whole training split"] = retrained_r = score(gm.score_sessions(retrained, prefixes))
+    zero = results["zero-shot (served after the swap)"]
+    log(f"{len(train_sessions)} training sessions, {len(targets)} test sessions; retrained {retrained_r:.4f} "
+        f"({epochs} epochs, {retrained_s:.0f} s); zero-shot {zero:.4f}; best text {text[best_text]:.4f}")
+
+    numbered = etl.number_sessions(clicks)
+    train_clicks = etl.split_by_time(numbered)["train"]
+    order = train_clicks.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
+    rows = []
+    for f in fractions:
+        keep = set(order[:max(1, int(round(f * len(order))))])
+        observed = clicks[clicks["session_id"].isin(keep)]
+        started = time.perf_counter()
+        result = adapt.adapt(served, served, observed, catalog, work / f"adapt-{f}", budget_s=budget, seed=seed)
+        seconds = time.perf_counter() - started
+        adapted = score(gm.score_sessions(result.model, prefixes)) if result.publish else zero
+        obs_sessions = adapt.observe(observed, catalog, work / f"obs-{f}", max_len, valid_frac=0.0).fit
+        knn = baselines.ItemKNNBaseline(n_codes).fit(obs_sessions)
+        pop = baselines.PopularityBaseline(n_codes).fit(obs_sessions)
+        row = {"fraction": f, "sessions": len(obs_sessions), "chosen": result.chosen, "published": result.publish,
+               "reason": result.reason, "adapted": adapted, "adapt_seconds": round(seconds, 1),
+               "adapt_steps": {k: round(v, 1) for k, v in result.seconds.items()},
+               "item-kNN of observed": score(knn.scores(prefixes)), "popularity of observed": score(pop.scores(prefixes)),
+               "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
+               "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
+        if scratch:
+            started = time.perf_counter()
+            model = fresh(warm_codes(obs_sessions, n_codes))
+            gm.train(model, work / f"obs-{f}" / "etl" / "train", None, epochs=adapt.EPOCHS_ALL,
+                     batch_size=adapt.BATCH_SIZE_ALL, lr=adapt.LR_ALL, seed=seed, output_dir=work / f"scratch-{f}")
+            row["scratch"] = score(gm.score_sessions(model, prefixes))
+            row["scratch_seconds"] = round(time.perf_counter() - started, 1)
+            row["adapted / scratch"] = adapted / row["scratch"] if row["scratch"] else None
+        rows.append(row)
+        log(f"after {f:.0%} ({row['sessions']} sessions): adapted {adapted:.4f} ({result.chosen}, "
+            f"{'published' if result.publish else 'kept'}; {seconds:.0f} s) = {row['adapted / retrained']:.2f} x "
+            f"retrained, {row['adapted / zero-shot']:.2f} x zero-shot, {row['adapted / best text']:.2f} x best text; "
+            f"item-kNN of observed {row['item-kNN of observed']:.4f}"
+            + (f"; scratch {row['scratch']:.4f} ({row['scratch_seconds']:.0f} s)" if scratch else ""))
+    return {"results": results, "retrained_seconds": retrained_s, "fractions": rows,
+            "n_train_sessions": len(train_sessions), "n_test_sessions": len(targets)}
 
 
 def main(argv=None) -> dict:
-    from gtcrec import baselines, data, etl, metrics
-    from gtcrec import model as gm
-    from gtcrec.live import adapt
+    from gtcrec import data
     from gtcrec.manifest import read_manifest
-    from gtcrec.representation import warm_codes
     from gtcrec.swap.catalog import prepare_catalog, swapped_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts-dir", default="artifacts")
     parser.add_argument("--cache", default="data/cache/embeddings")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
+    parser.add_argument("--fractions", type=float, nargs="+", default=FRACTIONS)
     parser.add_argument("--scratch", action="store_true", help="also train the architecture from scratch on the "
                         "observed sessions")
     parser.add_argument("--budget", type=float, default=45.0, help="fine-tune seconds per cycle")
@@ -56,83 +133,16 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     art = Path(args.artifacts_dir)
-    work = Path(args.work)
     data_out, train_out = read_manifest(art, "00-data"), read_manifest(art, "03-train")
     catalog = data.load_catalog(data_out.path("fall_catalog"))
     clicks, _ = data.load_clicks(data_out.path("fall_clicks"), catalog)
-    model_dir = train_out.path("model")
-    epochs = int(train_out["parameters"].get("EPOCHS", 5))
-    batch_size = int(train_out["parameters"].get("BATCH_SIZE", 128))
-    lr = float(train_out["parameters"].get("LEARNING_RATE", 1e-3))
     prepared = prepare_catalog(data_out.path("fall_catalog"), args.cache)
-    served = swapped_model(model_dir, prepared.table, prepared.catalog)
-    max_len = int(served.max_sequence_length)
-    n_codes = gm.n_codes(served)
-
-    split = etl.run_etl(clicks, catalog, work / "etl", max_len=max_len)
-    train_sessions = metrics.read_sessions(split.split_dirs["train"])
-    prefixes, targets = metrics.sessions_to_prefixes(metrics.read_sessions(split.split_dirs["test"]))
-
-    def score(scores) -> float:
-        return float(metrics.evaluate_scores(scores, targets, ks=(10,), exclude=prefixes)["recall@10"])
-
-    results = {"zero-shot (served after the swap)": score(gm.score_sessions(served, prefixes))}
-    text = {name: score(b.scores(prefixes)) for name, b in baselines.text_baselines(prepared.table).items()}
-    best_text = max(text, key=text.get)
-    results[f"best text ({best_text})"] = text[best_text]
-
-    def fresh(warm):  # the architecture untrained over the new table, ``warm`` talks with per-talk parts
-        return adapt.with_per_talk(adapt.fresh_like(served, prepared.catalog, args.seed), warm)
-
-    started = time.perf_counter()
-    retrained = fresh(warm_codes(train_sessions, n_codes))
-    gm.train(retrained, split.split_dirs["train"], None, epochs=epochs, batch_size=batch_size, lr=lr, seed=args.seed,
-             output_dir=work / "retrained")
-    retrained_s = time.perf_counter() - started
-    results["retrained on the whole training split"] = retrained_r = score(gm.score_sessions(retrained, prefixes))
-    print(f"{len(train_sessions)} training sessions, {len(targets)} test sessions; retrained {retrained_r:.4f} "
-          f"({epochs} epochs, {retrained_s:.0f} s); zero-shot {results['zero-shot (served after the swap)']:.4f}; "
-          f"best text {text[best_text]:.4f}", flush=True)
-
-    numbered = etl.number_sessions(clicks)
-    train_clicks = etl.split_by_time(numbered)["train"]
-    order = train_clicks.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
-    zero = results["zero-shot (served after the swap)"]
-    rows = []
-    for f in args.fractions:
-        keep = set(order[:max(1, int(round(f * len(order))))])
-        observed = clicks[clicks["session_id"].isin(keep)]
-        started = time.perf_counter()
-        result = adapt.adapt(served, served, observed, catalog, work / f"adapt-{f}", budget_s=args.budget,
-                             seed=args.seed)
-        seconds = time.perf_counter() - started
-        adapted = score(gm.score_sessions(result.model, prefixes)) if result.publish else zero
-        obs_sessions = adapt.observe(observed, catalog, work / f"obs-{f}", max_len, valid_frac=0.0).fit
-        knn = baselines.ItemKNNBaseline(n_codes).fit(obs_sessions)
-        pop = baselines.PopularityBaseline(n_codes).fit(obs_sessions)
-        row = {"fraction": f, "sessions": len(obs_sessions), "chosen": result.chosen, "published": result.publish,
-               "adapted": adapted, "adapt_seconds": round(seconds, 1),
-               "adapt_steps": {k: round(v, 1) for k, v in result.seconds.items()}, "item-kNN of observed": score(knn.scores(prefixes)),
-               "popularity of observed": score(pop.scores(prefixes)),
-               "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
-               "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
-        if args.scratch:
-            started = time.perf_counter()
-            scratch = fresh(warm_codes(obs_sessions, n_codes))
-            gm.train(scratch, work / f"obs-{f}" / "etl" / "train", None, epochs=adapt.EPOCHS_ALL,
-                     batch_size=adapt.BATCH_SIZE_ALL, lr=adapt.LR_ALL, seed=args.seed, output_dir=work / f"scratch-{f}")
-            row["scratch"] = score(gm.score_sessions(scratch, prefixes))
-            row["scratch_seconds"] = round(time.perf_counter() - started, 1)
-            row["adapted / scratch"] = adapted / row["scratch"] if row["scratch"] else None
-        rows.append(row)
-        print(f"after {f:.0%} ({row['sessions']} sessions): adapted {adapted:.4f} ({result.chosen}, "
-              f"{'published' if result.publish else 'kept'}; {seconds:.0f} s) = {row['adapted / retrained']:.2f} x "
-              f"retrained, {row['adapted / zero-shot']:.2f} x zero-shot, {row['adapted / best text']:.2f} x best text; "
-              f"item-kNN of observed {row['item-kNN of observed']:.4f}"
-              + (f"; scratch {row['scratch']:.4f} ({row['scratch_seconds']:.0f} s)" if args.scratch else ""),
-              flush=True)
-    out = {"results": results, "retrained_seconds": retrained_s, "fractions": rows,
-           "n_train_sessions": len(train_sessions), "n_test_sessions": len(targets)}
+    served = swapped_model(train_out.path("model"), prepared.table, prepared.catalog)
+    params = train_out["parameters"]
+    out = curve(served, prepared.catalog, clicks, prepared.table, args.fractions, Path(args.work),
+                int(params.get("EPOCHS", 5)), int(params.get("BATCH_SIZE", 128)),
+                float(params.get("LEARNING_RATE", 1e-3)), args.seed, args.scratch, args.budget,
+                log=say)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return out

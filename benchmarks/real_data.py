@@ -297,11 +297,19 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
                                       epochs=args.epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
                                       seed=args.seed, log=log)
     every_session = quality.every_session
+    live = None
+    if args.live is not None:  # the new log as a live event: what its first sessions teach the swapped model
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import live as live_benchmark
+
+        served = swap.swapped_model(model_dir, new_table, new_catalog)
+        live = live_benchmark.curve(served, new_catalog, new_clicks, new_table, args.live or live_benchmark.FRACTIONS, work / "live", args.epochs,
+                                    BATCH_SIZE, LEARNING_RATE, args.seed, scratch=True, log=log)
     log(f"new items, zero-shot on all {every_session['sessions']} sessions of the new log: " + ", ".join(
         f"{name} {r['recall@10']:.4f}" for name, r in every_session["results"].items()))
     return {"results": quality.results, "ratios": quality.ratios, "counts": quality.counts,
             "every_session": every_session, "transfer_check": check, "served": quality.served,
-            "retrain": quality.retrain, "old_model_on_old_test": old_test,
+            "retrain": quality.retrain, "old_model_on_old_test": old_test, "live": live,
             "old_train_seconds": history["seconds"],
             "split": {"rule": "seeded random half of the movies", "seed": args.seed,
                       "old_items": int((~is_new).sum()), "new_items": int(is_new.sum())}}
@@ -343,6 +351,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="catalog fields of the item representation, comma-separated ('' for none; "
                         "default: notebook 03's, of which only track has values here)")
     parser.add_argument("--skip", choices=["warm", "new"], help="leave one part out")
+    parser.add_argument("--live", type=float, nargs="*", default=None, help="also adapt the swapped model to the "
+                        "first FRACTIONS of the new log's training sessions (benchmarks/live.py; no value: its "
+                        "fractions)")
     parser.add_argument("--json", help="also write every number to this file")
     args = parser.parse_args(argv)
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gtcrec import data, metrics, model as m, transfer
+from gtcrec.live import adapt
 from gtcrec.representation import DEFAULT_SETTINGS, settings_for
 
 pytestmark = pytest.mark.notebooks
@@ -41,6 +42,16 @@ def test_training_beats_baselines_and_stays_below_the_oracle(series):
     assert ours["recall@10"] >= 0.95 * test["item-knn"]["recall@10"]
     assert ours["recall@10"] >= 0.95 * test["learned ids"]["recall@10"]
     assert ours["recall@10"] >= 0.85 * test["oracle"]["recall@10"]
+    # co-occurrence in the residuals is kept only with a gain of more than one SE on validation
+    # (measured at this size: alpha 0.1, 0.8275 -> 0.835, 1.7 SE)
+    cooc = manifest["metrics"]["cooccurrence"]
+    recall_by_alpha = {float(a): r for a, r in cooc["valid_recall@10"].items()}
+    assert set(recall_by_alpha) == {0.0, *adapt.WARM_COOCCURRENCE_WEIGHTS}
+    if cooc["alpha"]:
+        assert cooc["standard_errors"] > adapt.WARM_GUARD_Z
+        assert recall_by_alpha[cooc["alpha"]] == max(recall_by_alpha.values()) > recall_by_alpha[0.0]
+    else:
+        assert cooc["standard_errors"] <= adapt.WARM_GUARD_Z
     # the transfer check ran on held-out talks, and its decision lies beside the saved model
     check = manifest["metrics"]["transfer"]
     assert check["sessions"] > 50

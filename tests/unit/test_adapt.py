@@ -117,3 +117,20 @@ def test_a_few_clicks_keep_the_version_served(world):
     some = as_clicks(paired_sessions(60, seed=5, follow=world["follow"]), ids)  # 12 sessions choose: ~40 clicks
     result = adapt.adapt(model, model, some, world["catalog"], world["tmp"] / "some", budget_s=None)
     assert not result.publish and "too few to tell the candidates apart" in result.reason
+
+
+def test_warm_cooccurrence_only_when_validation_says_so(world):
+    model, follow = world["model"], world["follow"]
+    sessions = paired_sessions(150, seed=6, follow=follow)
+    prefixes, targets = metrics.sessions_to_prefixes(paired_sessions(200, seed=7, follow=follow))
+    changed, report = adapt.with_cooccurrence(model, sessions, prefixes, targets)
+    assert report["alpha"] > 0 and report["standard_errors"] > adapt.WARM_GUARD_Z  # pairs the text cannot show
+    assert report["valid_recall@10"][report["alpha"]] > report["valid_recall@10"][0.0] + 0.1
+    assert changed is not model
+    # validation whose next clicks are the model's own first choices: co-occurrence can only lose there
+    scores = M.score_sessions(model, prefixes)
+    for i, p in enumerate(prefixes):
+        scores[i, p] = -np.inf
+    scores[:, :3] = -np.inf
+    kept, report = adapt.with_cooccurrence(model, sessions, prefixes, scores.argmax(1))
+    assert kept is model and report["alpha"] == 0.0 and report["valid_recall@10"][0.0] == 1.0, report

@@ -70,6 +70,8 @@ MIN_CHOOSE_CLICKS = 100  # fewer clicks to choose on: a few sessions' luck would
 SERVING, CLOSED_FORM = "serving", "popularity + co-occurrence"
 FINE_TUNE = "fine-tune per talk"  # from the closed form
 SCRATCH = "trained on the event's clicks alone"  # a fresh model of the same architecture
+WARM_COOCCURRENCE_WEIGHTS = (0.1, 0.25, 0.5, 1.0)  # a trained model already holds most of it: smaller steps
+WARM_GUARD_Z = 1.0  # a finished event's validation split is large: a whole standard error
 EPOCHS_ALL, LR_ALL, BATCH_SIZE_ALL = 5, 1e-3, 64  # from scratch: notebook 03's epochs, smaller steps
 LIVE_FILE = "gtcrec_live.json"
 
@@ -238,6 +240,25 @@ def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: flo
     return out
 
 
+def with_cooccurrence(model, sessions: Sequence[np.ndarray], prefixes, targets,
+                      alphas: Sequence[float] = WARM_COOCCURRENCE_WEIGHTS, z: float = WARM_GUARD_Z):
+    """The trained model of a finished event with the session co-occurrence of ``sessions`` in its
+    residuals (:func:`closed_form`, no popularity term: the trained biases have it), if that ranks
+    ``targets`` after ``prefixes`` (the validation split) better by more than ``z`` standard errors
+    than the model alone; otherwise the model unchanged. Returns ``(model, report)``: ``report``
+    has ``alpha`` (0: unchanged), validation recall@10 per ``alpha`` and the winner's standard errors."""
+    from gtcrec import model as gm
+
+    alone = hits(model, prefixes, targets)
+    sim = cooccurrence(sessions, gm.n_codes(model))
+    per = {a: hits(closed_form(model, sessions, 0.0, a, sim), prefixes, targets) for a in alphas}
+    best = max(alphas, key=lambda a: (per[a].mean(), -a))
+    wins, t = beats(per[best], alone, z)
+    report = {"alpha": best if wins else 0.0, "valid_recall@10": {0.0: float(alone.mean()),
+              **{a: float(h.mean()) for a, h in per.items()}}, "standard_errors": round(t, 3)}
+    return (closed_form(model, sessions, 0.0, best, sim) if wins else model), report
+
+
 def fresh_like(model, catalog: pd.DataFrame, seed: int = 42):
     """An untrained model of ``model``'s architecture and item representation over its table (the
     text rows of ``catalog``'s talks): what training on the new event alone starts from."""
@@ -338,7 +359,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
           weights: Sequence[float] = POPULARITY_WEIGHTS, alphas: Sequence[float] = COOCCURRENCE_WEIGHTS,
           epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, epochs_all: int = EPOCHS_ALL,
           lr_all: float = LR_ALL, batch_size_all: int = BATCH_SIZE_ALL, seed: int = 42,
-          budget_s: float | None = 45.0,
+          budget_s: float | None = 45.0, refit: bool = True,
           log: Log | None = None) -> Adaptation:
     """Choose and fit what the observed ``clicks`` teach (see the module docstring).
 
@@ -421,12 +442,15 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     # the winner again, on every observed session, with the settings chosen
     started = time.perf_counter()
     all_counts = click_counts(observed.sessions, n_codes)
-    final = (fresh_like(base_model, catalog, seed) if chosen == SCRATCH
-             else closed_form(base_model, observed.sessions, best_w, best_a))
-    if chosen in tuned:
-        final, _ = fine_tune(final, _dataset(observed.all_dirs, base_model), all_counts, None,
-                             max(1, int(settings["epochs"] or 1)), settings["lr"], settings["batch_size"], seed,
-                             work_dir / "final", parts=recipes[chosen][0])
+    if not refit:  # what the guard measured, as it is
+        final = tuned[chosen] if chosen in tuned else best_closed
+    else:
+        final = (fresh_like(base_model, catalog, seed) if chosen == SCRATCH
+                 else closed_form(base_model, observed.sessions, best_w, best_a))
+        if chosen in tuned:
+            final, _ = fine_tune(final, _dataset(observed.all_dirs, base_model), all_counts, None,
+                                 max(1, int(settings["epochs"] or 1)), settings["lr"], settings["batch_size"], seed,
+                                 work_dir / "final", parts=recipes[chosen][0])
     seconds["refit"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
