@@ -115,6 +115,41 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
             "n_train_sessions": len(train_sessions), "n_test_sessions": len(targets)}
 
 
+def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float | None, log=say) -> dict:
+    """One cycle from the log to the new version serving, on a real Triton server: notebook 04's
+    repository (copied), the fall event swapped in (``gtcrec.swap.swap_catalog``), the first
+    ``fraction`` of the fall event's training sessions written as a click file into a log folder (the
+    documented clicks format, as any application may drop it there), then
+    :func:`gtcrec.live.run_cycle`. Returns the cycle's record and its seconds, step by step."""
+    import shutil
+
+    from gtcrec import data, etl, live, swap
+    from gtcrec.manifest import read_manifest
+    from gtcrec.serving.server import TritonServer
+
+    d0, t3, e4 = (read_manifest(art, stem) for stem in ("00-data", "03-train", "04-ensemble"))
+    name = e4["metrics"]["model_name"]
+    catalog_file = d0.path("fall_catalog")
+    clicks, _ = data.load_clicks(d0.path("fall_clicks"), data.load_catalog(catalog_file))
+    train = etl.split_by_time(etl.number_sessions(clicks))["train"]
+    order = train.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
+    observed = clicks[clicks["session_id"].isin(set(order[:max(1, int(round(fraction * len(order))))]))]
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "log").mkdir(parents=True)
+    observed.to_parquet(work / "log" / "clicks.parquet", index=False)
+    repo = work / "model_repository"
+    shutil.copytree(e4.path("model_repository"), repo)
+    with TritonServer(repo, load_models=[name], startup_timeout=180) as server:
+        swap.swap_catalog(catalog_file, repo, server, t3.path("model"), cache,
+                          k_model=int(t3["metrics"]["trace_topk"]), model_name=name)
+        cycle = live.run_cycle(repo, server, t3.path("model"), cache, work / "log", name, work_dir=work,
+                               budget_s=budget, log=log)
+    log(f"one cycle on {observed['session_id'].nunique()} logged sessions: {cycle['seconds']:.1f} s from the log to "
+        f"{'version ' + str(cycle.get('version')) + ' serving' if cycle.get('published') else 'no new version'} "
+        f"({cycle.get('chosen')}); steps {cycle['steps']}")
+    return cycle
+
+
 def main(argv=None) -> dict:
     from gtcrec import data
     from gtcrec.manifest import read_manifest
@@ -129,10 +164,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--budget", type=float, default=45.0, help="fine-tune seconds per cycle")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", default="/tmp/gtcrec-live-benchmark")
+    parser.add_argument("--cycle", type=float, metavar="FRACTION", help="instead of the curve: one cycle on a real "
+                        "server after FRACTION of the training sessions, from the log to the new version serving "
+                        "(needs notebook 04's repository)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
     art = Path(args.artifacts_dir)
+    if args.cycle is not None:
+        out = measure_cycle(art, args.cache, args.cycle, Path(args.work) / "cycle", args.budget)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        return out
     data_out, train_out = read_manifest(art, "00-data"), read_manifest(art, "03-train")
     catalog = data.load_catalog(data_out.path("fall_catalog"))
     clicks, _ = data.load_clicks(data_out.path("fall_clicks"), catalog)

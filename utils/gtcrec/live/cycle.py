@@ -99,13 +99,16 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
     log(f"version {serving} serving {len(prepared.vocab)} talks (live since {live.since or 'the start'}); "
         f"{report['clicks']} of their clicks logged, in {report['sessions']} sessions")
     base, serving_model = _eager_models(model_dir, prepared, live, repo, model_name, serving)
+    steps = {"read": round(time.perf_counter() - t0, 3)}  # the catalog, the log and the eager models
     cycle = {"time": pd.Timestamp.now("UTC").isoformat(), "serving_before": serving, "log": report,
              "catalog": str(live.catalog_file), "published": False}
     with tempfile.TemporaryDirectory(prefix="gtcrec-adapt-", dir=work_dir) as tmp:
         result = live_adapt.adapt(serving_model, base, clicks, prepared.catalog, tmp, budget_s=budget_s, log=log)
     cycle.update(result.summary())
+    steps.update({step: round(seconds, 3) for step, seconds in cycle.pop("seconds").items()})
     log(result.reason)
     if result.publish:
+        started = time.perf_counter()
         with repository_lock(repo, model_name):
             try:
                 done = publish(result.model, prepared.vocab, repo, server_url, serving, settings,
@@ -121,7 +124,8 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
                 _record(repo, model_name, action="adapt", version=done.version, from_version=serving, ok=True,
                         chosen=result.chosen, clicks=report["clicks"])
                 log(f"version {done.version} serving ({result.chosen})")
-    cycle["seconds"] = round(time.perf_counter() - t0, 3)
+        steps["publish"] = round(time.perf_counter() - started, 3)
+    cycle.update(seconds=round(time.perf_counter() - t0, 3), steps=steps)
     live_adapt.record_cycle(repo, model_name, cycle)
     return cycle
 
