@@ -105,6 +105,13 @@ def test_adapt_learns_what_the_text_cannot_show_and_serves_it(world):
         return metrics.evaluate_scores(M.score_sessions(m, prefixes), targets, ks=(10,), exclude=prefixes)["recall@10"]
 
     assert recall(result.model) > recall(model) + 0.15
+    assert result.chosen in (adapt.FINE_TUNE, adapt.SCRATCH), result.scores
+    assert result.settings["refit"] is True  # no budget: fitted again on every session
+    # a budget spent by the first epochs: each fine-tune stops after one epoch, the winner goes as measured
+    tight = adapt.adapt(model, model, clicks, world["catalog"], world["tmp"] / "tight", epochs=3, budget_s=1e-3)
+    assert [len(c) for c in tight.curves.values()] == [1, 1]
+    assert tight.chosen in (adapt.FINE_TUNE, adapt.SCRATCH), tight.scores
+    assert tight.settings["refit"] is False and tight.seconds["refit"] < 0.5
     # the served model itself is untouched, and a trace of the adapted one matches it
     assert trace_swapped(result.model, k=10)[1]["max_score_diff"] < 1e-3
 
