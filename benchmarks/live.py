@@ -94,7 +94,8 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
         row = {"fraction": f, "sessions": len(obs_sessions), "chosen": result.chosen, "published": result.publish,
                "reason": result.reason, "adapted": adapted, "adapt_seconds": round(seconds, 1),
                "adapt_steps": {k: round(v, 1) for k, v in result.seconds.items()},
-               "item-kNN of observed": score(knn.scores(prefixes)), "popularity of observed": score(pop.scores(prefixes)),
+               "item-kNN of observed": score(knn.scores(prefixes)),
+               "popularity of observed": score(pop.scores(prefixes)),
                "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
                "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
         if scratch:

@@ -55,6 +55,11 @@ b. NEW ITEMS, zero-shot: the movies are split into two disjoint catalogs by a se
    (``gtcrec.transfer.transfer_check``, on the old log's own halves) decides what a swap serves: the
    model, the model blended with text similarity, or text similarity alone; the "served" ratio is that
    choice against the best text baseline.
+c. LIVE (``--live [FRACTIONS]``): the new log as a live event after the swap, with
+   ``benchmarks/live.py``'s curve: after the first ``f`` of its training sessions by start time,
+   :func:`gtcrec.live.adapt.adapt` starts from the swapped model, chooses on the newest of them and fits
+   what they teach; scored on the same test split beside the model retrained on the whole training
+   split, item-kNN of the observed clicks and the architecture trained from scratch on them.
 """
 from __future__ import annotations
 
@@ -303,8 +308,9 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
         import live as live_benchmark
 
         served = swap.swapped_model(model_dir, new_table, new_catalog)
-        live = live_benchmark.curve(served, new_catalog, new_clicks, new_table, args.live or live_benchmark.FRACTIONS, work / "live", args.epochs,
-                                    BATCH_SIZE, LEARNING_RATE, args.seed, scratch=True, log=log)
+        live = live_benchmark.curve(served, new_catalog, new_clicks, new_table, args.live or live_benchmark.FRACTIONS,
+                                    work / "live", args.epochs, BATCH_SIZE, LEARNING_RATE, args.seed, scratch=True,
+                                    log=log)
     log(f"new items, zero-shot on all {every_session['sessions']} sessions of the new log: " + ", ".join(
         f"{name} {r['recall@10']:.4f}" for name, r in every_session["results"].items()))
     return {"results": quality.results, "ratios": quality.ratios, "counts": quality.counts,

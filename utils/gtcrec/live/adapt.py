@@ -281,8 +281,8 @@ def fine_tune(model, train_data, counts: np.ndarray, choose: tuple | None, epoch
     vectors, skip). With ``choose`` (prefixes, targets), a callback scores recall@10 there after every
     epoch, stops the run when it has not improved for :data:`PATIENCE` epochs, and the best epoch is kept
     (none: the model as it started). ``deadline`` (``time.perf_counter()``) stops the run before an
-    epoch that would pass it (one lasts as long as the one before; the first always runs). Returns ``(model, recall after each epoch)``, the number of epochs kept in
-    ``model.fit_epochs``."""
+    epoch that would pass it (one lasts as long as the one before; the first always runs). Returns
+    ``(model, recall after each epoch)``, the number of epochs kept in ``model.fit_epochs``."""
     from transformers import TrainerCallback
 
     from gtcrec import model as gm
@@ -340,8 +340,9 @@ def fine_tune(model, train_data, counts: np.ndarray, choose: tuple | None, epoch
 class Adaptation:
     """What :func:`adapt` measured and chose. ``scores``: recall@10 on the newest observed sessions
     of every candidate and of the version served; ``chosen``: the winner; ``publish``: whether it
-    beats what is served; ``model``: the winner, fitted again on every observed session where the budget
-    allowed (``settings["refit"]``; None when not published); ``popularity``: clicks per talk (the new fallback ranking)."""
+    beats what is served; ``model``: the winner, fitted again on every observed session where the
+    budget allowed (``settings["refit"]``; None when not published); ``popularity``: clicks per talk
+    (the new fallback ranking)."""
 
     scores: dict[str, float]
     chosen: str

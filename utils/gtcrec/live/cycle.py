@@ -149,8 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", help="the catalog served, when no catalog swap is in the history")
     parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache (default: %(default)s)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    parser.add_argument("--budget", type=float, default=45.0, help="seconds of training per cycle: both fine-tunes, then "
-                        "the winner's refit on every session when it fits (default: %(default)s)")
+    parser.add_argument("--budget", type=float, default=45.0, help="seconds of training per cycle: both "
+                        "fine-tunes, then the winner's refit on every session when it fits (default: %(default)s)")
     parser.add_argument("--every", type=int, help="repeat: a cycle each time this many new sessions were logged")
     parser.add_argument("--every-seconds", type=float, help="repeat: a cycle every this many seconds")
     parser.add_argument("--cycles", type=int, help="stop after this many cycles (default: one, or forever with "
