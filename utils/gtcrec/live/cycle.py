@@ -38,7 +38,7 @@ import pandas as pd
 
 from gtcrec.live import adapt as live_adapt
 from gtcrec.live.clicklog import read_click_log
-from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, _record, current_version,
+from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
                                     read_history, read_version, repository_lock)
 
 LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
@@ -116,12 +116,12 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
                                timeout=timeout, action="adapt", log=log)
             except SwapError as exc:
                 cycle.update(published=False, error=str(exc))
-                _record(repo, model_name, action="adapt", version=exc.version, from_version=serving, ok=False,
+                record_event(repo, model_name, action="adapt", version=exc.version, from_version=serving, ok=False,
                         error=str(exc)[:500])
             else:
                 gm.save_model(result.model, repo / model_name / LIVE_MODELS / str(done.version))
                 cycle.update(published=True, version=done.version, load_seconds=done.load.seconds)
-                _record(repo, model_name, action="adapt", version=done.version, from_version=serving, ok=True,
+                record_event(repo, model_name, action="adapt", version=done.version, from_version=serving, ok=True,
                         chosen=result.chosen, clicks=report["clicks"])
                 log(f"version {done.version} serving ({result.chosen})")
         steps["publish"] = round(time.perf_counter() - started, 3)

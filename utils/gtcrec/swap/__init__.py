@@ -6,8 +6,10 @@ catalog, build its vocabulary and item table, replace the table in the model
 (:func:`gtcrec.model.swap_item_table`), trace, export the serving ensemble as the NEXT version of the
 served model and ask the running Triton server (``--model-control-mode=explicit``) to load it over
 gRPC. Triton keeps answering with the old version until the new one is ready, then switches, so the
-swap costs no failed requests. :func:`swap_catalog` does all of it; notebook 06, the benchmark and the
-``gtcrec-swap`` command call the same function.
+swap costs no failed requests. :func:`swap_catalog` does all of it (the benchmark and the ``gtcrec-swap``
+command call it); notebook 06 takes the same steps one cell at a time: :func:`swapped_model`,
+:func:`trace_swapped`, :func:`export_version`, Triton's ``load_model``, and :func:`refuse_version` when
+the server refuses.
 
 Safety rules, in order:
 
@@ -65,12 +67,13 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 
 from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, HISTORY_FILE, LOCK_FILE, ARCHIVE, Log, SwapError,
                                     grpc_target, serving_versions, server_index, repository_versions,
-                                    VersionSettings, read_version, current_version, read_history, repository_lock,
-                                    archive_version, copy_version, next_version)
+                                    VersionSettings, read_version, current_version, read_history, record_event,
+                                    repository_lock, archive_version, copy_version, next_version)
 from gtcrec.swap.catalog import (validate_catalog, PreparedCatalog, prepare_catalog, swapped_model,
                                  example_sessions, trace_swapped)
-from gtcrec.swap.switch import (LoadResult, load_version, SwapResult, swap_catalog, RollbackResult, rollback,
-                                REFUSED_STAYS_LISTED, version_table, status)
+from gtcrec.swap.switch import (LoadResult, load_version, refuse_version, export_version, previous_config,
+                                SwapResult, swap_catalog, RollbackResult, rollback, REFUSED_STAYS_LISTED,
+                                version_table, status)
 from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_summary, plot_timeline
 from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, SWAPPED, RETRAINED,
                                  served_row, evaluate_new_event)
@@ -93,6 +96,7 @@ __all__ = [
     "read_version",
     "current_version",
     "read_history",
+    "record_event",
     "repository_lock",
     "archive_version",
     "copy_version",
@@ -105,6 +109,9 @@ __all__ = [
     "trace_swapped",
     "LoadResult",
     "load_version",
+    "refuse_version",
+    "export_version",
+    "previous_config",
     "SwapResult",
     "swap_catalog",
     "RollbackResult",

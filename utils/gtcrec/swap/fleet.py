@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gtcrec.serving import access
-from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, _record, file_lock,
-                                    grpc_target, read_history, serving_versions)
-from gtcrec.swap.switch import LoadResult, RollbackResult, SwapResult, load_version, rollback, swap_catalog
+from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, file_lock,
+                                    grpc_target, serving_versions)
+from gtcrec.swap.switch import (LoadResult, RollbackResult, SwapResult, load_version, previous_config, rollback,
+                                swap_catalog)
 
 FLEET_LOCK_FILE = ".gtcrec_fleet.lock"
 
@@ -182,7 +183,7 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
                                  server_error=exc.server_error) from exc
         version = swapped.version
         loads = {names[0]: swapped.load}
-        config_before = read_history(repo, model_name)["configs"].get(str(previous))
+        config_before = previous_config(repo, model_name=model_name, version=previous)
         folder = repo / model_name / str(version)
         for i, r in enumerate(replicas[1:], start=1):
             if _before_replica_load is not None:
@@ -195,7 +196,7 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
                 log(f"{names[i]} refused version {version}; switching {i} replica(s) back to {previous}")
                 done, errors = _undo(replicas[:i], repo, previous, model_name, timeout, log)
                 serving = fleet_serving(replicas, model_name)
-                _record(repo, model_name, action="fleet-swap-failed", version=version, ok=False,
+                record_event(repo, model_name, action="fleet-swap-failed", version=version, ok=False,
                         refused=names[i], undone=done, undo_errors=errors, serving=serving,
                         error=exc.server_error)
                 state = ("the whole fleet serves version %d again" % previous if not errors
@@ -205,7 +206,7 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
                                      server_error=exc.server_error, undo_errors=errors) from exc
         ended = time.perf_counter()
         serving = fleet_serving(replicas, model_name)
-        _record(repo, model_name, action="fleet-swap", version=version, from_version=previous, ok=True,
+        record_event(repo, model_name, action="fleet-swap", version=version, from_version=previous, ok=True,
                 replicas=names, rollout_seconds=round(ended - swapped.load.started, 3))
     log(f"fleet serving version {version}: rollout {ended - swapped.load.started:.1f} s over {len(replicas)} "
         "replicas")
@@ -253,12 +254,12 @@ def rollback_fleet(model_repository, replicas: Sequence, model_name: str = DEFAU
                     archived = _newest_archive(repo, v, model_name)
                     if archived is not None and not (repo / model_name / str(v)).exists():
                         os.replace(archived, repo / model_name / str(v))
-                config_now = read_history(repo, model_name)["configs"].get(str(current))
+                config_now = previous_config(repo, current, model_name)
                 if config_now is not None:
                     (repo / model_name / "config.pbtxt").write_text(config_now)
                 done, errors = _undo(replicas[:i], repo, current, model_name, timeout, log)
                 serving = fleet_serving(replicas, model_name)
-                _record(repo, model_name, action="fleet-rollback-failed", version=target, ok=False,
+                record_event(repo, model_name, action="fleet-rollback-failed", version=target, ok=False,
                         refused=names[i], undone=done, undo_errors=errors, serving=serving)
                 raise FleetSwapError(f"replica {names[i]} refused version {target}; the fleet went forward to "
                                      f"{current} again{'' if not errors else f' except {errors}'}. {exc}",
@@ -266,7 +267,7 @@ def rollback_fleet(model_repository, replicas: Sequence, model_name: str = DEFAU
                                      server_error=exc.server_error, undo_errors=errors) from exc
         ended = time.perf_counter()
         serving = fleet_serving(replicas, model_name)
-        _record(repo, model_name, action="fleet-rollback", version=target, from_version=current, ok=True,
+        record_event(repo, model_name, action="fleet-rollback", version=target, from_version=current, ok=True,
                 replicas=names)
     log(f"fleet back on version {target} ({ended - started:.1f} s)")
     return FleetRollbackResult(current, target, first, loads, started, ended, serving)

@@ -196,7 +196,8 @@ def _write_history(repository, model_name: str, history: dict) -> None:
     os.replace(tmp, path)
 
 
-def _record(repository, model_name: str, **event) -> None:
+def record_event(repository, model_name: str, **event) -> None:
+    """Add an event (a swap, a failed load, a rollback, an adaptation) to the model folder's history."""
     history = read_history(repository, model_name)
     history["events"].append({"time": _now(), **event})
     _write_history(repository, model_name, history)

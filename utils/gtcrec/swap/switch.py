@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet, _record,
+from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet, record_event,
                                     _remember_config, archive_version, current_version, grpc_target,
                                     next_version, read_history, read_version, repository_lock,
                                     repository_versions, server_index, serving_versions)
@@ -55,18 +55,27 @@ def load_version(url, repository, version: int, model_name: str = DEFAULT_MODEL_
         error = f"the server reports versions {serving} ready, not {version}"
     if error is None:
         return LoadResult(int(version), ended - started, started, ended, serving)
+    raise refuse_version(repository, version, error, serving, model_name, restore_config, action)
+
+
+def refuse_version(repository, version: int, error: str, serving: Sequence[int],
+                   model_name: str = DEFAULT_MODEL_NAME, restore_config: str | None = None,
+                   action: str = "load") -> SwapError:
+    """What follows a load the server refused: the version folder goes to the archive, ``config.pbtxt``
+    is set back to ``restore_config`` (when given), the failure is recorded in the history, and the
+    :class:`SwapError` to raise is returned (naming the server's message and the versions still
+    ``serving``)."""
     folder = Path(repository) / model_name
     archived = archive_version(repository, version, "failed", model_name) if (folder / str(version)).is_dir() else None
     if restore_config is not None:
         (folder / "config.pbtxt").write_text(restore_config)
-    _record(repository, model_name, action=f"{action}-failed", version=int(version), ok=False,
-            error=error, serving=serving, archived=str(archived) if archived else None)
-    raise SwapError(f"the server could not load {model_name} version {version}; still serving "
-                    f"{serving or 'nothing'}; version {version} is archived"
-                    f"{' as ' + archived.name if archived else ''} (the server's index lists it as UNAVAILABLE "
-                    f"until the model is unloaded: see gtcrec-swap --status). Server said: {error}",
-                    version=int(version),
-                    serving=serving, server_error=error)
+    record_event(repository, model_name, action=f"{action}-failed", version=int(version), ok=False,
+            error=error, serving=list(serving), archived=str(archived) if archived else None)
+    return SwapError(f"the server could not load {model_name} version {version}; still serving "
+                     f"{list(serving) or 'nothing'}; version {version} is archived"
+                     f"{' as ' + archived.name if archived else ''} (the server's index lists it as UNAVAILABLE "
+                     f"until the model is unloaded: see gtcrec-swap --status). Server said: {error}",
+                     version=int(version), serving=list(serving), server_error=error)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,8 +128,6 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
     ``None`` catalog order), and load it (:func:`load_version`: a refused version is archived and the old
     one keeps serving). Call it holding :func:`repository_lock`. Used by the catalog swap and by the
     live event's adaptation (:mod:`gtcrec.live`)."""
-    from gtcrec.serving import export as ex
-
     log = log or _quiet
     repo = Path(repository)
     folder = repo / model_name
@@ -130,10 +137,33 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
     steps["trace"] = time.perf_counter() - started
     log(f"model over {len(vocab)} talks traced (K={k_model}; trace == eager within {check['max_score_diff']:.1e})")
 
+    started = time.perf_counter()
+    version = export_version(traced, vocab, repo, previous, settings, model_name, popularity)
+    steps["export"] = time.perf_counter() - started
+    log(f"exported version {version} in {steps['export']:.1f} s; loading it into {grpc_target(server_url)}")
+    if _before_load is not None:
+        _before_load(folder / str(version))
+    load = load_version(server_url, repo, version, model_name, timeout=timeout, action=action,
+                        restore_config=previous_config(repo, previous, model_name))
+    steps["server_load"] = load.seconds
+    return Published(version, load, check, steps)
+
+
+def export_version(traced, vocab: Sequence[str], repository, previous: int, settings,
+                   model_name: str = DEFAULT_MODEL_NAME, popularity: Sequence[float] | None = None) -> int:
+    """Export notebook 04's ensemble around ``traced`` (a top-K trace, :func:`trace_swapped`) over the
+    talks ``vocab`` as the next version of ``model_name``, with the serving settings of version
+    ``previous`` (``settings``, :func:`read_version`; ``popularity``: the fallback ranking, ``None``
+    catalog order). Both versions' ``config.pbtxt`` are kept in the history (a rollback puts the old
+    one back); an export that fails leaves the repository as it was. Nothing is loaded. Call it
+    holding :func:`repository_lock`. Returns the new version number."""
+    from gtcrec.serving import export as ex
+
+    repo = Path(repository)
+    folder = repo / model_name
     version = next_version(repo, model_name)
     config_before = (folder / "config.pbtxt").read_text()
     _remember_config(repo, model_name, previous, config_before)
-    started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="gtcrec-swap-") as tmp:
             traced_path = Path(tmp) / "model_topk.pt"
@@ -146,15 +176,13 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
             shutil.rmtree(folder / str(version))
         (folder / "config.pbtxt").write_text(config_before)
         raise
-    steps["export"] = time.perf_counter() - started
     _remember_config(repo, model_name, version)
-    log(f"exported version {version} in {steps['export']:.1f} s; loading it into {grpc_target(server_url)}")
-    if _before_load is not None:
-        _before_load(folder / str(version))
-    load = load_version(server_url, repo, version, model_name, restore_config=config_before,
-                        timeout=timeout, action=action)
-    steps["server_load"] = load.seconds
-    return Published(version, load, check, steps)
+    return version
+
+
+def previous_config(repository, version: int, model_name: str = DEFAULT_MODEL_NAME) -> str | None:
+    """The ``config.pbtxt`` that served ``version`` (kept by :func:`export_version`)."""
+    return read_history(repository, model_name)["configs"].get(str(version))
 
 
 def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_dir,
@@ -210,7 +238,7 @@ def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_di
         version, load, check = published.version, published.load, published.trace_check
         steps.update(published.steps)
     total = time.perf_counter() - t0
-    _record(repo, model_name, action="swap", version=version, from_version=previous, ok=True,
+    record_event(repo, model_name, action="swap", version=version, from_version=previous, ok=True,
             catalog=str(prepared.path), n_talks=len(prepared.vocab), first_ids=prepared.vocab[:3],
             newly_encoded=prepared.newly_encoded, seconds=round(total, 3),
             seconds_without_encoding=round(total - prepared.encode_seconds, 3))
@@ -267,7 +295,7 @@ def rollback(server_url, model_repository, model_name: str = DEFAULT_MODEL_NAME,
                 os.replace(path, folder / str(v))
             (folder / "config.pbtxt").write_text(config_now)
             raise
-        _record(repo, model_name, action="rollback", version=target, from_version=current, ok=True,
+        record_event(repo, model_name, action="rollback", version=target, from_version=current, ok=True,
                 seconds=round(load.seconds, 3), archived=[str(p) for p in moved.values()])
     log(f"version {target} serving again ({load.seconds:.1f} s)")
     return RollbackResult(current, target, str(moved[current]), load)
