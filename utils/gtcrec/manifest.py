@@ -63,6 +63,11 @@ def write_manifest(
     return target
 
 
+def rounded(values: Mapping[str, Any], digits: int = 6) -> dict:
+    """``values`` (a name -> number mapping) rounded for a manifest; ``None`` stays ``None``."""
+    return {k: None if v is None else round(float(v), digits) for k, v in values.items()}
+
+
 class Manifest(dict):
     """A loaded manifest; ``path(name)`` gives an output's absolute path."""
 
