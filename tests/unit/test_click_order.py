@@ -1,7 +1,7 @@
 """Tied timestamps: ONE click order (time, then talk id text) on the ETL path and the serving path.
 
 Real logs have many clicks with the same timestamp. The ETL (NVTabular workflow) and serving's
-``SessionizeClicks`` both order clicks with ``gtcrec.serving.order.click_order``; these tests
+``SessionizeClicks`` both order clicks with ``gtcrec.order.click_order``; these tests
 check that the same clicks, in any order, give the same model input on both paths.
 """
 import numpy as np

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gtcrec import model as M
+from gtcrec import trace as T
 from gtcrec.metrics import evaluate_scores, sessions_to_prefixes
 
 N_ITEMS, N_TOPICS, DIM = 40, 4, 384
@@ -103,8 +104,8 @@ def test_xlnet_mlm_builds_scores_and_traces(data):
     assert type(model.heads[0].body[1].transformer).__name__ == "XLNetModel"
     scores = M.score_sessions(model, [[3, 7], [4]])
     assert scores.shape == (2, N_ITEMS + 3) and np.isfinite(scores[:, 3:]).all()
-    traced = M.trace_topk(model, M.sessions_to_batch([[3, 7], [4]]), k=5)
-    M.check_traced(traced, model, M.sessions_to_batch(data["valid"][:9]))
+    traced = T.trace_topk(model, M.sessions_to_batch([[3, 7], [4]]), k=5)
+    T.check_traced(traced, model, M.sessions_to_batch(data["valid"][:9]))
     # XLNet attends to padded positions: T4R pads a ragged batch to its longest session, so
     # unpadded scores depend on the batch; score_sessions pads every session to max_len
     with torch.no_grad():
@@ -194,10 +195,10 @@ def test_score_sessions_masks_reserved_and_keeps_last_items(trained):
 
 def test_trace_matches_eager_on_other_batches(trained, data):
     model = trained[0]
-    traced = M.trace_topk(model, M.sessions_to_batch(data["valid"][:4]), k=10)
+    traced = T.trace_topk(model, M.sessions_to_batch(data["valid"][:4]), k=10)
     for sessions in (data["valid"][4:40], data["valid"][:1], [[3, 4, 5, 6, 7, 8, 9, 10, 11]]):
         batch = M.sessions_to_batch(sessions)
-        info = M.check_traced(traced, model, batch)
+        info = T.check_traced(traced, model, batch)
         assert info["max_score_diff"] < 1e-4
         with torch.no_grad():
             scores, codes = traced(batch)
@@ -218,14 +219,14 @@ def test_trace_matches_eager_on_other_batches(trained, data):
     dataset.schema = data["schema"]
     inputs, _ = next(iter(Loader(dataset, batch_size=16)))
     assert set(inputs) == {"item_id-list__values", "item_id-list__offsets"}
-    M.check_traced(traced, model, inputs)
+    T.check_traced(traced, model, inputs)
     with torch.no_grad():
         _, codes = traced(inputs)
     eager = M.score_sessions(model, data["valid"][:16])
     np.testing.assert_array_equal(codes.numpy()[:, 0], eager.argmax(axis=1))
     other = M.build_model(data["schema"], data["table"], seed=11, **SMALL).eval()
     with pytest.raises(AssertionError):
-        M.check_traced(traced, other, M.sessions_to_batch(data["valid"][:8]))
+        T.check_traced(traced, other, M.sessions_to_batch(data["valid"][:8]))
 
 
 def test_save_and_load_roundtrip(trained, data, tmp_path):
@@ -236,7 +237,7 @@ def test_save_and_load_roundtrip(trained, data, tmp_path):
     np.testing.assert_allclose(M.score_sessions(loaded, prefixes),
                                M.score_sessions(model, prefixes), rtol=1e-6)
     batch = M.sessions_to_batch(prefixes)
-    traced = M.trace_topk(loaded, batch, k=5)
+    traced = T.trace_topk(loaded, batch, k=5)
     traced.save(str(tmp_path / "topk.pt"))
     reloaded = torch.jit.load(str(tmp_path / "topk.pt"))
     with torch.no_grad():
@@ -277,8 +278,8 @@ def test_swap_item_table_moves_lookup_and_output_together(trained, data, tmp_pat
     np.testing.assert_allclose(after[:, 3:28], before[:, old_codes], rtol=1e-4, atol=1e-4)
 
     batch = M.sessions_to_batch(prefixes_new)
-    traced = M.trace_topk(model, batch, k=10)
-    M.check_traced(traced, model, M.sessions_to_batch(prefixes_new[::-1][:7]))
+    traced = T.trace_topk(model, batch, k=10)
+    T.check_traced(traced, model, M.sessions_to_batch(prefixes_new[::-1][:7]))
     with torch.no_grad():
         _, codes = traced(batch)
     assert int(codes.max()) < 33 and int(codes.min()) >= 3

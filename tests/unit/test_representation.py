@@ -7,6 +7,7 @@ import torch
 
 from gtcrec import baselines
 from gtcrec import model as M
+from gtcrec import trace as T
 from gtcrec.representation import ItemRepresentation, LastClickSkip, catalog_fields, settings_for, warm_codes
 
 from test_model import DIM, N_ITEMS, N_TOPICS, SMALL, make_sessions, make_table, write_parquet
@@ -113,9 +114,9 @@ def test_swap_replaces_the_text_part_only(world, tmp_path):
     scores = M.score_sessions(model, prefixes)
     assert scores.shape == (2, n_new + 3) and np.isfinite(scores[:, 3:]).all()
     # the trace of the swapped model agrees with the eager one
-    traced = M.trace_topk(model, M.sessions_to_batch(prefixes, 20, pad=True), k=10)
+    traced = T.trace_topk(model, M.sessions_to_batch(prefixes, 20, pad=True), k=10)
     others = [np.array([5, 6, 7, 8], dtype=np.int64), np.array([27], dtype=np.int64), np.arange(3, 23)]
-    check = M.check_traced(traced, model, M.sessions_to_batch(others, 20, pad=True))
+    check = T.check_traced(traced, model, M.sessions_to_batch(others, 20, pad=True))
     assert check["max_score_diff"] < 1e-4
 
 

@@ -26,6 +26,7 @@ import pytest
 
 from gtcrec import data, embeddings, etl, swap
 from gtcrec import model as gm
+from gtcrec.trace import trace_topk
 from gtcrec.live import log_stats, read_click_log
 from gtcrec.manifest import write_manifest
 from gtcrec.representation import DEFAULT_SETTINGS, settings_for
@@ -196,7 +197,7 @@ def world(tmp_path_factory):
                            max_len=MAX_LEN, arch="gpt2", masking="clm", seed=0,
                            item_repr=settings_for(DEFAULT_SETTINGS, old))  # per-talk parts: gtcrec-adapt needs them
     model_dir = gm.save_model(model, art / "03-train" / "model")
-    traced = gm.trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
+    traced = trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
                            k=K_MODEL)
     traced.save(str(root / "topk.pt"))
     ensemble, _ = export_ensemble(old["talk_id"].tolist(), root / "topk.pt", art / "04-ensemble" / "model_repository",

@@ -18,6 +18,7 @@ import torch
 
 from gtcrec import data, embeddings, etl, swap
 from gtcrec import model as gm
+from gtcrec.trace import trace_topk
 from gtcrec.data import DataValidationError
 from gtcrec.serving import client as cl
 from gtcrec.serving.export import export_ensemble
@@ -41,7 +42,7 @@ def world(tmp_path_factory):
     model = gm.build_model(schema, old_table, d_model=16, n_layer=1, n_head=2, max_len=MAX_LEN,
                            arch="gpt2", masking="clm", seed=0)
     model_dir = gm.save_model(model, root / "model")
-    traced = gm.trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
+    traced = trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
                            k=K_MODEL)
     traced.save(str(root / "topk.pt"))
     repo = root / "repo"

@@ -7,6 +7,7 @@ import torch
 
 from gtcrec import baselines, transfer
 from gtcrec import model as M
+from gtcrec import trace as T
 from gtcrec.representation import settings_for
 from gtcrec.swap import swapped_model
 
@@ -130,8 +131,8 @@ def test_a_blend_is_one_product_in_the_trace_and_can_be_switched_off(tmp_path):
     assert rep.weight.shape == (N_ITEMS + 3, 2 * rep.embedding_dim + 1) == (N_ITEMS + 3, rep.output_dim)
     # the serving trace carries the blend: its top-k are the blended scores' top-k
     batch = M.sessions_to_batch(prefixes, int(model.max_sequence_length), pad=True)
-    traced = M.trace_topk(model, batch, k=5)
-    M.check_traced(traced, model, batch)
+    traced = T.trace_topk(model, batch, k=5)
+    T.check_traced(traced, model, batch)
     with torch.no_grad():
         top_scores, _ = traced(batch)
     expected = np.sort(alone[:, 3:] + 3.0 * text[:, 3:], axis=1)[:, ::-1][:, :5]

@@ -2,7 +2,7 @@
 
 The model files ship inside that PyPI package, so nothing is downloaded at run time. Vectors are the
 mean of the token states over the attention mask, L2-normalised (the sentence-transformers recipe for this
-model), 384 dimensions. Where the machine computes bfloat16 natively (``gtcrec.model.bf16_native``:
+model), 384 dimensions. Where the machine computes bfloat16 natively (``gtcrec.device.bf16_native``:
 AVX512-BF16 or AMX on a CPU) the encoder runs under bfloat16 autocast, in batches of 32 talks of similar
 length (``benchmarks/encoding.py`` measures both against float32 in batches of 64, and the cosine of
 their vectors). An on-disk cache keyed by a hash of (model, precision, text) means a
@@ -64,7 +64,7 @@ PRECISIONS = ("fp32", "bf16")
 def default_precision(device: str | None = None) -> str:
     """``"bf16"`` where ``device`` (default: CUDA when available, else CPU) computes bfloat16
     natively, else ``"fp32"``."""
-    from gtcrec.model import bf16_native
+    from gtcrec.device import bf16_native
 
     return "bf16" if bf16_native(device) else "fp32"
 

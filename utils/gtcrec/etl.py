@@ -7,7 +7,7 @@ depends on the clicks, which is what lets a new catalog be swapped in later.
 
 Sessions are grouped and put in click order inside the workflow: a named ``LambdaOp``
 (:func:`click_position`) numbers every click by THE click order rule,
-:func:`gtcrec.serving.order.click_order` (time, ties by talk id text), and ``Groupby`` sorts by
+:func:`gtcrec.order.click_order` (time, ties by talk id text), and ``Groupby`` sorts by
 that number. Serving's ``SessionizeClicks`` calls the same function, so tied timestamps give the
 same model input on both paths whatever order the clicks come in. The last ``max_len`` clicks
 are kept (``ListSlice``), sessions shorter than ``min_len`` are dropped (``Filter``), and sessions are
@@ -68,9 +68,9 @@ CLICK_POSITION = "click_position"  # per click: its position in the click order 
 
 def click_position(ts: pd.Series, frame: pd.DataFrame) -> pd.Series:
     """LambdaOp (named, importable): every click's position in THE click order,
-    :func:`gtcrec.serving.order.click_order` of (``session_id``, ``ts``, talk id text). The
+    :func:`gtcrec.order.click_order` of (``session_id``, ``ts``, talk id text). The
     positions are distinct, so the ``Groupby`` that sorts by them has no ties left to break."""
-    from gtcrec.serving.order import click_order, text_rank
+    from gtcrec.order import click_order, text_rank
 
     order = click_order(np.asarray(frame["session_id"]), np.asarray(ts, dtype=np.int64), text_rank(frame["talk_id"]))
     position = np.empty(len(order), dtype=np.int64)

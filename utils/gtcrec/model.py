@@ -14,8 +14,8 @@ keeps the LAST ``max_len`` items and pads each session to ``max_len`` (XLNet's s
 otherwise depend on the rest of the batch).
 
 Main functions: :func:`build_model`, :func:`describe`, :func:`train`, :func:`score_sessions`,
-:func:`trace_topk` / :func:`check_traced`, :func:`swap_item_table`, :func:`save_model` /
-:func:`load_model`.
+:func:`swap_item_table`, :func:`save_model` / :func:`load_model` (the serving trace:
+:mod:`gtcrec.trace`).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import torch
 
 from gtcrec.etl import ITEM_LIST as ITEM_COL  # the codes are the ETL's: one definition
 from gtcrec.etl import RESERVED as N_RESERVED
+from gtcrec.device import bf16_native, get_device  # noqa: F401  (gm.bf16_native, gm.get_device)
 from gtcrec.representation import ItemRepresentation, LastClickSkip
 
 # Defaults from measured comparisons (the generator, 1,000 talks, 5 epochs, batch 128, recall@10 of
@@ -44,27 +45,6 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 # ----------------------------------------------------------------------------- environment
-
-def get_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def bf16_native(device: str | torch.device | None = None, cpu_flags: str | None = None) -> bool:
-    """Whether ``device`` (default: CUDA when available, else CPU) computes bfloat16 natively, so that
-    work under bfloat16 autocast is faster: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
-    AMX-BF16 (read from ``/proc/cpuinfo``, or from ``cpu_flags``). Elsewhere bfloat16 would be
-    emulated, and slower."""
-    device = torch.device(device) if device is not None else get_device()
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if cpu_flags is None:
-        try:
-            cpu_flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return bool(set(cpu_flags.split()) & {"avx512_bf16", "amx_bf16"})
-
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
@@ -592,6 +572,3 @@ def swap_item_table(model, new_table: np.ndarray, trainable: bool | None = None,
         if schema is not None and hasattr(schema, "column_names") and col in schema.column_names:
             module._schema = _with_cardinality(schema, col, n_new)
     return model
-
-
-from gtcrec.trace import TopKCodes, check_traced, trace_topk  # noqa: E402,F401  (the serving trace)

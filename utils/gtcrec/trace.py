@@ -2,7 +2,7 @@
 
 :func:`trace_topk` wraps a T4R model (:class:`TopKCodes`: ragged item-list input -> top-k scores and
 codes, reserved codes excluded) and traces it; :func:`check_traced` compares a trace with the eager
-model. Both are also reachable as ``gtcrec.model.trace_topk`` / ``gtcrec.model.check_traced``.
+model.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from gtcrec import model as gm
 from gtcrec.layout import RESERVED as N_RESERVED
 
 
@@ -47,8 +48,6 @@ def trace_topk(model, example_batch: Dict[str, torch.Tensor], k: int = 20
     is put in eval mode; call the result under ``torch.no_grad()``. Save with ``traced.save(path)``
     and load with ``torch.jit.load``.
     """
-    from gtcrec import model as gm  # gtcrec.model re-exports this module's names
-
     if k < 1 or k > gm.n_codes(model) - N_RESERVED:
         raise ValueError(f"k must be in [1, {gm.n_codes(model) - N_RESERVED}]")
     model.eval()
@@ -69,8 +68,6 @@ def check_traced(traced, model, batch: Dict[str, torch.Tensor], atol: float = 1e
     traced score (so ties may permute codes); raises ``AssertionError`` otherwise. Returns the
     maximum differences.
     """
-    from gtcrec import model as gm
-
     model.eval()
     device = gm.model_device(model)
     batch = {name: t.to(device) for name, t in batch.items()}

@@ -234,9 +234,9 @@ def load_clicks(path: str | Path, catalog: pd.DataFrame | str | Path) -> tuple[p
         out[c] = frame[c]
     out = out[CLICK_COLUMNS + extra]
     n_rows = len(out)
-    # THE click order of training and serving (gtcrec.serving.order.click_order): by session
+    # THE click order of training and serving (gtcrec.order.click_order): by session
     # (id text), then time, then talk id text. Imported here: that module loads Merlin (seconds).
-    from gtcrec.serving.order import click_order, text_rank
+    from gtcrec.order import click_order, text_rank
 
     order = click_order(text_rank(out["session_id"]), out["timestamp"].to_numpy().astype(np.int64),
                         text_rank(out["talk_id"]))

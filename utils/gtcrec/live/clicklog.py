@@ -168,7 +168,7 @@ def read_click_log(folder, catalog_ids: Iterable[str] | None = None, since=None)
 
     Returns ``(clicks, report)``: clicks has session_id and talk_id (str) and timestamp
     (datetime64[ns], UTC), deduplicated, in the click order of training and serving
-    (:mod:`gtcrec.serving.order`: by session id text, then time, then talk id text). The report:
+    (:mod:`gtcrec.order`: by session id text, then time, then talk id text). The report:
     ``files_read`` and ``files_skipped`` (name -> reason), ``rows_read``, ``rows_dropped`` (reason ->
     count) and ``rows_dropped_by_file``, ``rows_before_since``, ``duplicates_removed``, ``clicks``,
     ``sessions``, ``writers`` (the :func:`log_stats` of the folder), ``writers_dropped_clicks`` (clicks
@@ -237,8 +237,8 @@ def read_click_log(folder, catalog_ids: Iterable[str] | None = None, since=None)
     frame = frame.drop_duplicates(CLICK_COLUMNS, ignore_index=True)
     duplicates = before - len(frame)
     if len(frame):
-        # the click order of training and serving; imported here (gtcrec.serving.order is numpy only)
-        from gtcrec.serving.order import click_order, text_rank
+        # the click order of training and serving; imported here (gtcrec.order is numpy only)
+        from gtcrec.order import click_order, text_rank
 
         order = click_order(text_rank(frame["session_id"]), frame["timestamp"].to_numpy(),
                             text_rank(frame["talk_id"]))

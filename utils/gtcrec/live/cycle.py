@@ -38,7 +38,7 @@ import pandas as pd
 
 from gtcrec.live import adapt as live_adapt
 from gtcrec.live.clicklog import read_click_log
-from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
+from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
                                     read_history, read_version, repository_lock)
 
 LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     from gtcrec.serving import access
-    from gtcrec.swap.repository import grpc_target
+    from gtcrec.serving.repository import grpc_target
 
     warnings.filterwarnings("ignore", message=".*Tensorflow dtype mappings.*")
     parser = _parser()

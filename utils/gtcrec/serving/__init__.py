@@ -11,6 +11,10 @@
 * ``gtcrec.serving.load``: latency, closed-loop load test, perf_analyzer, bare model forward.
 * ``gtcrec.serving.parity``: served vs the model's offline ranking.
 * ``gtcrec.serving.postprocess``: the post-processing step in numpy, torch, pandas and cudf.
+* ``gtcrec.serving.repository``: the model repository's state (versions served and held, a version's
+  settings, history, lock, archive), shared by ``gtcrec-serve``'s healing and the catalog swap.
+* ``gtcrec.serving.serve``: the ``gtcrec-serve`` command; ``gtcrec.serving.balancer``: HAProxy in front
+  of replicas; ``gtcrec.serving.access``: the control key.
 
 Inputs that are not ordinary (empty requests, unknown talks, bad timestamps, ...) and what the
 server does with each are listed in ``gtcrec.serving.operators``.

@@ -45,7 +45,7 @@ from merlin.table import TensorTable
 
 from gtcrec.serving import executor_model
 from gtcrec.serving import operators as ops
-from gtcrec.serving import order
+from gtcrec import order
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
 
 REQUEST_COLUMNS = ("session_id", "talk_id", "timestamp")

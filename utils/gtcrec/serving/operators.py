@@ -82,9 +82,9 @@ from merlin.table import TensorTable
 # The code layout (gtcrec.layout, which imports nothing): a self-contained export pickles these
 # operators by value, and cloudpickle stores these names' values, so the server needs no gtcrec.
 from gtcrec.layout import FIRST_CODE, ITEM_LIST, NULL, OOV, PAD  # noqa: F401
-# The click order of training and serving (gtcrec.serving.order, numpy only): a self-contained export
+# The click order of training and serving (gtcrec.order, numpy only): a self-contained export
 # pickles that module by value too.
-from gtcrec.serving.order import CLICK_ORDER_RULE, click_order, text_rank  # noqa: F401
+from gtcrec.order import CLICK_ORDER_RULE, click_order, text_rank  # noqa: F401
 
 MAX_CLICKS = 1_000_000  # default cap on the clicks of one request
 # DecodeTopK drops clicked talks with a dense (sessions x codes) table up to this many cells, and

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gtcrec.serving import access
+from gtcrec.serving import repository as repo_state  # versions, locking (shared with the swap)
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
 from gtcrec.serving.executor_model import CLICK_LOG_SECONDS
 from gtcrec.serving.server import PortInUseError, TritonServer, TritonServerError
@@ -188,9 +189,7 @@ class InstanceWatcher:
 
     # -- one look -------------------------------------------------------------------------------
     def ready_versions(self) -> list[int]:
-        from gtcrec.swap import serving_versions
-
-        return serving_versions(self.server, self.model_name)
+        return repo_state.serving_versions(self.server, self.model_name)
 
     def check(self) -> HealEvent | None:
         """Compare the live stubs with those seen before; heal a READY version that lost one.
@@ -221,15 +220,13 @@ class InstanceWatcher:
     def heal(self, version: int, instances: Sequence[str]) -> HealEvent:
         """Load ``version`` again (its folder's time renewed) so that Triton builds a new copy with
         every instance, serving the old copy until then."""
-        from gtcrec import swap
-
         seen = self._seen[version]
         event = HealEvent(version=version, instances=list(instances), pids=[seen.pids[i] for i in instances],
                           died_by=min(seen.missing_since[i] for i in instances), action="skipped")
         folder = self.repository / self.model_name
         try:
-            with swap.repository_lock(self.repository, self.model_name):
-                newest = max(swap.repository_versions(self.repository, self.model_name), default=None)
+            with repo_state.repository_lock(self.repository, self.model_name):
+                newest = max(repo_state.repository_versions(self.repository, self.model_name), default=None)
                 if newest != version:
                     event.detail = (f"the newest version folder is {newest}, not the served {version}: a load "
                                     f"would serve it; not reloading")
@@ -249,7 +246,7 @@ class InstanceWatcher:
                     event.action = "reloaded"
                     event.detail = f"version {version} reloaded in {event.reload_seconds:.1f} s"
                     self._seen.pop(version, None)  # the new copy's stubs are seen afresh
-        except swap.SwapError as exc:  # a swap holds the lock: its load replaces this copy anyway
+        except repo_state.SwapError as exc:  # a swap holds the lock: its load replaces this copy anyway
             event.detail = f"not now: {exc}"
             self._not_before = time.time() + 1.0
             return event

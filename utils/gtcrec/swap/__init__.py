@@ -53,8 +53,8 @@ refused the new version or the rollback (the serving version is unchanged, see t
 
 Modules, by job (every public name is importable from ``gtcrec.swap``):
 
-* ``repository``: server and repository state (versions served and held, a version's settings), the
-  history and lock of a model folder, archiving and copying versions;
+* :mod:`gtcrec.serving.repository` (re-exported here): server and repository state (versions served and
+  held, a version's settings), the history and lock of a model folder, archiving and copying versions;
 * ``catalog``: the new catalog (validation, its item table) and the swapped, traced model;
 * ``switch``: loading a version, :func:`swap_catalog`, :func:`rollback`, :func:`status`;
 * ``traffic``: requests while the swap happens (:class:`Traffic`, :func:`traffic_summary`, the timeline plot);
@@ -65,7 +65,7 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 * ``cli``: the ``gtcrec-swap`` command (``python -m gtcrec.swap`` runs it too).
 """
 
-from gtcrec.swap.repository import (DEFAULT_MODEL_NAME, HISTORY_FILE, LOCK_FILE, ARCHIVE, Log, SwapError,
+from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, HISTORY_FILE, LOCK_FILE, ARCHIVE, Log, SwapError,
                                     grpc_target, serving_versions, server_index, repository_versions,
                                     VersionSettings, read_version, current_version, read_history, record_event,
                                     repository_lock, archive_version, copy_version, next_version)

@@ -112,10 +112,11 @@ def example_sessions(n_codes: int, max_len: int, n: int = 48, seed: int = 0) -> 
 
 
 def trace_swapped(model, k: int, seed: int = 0):
-    """Trace ``model`` to return its top ``k`` codes (:func:`gtcrec.model.trace_topk`) and check the
+    """Trace ``model`` to return its top ``k`` codes (:func:`gtcrec.trace.trace_topk`) and check the
     trace against the eager model on other sessions; returns ``(traced, check)``. Both batches are
     padded to ``max_len`` as the serving graph pads them."""
     from gtcrec import model as gm
+    from gtcrec.trace import check_traced, trace_topk
 
     n = gm.n_codes(model)
     max_len = int(model.max_sequence_length)
@@ -123,6 +124,6 @@ def trace_swapped(model, k: int, seed: int = 0):
     def batch(s):
         return gm.sessions_to_batch(example_sessions(n, max_len, seed=s), max_len, pad=True)
 
-    traced = gm.trace_topk(model, batch(seed), k=k)
-    check = gm.check_traced(traced, model, batch(seed + 1))
+    traced = trace_topk(model, batch(seed), k=k)
+    check = check_traced(traced, model, batch(seed + 1))
     return traced, check

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from gtcrec.data import DataValidationError
 from gtcrec.serving import access
-from gtcrec.swap.repository import DEFAULT_MODEL_NAME, SwapError, grpc_target
+from gtcrec.serving.repository import DEFAULT_MODEL_NAME, SwapError, grpc_target
 from gtcrec.swap.switch import rollback, status, swap_catalog
 from gtcrec.swap.fleet import fleet_status, rollback_fleet, swap_fleet
 

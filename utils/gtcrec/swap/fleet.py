@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gtcrec.serving import access
-from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, file_lock,
+from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, file_lock,
                                     grpc_target, serving_versions)
 from gtcrec.swap.switch import (LoadResult, RollbackResult, SwapResult, load_version, previous_config, rollback,
                                 swap_catalog)

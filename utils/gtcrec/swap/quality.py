@@ -13,7 +13,7 @@ import pandas as pd
 from gtcrec import data as gdata
 from gtcrec import etl
 from gtcrec.layout import RESERVED as N_RESERVED
-from gtcrec.swap.repository import Log, _quiet
+from gtcrec.serving.repository import Log, _quiet
 from gtcrec.swap.catalog import swapped_model
 
 

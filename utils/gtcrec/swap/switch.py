@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gtcrec.swap.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet, record_event,
+from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet, record_event,
                                     _remember_config, archive_version, current_version, grpc_target,
                                     next_version, read_history, read_version, repository_lock,
                                     repository_versions, server_index, serving_versions)

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from gtcrec.swap.repository import DEFAULT_MODEL_NAME, grpc_target
+from gtcrec.serving.repository import DEFAULT_MODEL_NAME, grpc_target
 
 
 # ----------------------------------------------------------------------------------------------
