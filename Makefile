@@ -1,5 +1,6 @@
-# Two commands do everything: `make run` (the notebook series) and `make test` (the test suite);
-# `make test-fast` runs the unit tests that need no server and no notebook.
+# Two commands do everything: `make run` (the notebook series) and `make test` (the test suite: unit and
+# smoke, the notebooks at the CI size); `make test-fast` runs the unit tests that need no server and no
+# notebook; `make test-full` runs the series at the default size and the functional tier on it.
 # Both create the virtual environment from requirements.lock when it is missing.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 ARTIFACTS_DIR ?= artifacts
 SIZE ?= default
 
-.PHONY: env run test test-fast serve clean
+.PHONY: env run test test-fast test-full serve clean
 
 env: $(VENV)/.installed
 
@@ -45,7 +46,13 @@ test: env
 
 # The fast tier: unit tests that start no tritonserver and run no notebook (see pytest.ini).
 test-fast: env
-	$(PY) -m pytest -m "not server and not notebooks" tests
+	$(PY) -m pytest -m "not server and not notebooks and not functional" tests
+
+# The functional tier: `make run` at the default size into ARTIFACTS_DIR, then bands around the figures the
+# docs quote for that size (tests/functional/). About 20 minutes on 2 cores.
+test-full: env
+	$(MAKE) run SIZE=default ARTIFACTS_DIR=$(ARTIFACTS_DIR)
+	GTCREC_FULL_ARTIFACTS=$(ARTIFACTS_DIR) $(PY) -m pytest -m functional tests/functional
 
 # Serve the model of `make run` on 127.0.0.1 until Ctrl-C (a copy of ARTIFACTS_DIR/04-ensemble's repository in
 # ARTIFACTS_DIR/serve/), or REPOSITORY=path; HTTP_PORT / GRPC_PORT (0: free ports). See `gtcrec-serve --help`.
