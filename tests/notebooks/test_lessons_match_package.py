@@ -48,3 +48,16 @@ def test_ensemble_notebook_graph_equals_build_ensemble(series):
     answer = cl.to_frame(ex.reference_outputs(ensemble, request).outputs)
     pd.testing.assert_frame_equal(answer, pd.read_parquet(series.path("04-ensemble", "reference_answer")),
                                   check_exact=True)
+
+
+def test_ensemble_notebook_stock_graph_equals_the_package_one(series):
+    """Notebook 04's on-screen stock graph (``PredictPyTorch``) has the operators, reads and writes of
+    ``gtcrec.serving.export.build_pytorch_backend_ensemble`` (what ``export_ensemble`` exports for a Triton with
+    the PyTorch backend). Neither can answer in process, so their graphs are compared."""
+    manifest = series.run("04-ensemble")
+    m = manifest["metrics"]
+    vocab = pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"].astype(str).tolist()
+    package = ex.build_pytorch_backend_ensemble(vocab, series.path("03-train", "torchscript"), max_len=m["max_len"],
+                                                k=m["k"], popularity=np.load(series.path("03-train", "popularity")))
+    assert ex.graph_table(package)["operator"].tolist() == m["stock_graph"]
+    assert "PredictPyTorch" in m["stock_graph"] and "TorchScriptTopK" not in m["stock_graph"]
