@@ -75,3 +75,16 @@ def test_budget_note_says_when_a_notebook_ran_over():
     assert series.budget_note("03-train", 432.4, "default") == " (budget 420 s: 12 s over)"
     assert series.budget_note(None, 811.8, "default") == f" (budget {sum(series.BUDGET_S.values())} s)"
     assert series.budget_note("03-train", 1000.0, "small") == ""  # budgets are for the default size
+
+
+def test_make_run_says_which_precision_and_what_time_to_expect():
+    assert set(series.MEASURED_S) == set(series.BUDGET_S) == set(series.notebook_stems())
+    assert all(series.MEASURED_S[k] <= series.BUDGET_S[k] for k in series.BUDGET_S)  # measured within budget
+    native = series.expectation("default", bf16=True)
+    assert native.startswith("precision: bfloat16") and f"measured {sum(series.MEASURED_S.values())} s" in native
+    assert "expect about 16 minutes" in native
+    emulated = series.expectation("default", bf16=False)
+    assert emulated.startswith("precision: float32") and "expect about 39 minutes" in emulated
+    assert "expect about 7 minutes" in series.expectation("default", ["03-train"], bf16=True)
+    assert series.expectation("small", bf16=False) == series.expectation("small", ["00-data"], bf16=False)
+    assert "expect" not in series.expectation("small", bf16=True)

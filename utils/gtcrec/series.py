@@ -195,8 +195,9 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
 
 
 # Time budget of each notebook at the default size, in seconds: 2 CPU cores with bfloat16 (AVX512-BF16),
-# from an empty text-embedding cache (notebooks 00 and 06 encode 5,000 talks each). 890 s in all, within
-# the 15 minutes of a coffee break; measured 812 s (README). Printed next to each notebook's time.
+# from an empty text-embedding cache (notebooks 00 and 06 encode 5,000 talks each). 890 s for 00-07, within
+# the 15 minutes of a coffee break (measured 812 s, docs/results.md); 480 s for 08 (measured 175 s).
+# Printed next to each notebook's time.
 BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 420, "04-ensemble": 10,
                             "05-serve": 55, "06-catalog-swap": 130, "07-scale-out": 170, "08-live-event": 480}
 
@@ -211,6 +212,34 @@ def budget_note(stem: str | None, seconds: float, size: str) -> str:
         return ""
     over = seconds - budget
     return f" (budget {budget} s: {over:.0f} s over)" if over > 0 else f" (budget {budget} s)"
+
+
+# Measured at the default size on 2 cores: notebooks 00-07 in one run (812 s) and 08 on its own (175 s) on the
+# budgets' machine (native bfloat16); notebooks 00-07 on a 2-core CPU without native bfloat16 (AMD EPYC, AVX2
+# only: float32 training and encoding) took 1,972 s, 2.4 x as long.
+MEASURED_S = {"00-data": 61, "01-etl": 16, "02-dataloader": 8, "03-train": 397, "04-ensemble": 6, "05-serve": 48,
+              "06-catalog-swap": 121, "07-scale-out": 155, "08-live-event": 175}
+NO_BF16_SLOWDOWN = 2.4
+
+
+def expectation(size: str, only: list[str] | None = None, bf16: bool | None = None) -> str:
+    """What ``make run`` prints first: the precision training and encoding will use on this machine, and
+    the time to expect at the default size, from the measured runs (:data:`MEASURED_S`)."""
+    from gtcrec.device import bf16_native
+
+    bf16 = bf16_native() if bf16 is None else bf16
+    line = ("precision: bfloat16 where it counts (this machine computes it natively)" if bf16 else
+            "precision: float32 (no native bfloat16 here: training and text encoding run in float32)")
+    if size != "default":
+        return line
+    stems = [k for k in BUDGET_S if not only or k in only]
+    measured, budget = sum(MEASURED_S[k] for k in stems), sum(BUDGET_S[k] for k in stems)
+    if bf16:
+        return (f"{line}; expect about {measured / 60:.0f} minutes at the default size on 2 cores (measured "
+                f"{measured} s; the notebooks' budgets add up to {budget} s)")
+    return (f"{line}; expect about {NO_BF16_SLOWDOWN * measured / 60:.0f} minutes at the default size on 2 cores: "
+            f"without native bfloat16 a measured run took {NO_BF16_SLOWDOWN:g} x as long as on the budgets' "
+            f"machine, so notebooks will print that they went over their budgets")
 
 
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
@@ -242,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="at most one progress line per this many seconds (default 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, one line per notebook")
     args = parser.parse_args(argv)
+    print(f"[series] {expectation(args.size, args.only)}", flush=True)
     times = run_series(args.size, args.artifacts_dir, args.only, args.seed,
                        progress_every=None if args.quiet else args.progress_every)
     total = sum(times.values())
