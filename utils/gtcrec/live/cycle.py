@@ -39,7 +39,7 @@ import pandas as pd
 from gtcrec.live import adapt as live_adapt
 from gtcrec.live.clicklog import read_click_log
 from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
-                                    read_history, read_version, repository_lock)
+                                       read_history, read_version, repository_lock)
 
 LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
 
@@ -117,12 +117,12 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
             except SwapError as exc:
                 cycle.update(published=False, error=str(exc))
                 record_event(repo, model_name, action="adapt", version=exc.version, from_version=serving, ok=False,
-                        error=str(exc)[:500])
+                             error=str(exc)[:500])
             else:
                 gm.save_model(result.model, repo / model_name / LIVE_MODELS / str(done.version))
                 cycle.update(published=True, version=done.version, load_seconds=done.load.seconds)
                 record_event(repo, model_name, action="adapt", version=done.version, from_version=serving, ok=True,
-                        chosen=result.chosen, clicks=report["clicks"])
+                             chosen=result.chosen, clicks=report["clicks"])
                 log(f"version {done.version} serving ({result.chosen})")
         steps["publish"] = round(time.perf_counter() - started, 3)
     cycle.update(seconds=round(time.perf_counter() - t0, 3), steps=steps)

@@ -66,9 +66,9 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 """
 
 from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, HISTORY_FILE, LOCK_FILE, ARCHIVE, Log, SwapError,
-                                    grpc_target, serving_versions, server_index, repository_versions,
-                                    VersionSettings, read_version, current_version, read_history, record_event,
-                                    repository_lock, archive_version, copy_version, next_version)
+                                       grpc_target, serving_versions, server_index, repository_versions,
+                                       VersionSettings, read_version, current_version, read_history, record_event,
+                                       repository_lock, archive_version, copy_version, next_version)
 from gtcrec.swap.catalog import (validate_catalog, PreparedCatalog, prepare_catalog, swapped_model,
                                  example_sessions, trace_swapped)
 from gtcrec.swap.switch import (LoadResult, load_version, refuse_version, export_version, previous_config,

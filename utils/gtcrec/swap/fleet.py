@@ -48,7 +48,7 @@ from typing import Callable, Sequence
 
 from gtcrec.serving import access
 from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, file_lock,
-                                    grpc_target, serving_versions)
+                                       grpc_target, serving_versions)
 from gtcrec.swap.switch import (LoadResult, RollbackResult, SwapResult, load_version, previous_config, rollback,
                                 swap_catalog)
 
@@ -197,8 +197,8 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
                 done, errors = _undo(replicas[:i], repo, previous, model_name, timeout, log)
                 serving = fleet_serving(replicas, model_name)
                 record_event(repo, model_name, action="fleet-swap-failed", version=version, ok=False,
-                        refused=names[i], undone=done, undo_errors=errors, serving=serving,
-                        error=exc.server_error)
+                             refused=names[i], undone=done, undo_errors=errors, serving=serving,
+                             error=exc.server_error)
                 state = ("the whole fleet serves version %d again" % previous if not errors
                          else f"could not switch back {errors}")
                 raise FleetSwapError(f"replica {names[i]} refused version {version}: {state}. {exc}",
@@ -207,7 +207,7 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
         ended = time.perf_counter()
         serving = fleet_serving(replicas, model_name)
         record_event(repo, model_name, action="fleet-swap", version=version, from_version=previous, ok=True,
-                replicas=names, rollout_seconds=round(ended - swapped.load.started, 3))
+                     replicas=names, rollout_seconds=round(ended - swapped.load.started, 3))
     log(f"fleet serving version {version}: rollout {ended - swapped.load.started:.1f} s over {len(replicas)} "
         "replicas")
     return FleetSwapResult(version=version, previous_version=previous, swap=swapped, loads=loads,
@@ -260,7 +260,7 @@ def rollback_fleet(model_repository, replicas: Sequence, model_name: str = DEFAU
                 done, errors = _undo(replicas[:i], repo, current, model_name, timeout, log)
                 serving = fleet_serving(replicas, model_name)
                 record_event(repo, model_name, action="fleet-rollback-failed", version=target, ok=False,
-                        refused=names[i], undone=done, undo_errors=errors, serving=serving)
+                             refused=names[i], undone=done, undo_errors=errors, serving=serving)
                 raise FleetSwapError(f"replica {names[i]} refused version {target}; the fleet went forward to "
                                      f"{current} again{'' if not errors else f' except {errors}'}. {exc}",
                                      version=target, refused=names[i], undone=done, serving=serving,
@@ -268,7 +268,7 @@ def rollback_fleet(model_repository, replicas: Sequence, model_name: str = DEFAU
         ended = time.perf_counter()
         serving = fleet_serving(replicas, model_name)
         record_event(repo, model_name, action="fleet-rollback", version=target, from_version=current, ok=True,
-                replicas=names)
+                     replicas=names)
     log(f"fleet back on version {target} ({ended - started:.1f} s)")
     return FleetRollbackResult(current, target, first, loads, started, ended, serving)
 

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet, record_event,
-                                    _remember_config, archive_version, current_version, grpc_target,
-                                    next_version, read_history, read_version, repository_lock,
-                                    repository_versions, server_index, serving_versions)
+from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet,
+                                       _remember_config, archive_version, current_version, grpc_target,
+                                       next_version, read_history, read_version, record_event, repository_lock,
+                                       repository_versions, server_index, serving_versions)
 from gtcrec.swap.catalog import prepare_catalog, swapped_model, trace_swapped
 
 
@@ -70,7 +70,7 @@ def refuse_version(repository, version: int, error: str, serving: Sequence[int],
     if restore_config is not None:
         (folder / "config.pbtxt").write_text(restore_config)
     record_event(repository, model_name, action=f"{action}-failed", version=int(version), ok=False,
-            error=error, serving=list(serving), archived=str(archived) if archived else None)
+                 error=error, serving=list(serving), archived=str(archived) if archived else None)
     return SwapError(f"the server could not load {model_name} version {version}; still serving "
                      f"{list(serving) or 'nothing'}; version {version} is archived"
                      f"{' as ' + archived.name if archived else ''} (the server's index lists it as UNAVAILABLE "
@@ -239,9 +239,9 @@ def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_di
         steps.update(published.steps)
     total = time.perf_counter() - t0
     record_event(repo, model_name, action="swap", version=version, from_version=previous, ok=True,
-            catalog=str(prepared.path), n_talks=len(prepared.vocab), first_ids=prepared.vocab[:3],
-            newly_encoded=prepared.newly_encoded, seconds=round(total, 3),
-            seconds_without_encoding=round(total - prepared.encode_seconds, 3))
+                 catalog=str(prepared.path), n_talks=len(prepared.vocab), first_ids=prepared.vocab[:3],
+                 newly_encoded=prepared.newly_encoded, seconds=round(total, 3),
+                 seconds_without_encoding=round(total - prepared.encode_seconds, 3))
     log(f"version {version} serving; file -> serving {total:.1f} s "
         f"({total - prepared.encode_seconds:.1f} s without text encoding)")
     return SwapResult(version=version, previous_version=previous, model_name=model_name,
@@ -296,7 +296,7 @@ def rollback(server_url, model_repository, model_name: str = DEFAULT_MODEL_NAME,
             (folder / "config.pbtxt").write_text(config_now)
             raise
         record_event(repo, model_name, action="rollback", version=target, from_version=current, ok=True,
-                seconds=round(load.seconds, 3), archived=[str(p) for p in moved.values()])
+                     seconds=round(load.seconds, 3), archived=[str(p) for p in moved.values()])
     log(f"version {target} serving again ({load.seconds:.1f} s)")
     return RollbackResult(current, target, str(moved[current]), load)
 
