@@ -16,7 +16,9 @@ def test_dataloader_notebook(series):
     assert manifest["metrics"]["joined_max_abs_diff"] == 0.0
     assert manifest["metrics"]["vector_dim"] == 384
     speed = manifest["run"]["throughput"]
-    assert speed["codes only"]["sessions_per_s"] > 0 and speed["codes + joined vectors"]["sessions"] > 0
+    # measured 71,000 and 58,000 sessions/s at this size: a loader an order of magnitude slower fails
+    assert speed["codes only"]["sessions_per_s"] > 5000 and speed["codes + joined vectors"]["sessions_per_s"] > 5000
+    assert speed["codes + joined vectors"]["sessions"] == speed["codes only"]["sessions"] > 0
 
 
 def test_training_beats_baselines_and_stays_below_the_oracle(series):

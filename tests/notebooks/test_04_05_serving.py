@@ -57,17 +57,22 @@ def test_serving_notebook_parity_latency_and_shutdown(series):
     if series.manifest("04-ensemble")["metrics"]["batched_model_name"]:
         assert m["parity_reference_batched"] is True
 
-    # latencies present and positive
+    # latencies within bands: measured at this size 1.75 ms served, 0.57 ms bare (3.1x), 580 single-session
+    # requests/s with one client; the bands are ~10x wide for a shared CI machine, and catch a path that got
+    # an order of magnitude slower (a cold model per request, a thread pool per call, a lost pad)
     one = run["one_session"]
-    assert one["served_p50_ms"] > 0 and one["bare_p50_ms"] > 0 and one["bare_unpadded_p50_ms"] > 0
+    assert 0.05 < one["bare_p50_ms"] < 10 and 0.05 < one["bare_unpadded_p50_ms"] < 10
+    assert one["served_p50_ms"] < 20 and one["ratio_p50"] < 20
     assert one["served_p50_ms_worst_round"] >= one["served_p50_ms"]
     # a round trip through gRPC, Triton and the python backend costs more than the model alone
     assert one["ratio_p50"] > 1 and one["ratio_p50_vs_unpadded"] > 1
-    assert run["startup_seconds"] > 0 and run["reference_http_ms"] > 0 and run["reference_grpc_ms"] > 0
+    assert 0 < run["startup_seconds"] < 120 and run["reference_http_ms"] < 1000 and run["reference_grpc_ms"] < 1000
     load = pd.read_csv(series.path("05-serve", "load_test"))
     assert len(load) == len(params["CONCURRENCY"]) * len(params["SESSIONS_PER_REQUEST"])
     assert (load["errors"] == 0).all() and (load["requests"] > 0).all()
     assert (load["p50_ms"] > 0).all() and (load["sessions_per_s"] > 0).all()
+    single = load[(load["sessions_per_request"] == 1) & (load["concurrency"] == 1)]["sessions_per_s"]
+    assert single.iloc[0] > 50  # measured 580
     assert (load["p95_ms"] >= load["p50_ms"]).all()
     # a request of many sessions moves more sessions per second than single-session requests
     per_size = load.groupby("sessions_per_request")["sessions_per_s"].max()
