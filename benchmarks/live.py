@@ -40,6 +40,16 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def first_sessions(clicks, fraction: float):
+    """The clicks of the first ``fraction`` of the training sessions (the ETL's time split), in order of
+    their start: what a live event has logged by then."""
+    from gtcrec import etl
+
+    train = etl.split_by_time(etl.number_sessions(clicks))["train"]
+    order = train.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
+    return clicks[clicks["session_id"].isin(set(order[:max(1, int(round(fraction * len(order))))]))]
+
+
 def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, batch_size: int, lr: float,
           seed: int = 42, scratch: bool = False, budget: float | None = 45.0, log=print) -> dict:
     """The live curve of one new event: ``served`` (the swapped model, as a swap serves it), its
@@ -77,13 +87,9 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
     log(f"{len(train_sessions)} training sessions, {len(targets)} test sessions; retrained {retrained_r:.4f} "
         f"({epochs} epochs, {retrained_s:.0f} s); zero-shot {zero:.4f}; best text {text[best_text]:.4f}")
 
-    numbered = etl.number_sessions(clicks)
-    train_clicks = etl.split_by_time(numbered)["train"]
-    order = train_clicks.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
     rows = []
     for f in fractions:
-        keep = set(order[:max(1, int(round(f * len(order))))])
-        observed = clicks[clicks["session_id"].isin(keep)]
+        observed = first_sessions(clicks, f)
         started = time.perf_counter()
         result = adapt.adapt(served, served, observed, catalog, work / f"adapt-{f}", budget_s=budget, seed=seed)
         seconds = time.perf_counter() - started
@@ -124,7 +130,7 @@ def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float |
     :func:`gtcrec.live.run_cycle`. Returns the cycle's record and its seconds, step by step."""
     import shutil
 
-    from gtcrec import data, etl, live, swap
+    from gtcrec import data, live, swap
     from gtcrec.manifest import read_manifest
     from gtcrec.serving.server import TritonServer
 
@@ -132,9 +138,7 @@ def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float |
     name = e4["metrics"]["model_name"]
     catalog_file = d0.path("fall_catalog")
     clicks, _ = data.load_clicks(d0.path("fall_clicks"), data.load_catalog(catalog_file))
-    train = etl.split_by_time(etl.number_sessions(clicks))["train"]
-    order = train.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
-    observed = clicks[clicks["session_id"].isin(set(order[:max(1, int(round(fraction * len(order))))]))]
+    observed = first_sessions(clicks, fraction)
     shutil.rmtree(work, ignore_errors=True)
     (work / "log").mkdir(parents=True)
     observed.to_parquet(work / "log" / "clicks.parquet", index=False)

@@ -241,6 +241,23 @@ def closed_form(model, sessions: Sequence[np.ndarray], weight: float, alpha: flo
     return out
 
 
+def closed_form_grid(model, sessions: Sequence[np.ndarray], pairs, prefixes, targets, sim: sp.spmatrix,
+                     best: tuple | None = None) -> tuple[tuple, dict]:
+    """:func:`closed_form` of ``model`` for each ``(weight, alpha)`` of ``pairs``, scored by :func:`hits`
+    on ``targets`` after ``prefixes``. Returns ``(best, means)``: ``best`` is ``(key, (weight, alpha),
+    model, per-click hits)`` of the highest mean (ties: the smaller alpha, then weight), starting from
+    ``best`` when given (only the best model is kept); ``means`` the mean hits of each pair."""
+    means = {}
+    for w, a in pairs:
+        candidate = closed_form(model, sessions, w, a, sim)
+        per = hits(candidate, prefixes, targets)
+        means[(w, a)] = float(per.mean())
+        key = (per.mean(), -a, -w)
+        if best is None or key > best[0]:
+            best = (key, (w, a), candidate, per)
+    return best, means
+
+
 def with_cooccurrence(model, sessions: Sequence[np.ndarray], prefixes, targets,
                       alphas: Sequence[float] = WARM_COOCCURRENCE_WEIGHTS, z: float = WARM_GUARD_Z):
     """The trained model of a finished event with the session co-occurrence of ``sessions`` in its
@@ -252,12 +269,12 @@ def with_cooccurrence(model, sessions: Sequence[np.ndarray], prefixes, targets,
 
     alone = hits(model, prefixes, targets)
     sim = cooccurrence(sessions, gm.n_codes(model))
-    per = {a: hits(closed_form(model, sessions, 0.0, a, sim), prefixes, targets) for a in alphas}
-    best = max(alphas, key=lambda a: (per[a].mean(), -a))
-    wins, t = beats(per[best], alone, z)
-    report = {"alpha": best if wins else 0.0, "valid_recall@10": {0.0: float(alone.mean()),
-              **{a: float(h.mean()) for a, h in per.items()}}, "standard_errors": round(t, 3)}
-    return (closed_form(model, sessions, 0.0, best, sim) if wins else model), report
+    (_, (_, alpha), candidate, per), means = closed_form_grid(model, sessions, [(0.0, a) for a in alphas], prefixes,
+                                                              targets, sim)
+    wins, t = beats(per, alone, z)
+    report = {"alpha": alpha if wins else 0.0, "valid_recall@10": {0.0: float(alone.mean()),
+              **{a: means[(0.0, a)] for a in alphas}}, "standard_errors": round(t, 3)}
+    return (candidate if wins else model), report
 
 
 def fresh_like(model, catalog: pd.DataFrame, seed: int = 42):
@@ -397,20 +414,8 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     started = time.perf_counter()
     # popularity first, then co-occurrence on top of the best popularity (0: none)
     sim = cooccurrence(observed.fit, n_codes)  # fitted once for the whole grid
-    best = None  # ((mean hits, -a, -w), (w, a), model, per-click hits): only the best model is kept
-
-    def consider(w: float, a: float):
-        nonlocal best
-        candidate = closed_form(base_model, observed.fit, w, a, sim)
-        per = hits(candidate, *choose)
-        key = (per.mean(), -a, -w)
-        if best is None or key > best[0]:
-            best = (key, (w, a), candidate, per)
-
-    for w in (0.0, *weights):  # popularity first
-        consider(w, 0.0)
-    for a in alphas:  # then co-occurrence on top of the best popularity (0: none)
-        consider(best[1][0], a)
+    best, _ = closed_form_grid(base_model, observed.fit, [(w, 0.0) for w in (0.0, *weights)], *choose, sim)
+    best, _ = closed_form_grid(base_model, observed.fit, [(best[1][0], a) for a in alphas], *choose, sim, best)
     (best_w, best_a), best_closed, per_click[CLOSED_FORM] = best[1], best[2], best[3]
     scores = {name: float(h.mean()) for name, h in per_click.items()}
     curves: dict[str, list[float]] = {}
@@ -453,6 +458,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     # on the default-size event 0.339 -> 0.353 for 35 s more (the default budget skips it), on the real
     # log's new movies 0.142 -> 0.174 for 7 s
     started = time.perf_counter()
+    all_counts = click_counts(observed.sessions, n_codes)
     final = tuned[chosen] if chosen in tuned else closed_form(base_model, observed.sessions, best_w, best_a)
     if chosen in tuned:
         n_epochs = max(1, int(tuned[chosen].fit_epochs or 1))
@@ -461,7 +467,6 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
         if settings["refit"]:
             start = (fresh_like(base_model, catalog, seed) if chosen == SCRATCH
                      else closed_form(base_model, observed.sessions, best_w, best_a))
-            all_counts = click_counts(observed.sessions, n_codes)
             final, _ = fine_tune(start, _dataset(observed.all_dirs, base_model), all_counts, None, n_epochs,
                                  settings["lr"], settings["batch_size"], seed, work_dir / "final",
                                  parts=recipes[chosen][0])
@@ -469,8 +474,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
                       f"{scores[SERVING]:.4f} on the newest {len(observed.choose)} sessions ({t:.1f} standard "
-                      "errors)", settings, observed.counts, seconds, curves, final,
-                      click_counts(observed.sessions, n_codes)[RESERVED:].tolist())
+                      "errors)", settings, observed.counts, seconds, curves, final, all_counts[RESERVED:].tolist())
 
 
 def _dataset(folders: Sequence[Path], model):

@@ -212,6 +212,11 @@ def _remember_config(repository, model_name: str, version: int, text: str | None
         _write_history(repository, model_name, history)
 
 
+def version_config(repository, version: int, model_name: str = DEFAULT_MODEL_NAME) -> str | None:
+    """The ``config.pbtxt`` that served ``version`` (kept in the history when the next version was exported)."""
+    return read_history(repository, model_name)["configs"].get(str(version))
+
+
 @contextlib.contextmanager
 def file_lock(path, error: Exception):
     """Exclusive, non-blocking lock on the file ``path`` for the time of the block; raises ``error`` if

@@ -67,11 +67,12 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 
 from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, HISTORY_FILE, LOCK_FILE, ARCHIVE, Log, SwapError,
                                        grpc_target, serving_versions, server_index, repository_versions,
-                                       VersionSettings, read_version, current_version, read_history, record_event,
-                                       repository_lock, archive_version, copy_version, next_version)
+                                       VersionSettings, read_version, current_version, read_history,
+                                       version_config, record_event, repository_lock, archive_version, copy_version,
+                                       next_version)
 from gtcrec.swap.catalog import (validate_catalog, PreparedCatalog, prepare_catalog, swapped_model,
                                  example_sessions, trace_swapped)
-from gtcrec.swap.switch import (LoadResult, load_version, refuse_version, export_version, previous_config,
+from gtcrec.swap.switch import (LoadResult, load_version, refuse_version, export_version,
                                 SwapResult, swap_catalog, RollbackResult, rollback, REFUSED_STAYS_LISTED,
                                 version_table, status)
 from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_summary, plot_timeline
@@ -111,7 +112,7 @@ __all__ = [
     "load_version",
     "refuse_version",
     "export_version",
-    "previous_config",
+    "version_config",
     "SwapResult",
     "swap_catalog",
     "RollbackResult",

@@ -47,10 +47,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gtcrec.serving import access
-from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, file_lock,
-                                       grpc_target, serving_versions)
-from gtcrec.swap.switch import (LoadResult, RollbackResult, SwapResult, load_version, previous_config, rollback,
-                                swap_catalog)
+from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, file_lock, grpc_target,
+                                       version_config, record_event, serving_versions)
+from gtcrec.swap.switch import LoadResult, RollbackResult, SwapResult, load_version, rollback, swap_catalog
 
 FLEET_LOCK_FILE = ".gtcrec_fleet.lock"
 
@@ -183,7 +182,7 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
                                  server_error=exc.server_error) from exc
         version = swapped.version
         loads = {names[0]: swapped.load}
-        config_before = previous_config(repo, model_name=model_name, version=previous)
+        config_before = version_config(repo, previous, model_name)
         folder = repo / model_name / str(version)
         for i, r in enumerate(replicas[1:], start=1):
             if _before_replica_load is not None:
@@ -254,7 +253,7 @@ def rollback_fleet(model_repository, replicas: Sequence, model_name: str = DEFAU
                     archived = _newest_archive(repo, v, model_name)
                     if archived is not None and not (repo / model_name / str(v)).exists():
                         os.replace(archived, repo / model_name / str(v))
-                config_now = previous_config(repo, current, model_name)
+                config_now = version_config(repo, current, model_name)
                 if config_now is not None:
                     (repo / model_name / "config.pbtxt").write_text(config_now)
                 done, errors = _undo(replicas[:i], repo, current, model_name, timeout, log)

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet,
                                        _remember_config, archive_version, current_version, grpc_target,
-                                       next_version, read_history, read_version, record_event, repository_lock,
-                                       repository_versions, server_index, serving_versions)
+                                       next_version, version_config, read_history, read_version, record_event,
+                                       repository_lock, repository_versions, server_index, serving_versions)
 from gtcrec.swap.catalog import prepare_catalog, swapped_model, trace_swapped
 
 
@@ -144,7 +144,7 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
     if _before_load is not None:
         _before_load(folder / str(version))
     load = load_version(server_url, repo, version, model_name, timeout=timeout, action=action,
-                        restore_config=previous_config(repo, previous, model_name))
+                        restore_config=version_config(repo, previous, model_name))
     steps["server_load"] = load.seconds
     return Published(version, load, check, steps)
 
@@ -178,11 +178,6 @@ def export_version(traced, vocab: Sequence[str], repository, previous: int, sett
         raise
     _remember_config(repo, model_name, version)
     return version
-
-
-def previous_config(repository, version: int, model_name: str = DEFAULT_MODEL_NAME) -> str | None:
-    """The ``config.pbtxt`` that served ``version`` (kept by :func:`export_version`)."""
-    return read_history(repository, model_name)["configs"].get(str(version))
 
 
 def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_dir,
@@ -282,7 +277,7 @@ def rollback(server_url, model_repository, model_name: str = DEFAULT_MODEL_NAME,
         newer = [v for v in repository_versions(repo, model_name) if v >= current]
         config_now = (folder / "config.pbtxt").read_text()
         _remember_config(repo, model_name, current, config_now)
-        target_config = read_history(repo, model_name)["configs"].get(str(target))
+        target_config = version_config(repo, target, model_name)
         moved = {v: archive_version(repo, v, "retired", model_name) for v in newer}
         if target_config is not None:
             (folder / "config.pbtxt").write_text(target_config)
