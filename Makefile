@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	$(PY) -m pip install -q "$$(grep '^torch==' requirements.lock)" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e utils 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@# perf_analyzer (in the tritonclient wheel) needs libb64.so.0d: Debian's libb64-0d, unpacked into the venv.
-	@# Optional: without it notebook 05 skips perf_analyzer and says so.
+	@# Optional: without it notebook 06 skips perf_analyzer and says so.
 	rm -rf $(VENV)/opt/libb64 && mkdir -p $(VENV)/opt/libb64 && cd $(VENV)/opt/libb64 && \
 	  { apt-get download libb64-0d >/dev/null 2>&1 && dpkg -x libb64-0d_*.deb . && rm -f libb64-0d_*.deb \
 	    || echo "note: libb64-0d not fetched; perf_analyzer will be skipped"; }
@@ -35,7 +35,7 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	  { apt-get download haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1 >/dev/null 2>&1 && \
 	    for deb in *.deb; do dpkg -x "$$deb" .; done && rm -f *.deb && \
 	    LD_LIBRARY_PATH=usr/lib/$$(uname -m)-linux-gnu usr/sbin/haproxy -v | sed -n 1p \
-	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests will be skipped and notebook 07 stops at its fleet section"; }; }
+	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests will be skipped and notebook 09 stops at its start"; }; }
 	touch $@
 
 run: env
@@ -54,7 +54,7 @@ test-full: env
 	$(MAKE) run SIZE=default ARTIFACTS_DIR=$(ARTIFACTS_DIR)
 	GTCREC_FULL_ARTIFACTS=$(ARTIFACTS_DIR) $(PY) -m pytest -m functional tests/functional
 
-# Serve the model of `make run` on 127.0.0.1 until Ctrl-C (a copy of ARTIFACTS_DIR/04-ensemble's repository in
+# Serve the model of `make run` on 127.0.0.1 until Ctrl-C (a copy of ARTIFACTS_DIR/05-ensemble's repository in
 # ARTIFACTS_DIR/serve/), or REPOSITORY=path; HTTP_PORT / GRPC_PORT (0: free ports). See `gtcrec-serve --help`.
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001

@@ -29,7 +29,7 @@ Measured, all in this run:
 3. downstream (unless ``--no-recall``): recall@10 / NDCG@10 of the text-similarity baselines
    (last click, session mean: ``gtcrec.baselines``) on notebook 01's test split, with each variant's
    item table. These baselines read only the vectors, so they show what a variant changes for
-   ranking by text; the trained model of notebook 03 and the swap of notebook 06 are NOT re-run
+   ranking by text; the trained model of notebook 04 and the swap of notebook 07 are NOT re-run
    here, so a variant is not adopted on these numbers alone.
 """
 from __future__ import annotations

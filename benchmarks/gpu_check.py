@@ -1,4 +1,4 @@
-"""Short GPU check of the notebook series: notebooks 00-05 at the small CI sizes, timed, on the GPU
+"""Short GPU check of the notebook series: notebooks 00-06 at the small CI sizes, timed, on the GPU
 when there is one (the package picks CUDA by itself: gtcrec.model.get_device, the text encoder,
 T4R's Trainer), with the metrics that say whether the GPU path gives the same answers.
 
@@ -9,8 +9,8 @@ T4R's Trainer), with the metrics that say whether the GPU path gives the same an
     python benchmarks/gpu_check.py --scale-out           # only the ETL on a LocalCUDACluster and NCCL torchrun
 
 Prints the card's name (or that no GPU was found), then one JSON document: the environment, seconds
-per notebook, 03's recall@10 of the model and of the oracle, 05's parity and one-session p50 latency,
-the devices baked into 03's TorchScript (a trace made on CUDA keeps CUDA device constants, and the
+per notebook, 04's recall@10 of the model and of the oracle, 05's parity and one-session p50 latency,
+the devices baked into 04's TorchScript (a trace made on CUDA keeps CUDA device constants, and the
 serving steps load it on the CPU), and the error of a notebook that failed (the later ones are then
 not run: each needs the one before). The JSON is also rewritten after every notebook (``--json``),
 so a run stopped by a time limit still leaves what it measured. About 8 minutes at most is the aim
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STEMS = ["00-data", "01-etl", "02-dataloader", "03-train", "04-ensemble", "05-serve"]
+DEFAULT_STEMS = ["00-data", "01-etl", "02-dataloader", "03-train", "04-item-representation", "05-ensemble", "06-serve"]
 PACKAGES = ["torch", "numpy", "pandas", "merlin-core", "nvtabular", "merlin-dataloader", "merlin-systems",
             "transformers4rec", "transformers", "tritonclient", "nvidia-pytriton", "cudf-cu12", "cudf"]
 
@@ -62,10 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only the scale-out check: ETL on a LocalCUDACluster, torchrun with NCCL (scale_out_check)")
     args = parser.parse_args(argv)
     if args.only:
-        unknown = [s for s in args.only if s not in DEFAULT_STEMS and s != "06-catalog-swap"]
+        unknown = [s for s in args.only if s not in DEFAULT_STEMS and s != "07-catalog-swap"]
         if unknown:
-            parser.error(f"unknown notebook stem(s) {unknown}; choose from {DEFAULT_STEMS + ['06-catalog-swap']}")
-        order = DEFAULT_STEMS + ["06-catalog-swap"]
+            parser.error(f"unknown notebook stem(s) {unknown}; choose from {DEFAULT_STEMS + ['07-catalog-swap']}")
+        order = DEFAULT_STEMS + ["07-catalog-swap"]
         args.only = sorted(set(args.only), key=order.index)
     if args.budget_s <= 0:
         parser.error("--budget-s must be positive")
@@ -161,7 +161,7 @@ def notebook_metrics(artifacts: Path, stem: str) -> dict[str, Any]:
     if stem == "02-dataloader":
         return {"joined_max_abs_diff": m.get("joined_max_abs_diff"),
                 "sessions_per_s": {k: _get(v, "sessions_per_s") for k, v in (run.get("throughput") or {}).items()}}
-    if stem == "03-train":
+    if stem == "04-item-representation":
         test = m.get("test") or {}
         out = {"device": run.get("device"), "chosen": m.get("chosen"),
                "recall@10_model": _get(test, m.get("model_key", ""), "recall@10"),
@@ -175,10 +175,10 @@ def notebook_metrics(artifacts: Path, stem: str) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - reported
             out["torchscript"] = {"error": f"{type(exc).__name__}: {exc}"}
         return out
-    if stem == "04-ensemble":
+    if stem == "05-ensemble":
         return {"backend": m.get("backend"), "executor": m.get("executor"), "export_seconds": run.get("export_seconds"),
                 "reference_ms": run.get("reference_ms"), "backend_reason": run.get("backend_reason")}
-    if stem == "05-serve":
+    if stem == "06-serve":
         one = run.get("one_session") or {}
         return {"parity": m.get("parity"), "served_p50_ms": one.get("served_p50_ms"),
                 "bare_p50_ms": one.get("bare_p50_ms"), "ratio_p50": one.get("ratio_p50"),
@@ -269,11 +269,11 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     return {"device": report["environment"].get("device") if report.get("environment") else None,
             "gpu": _get(report, "environment", "gpu", "name"),
             "seconds": {s: v.get("seconds") for s, v in nb.items()},
-            "recall@10_model": _get(nb, "03-train", "metrics", "recall@10_model"),
-            "recall@10_oracle": _get(nb, "03-train", "metrics", "recall@10_oracle"),
-            "torchscript_cuda_constants": _get(nb, "03-train", "metrics", "torchscript", "n_cuda_constants"),
-            "parity": _get(nb, "05-serve", "metrics", "parity"),
-            "served_p50_ms": _get(nb, "05-serve", "metrics", "served_p50_ms"),
+            "recall@10_model": _get(nb, "04-item-representation", "metrics", "recall@10_model"),
+            "recall@10_oracle": _get(nb, "04-item-representation", "metrics", "recall@10_oracle"),
+            "torchscript_cuda_constants": _get(nb, "04-item-representation", "metrics", "torchscript", "n_cuda_constants"),
+            "parity": _get(nb, "06-serve", "metrics", "parity"),
+            "served_p50_ms": _get(nb, "06-serve", "metrics", "served_p50_ms"),
             "failed": [s for s, v in nb.items() if v.get("status") == "failed"]}
 
 
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             report["notebooks"][stem] = {"status": "not run", "reason": f"budget of {args.budget_s:.0f} s spent"}
             continue
         params: dict[str, Any] = dict(SMALL.get(stem, {})) if args.size == "small" else {}
-        if stem in ("00-data", "06-catalog-swap"):
+        if stem in ("00-data", "07-catalog-swap"):
             params["EMBED_CACHE"] = str(embed_cache)
         if args.seed is not None:
             params["SEED"] = args.seed
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         ts = _get(entry, "metrics", "torchscript")
         if ts and ts.get("n_cuda_constants"):
             report["warnings"].append(
-                f"03's TorchScript holds {ts['n_cuda_constants']} CUDA device constant(s) {ts['device_constants']}: "
+                f"04's TorchScript holds {ts['n_cuda_constants']} CUDA device constant(s) {ts['device_constants']}: "
                 "it was traced on the GPU, and the serving steps load it on the CPU (map_location='cpu')")
         report["summary"] = summary(report)
         report["total_seconds"] = round(time.perf_counter() - started, 2)

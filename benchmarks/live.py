@@ -3,11 +3,11 @@
     python benchmarks/live.py [--artifacts-dir artifacts] [--cache data/cache/embeddings]
                               [--fractions 0.01 0.02 0.05 0.1 0.2 0.5] [--scratch] [--budget 45] [--json out.json]
 
-Needs ``make run`` (or ``make run SIZE=small``) first: notebook 00's fall event, notebook 03's model.
+Needs ``make run`` (or ``make run SIZE=small``) first: notebook 00's fall event, notebook 04's model.
 Nothing is asserted; the numbers are printed (and written as JSON with ``--json``).
 
 The fall event's clicks go through the ETL with its own vocabulary (sessions split by start time
-80/10/10, as notebook 06 measures it). Its training sessions, in order of their start, are the live
+80/10/10, as notebook 07 measures it). Its training sessions, in order of their start, are the live
 stream: after the first ``f`` of them, :func:`gtcrec.live.adapt.adapt` starts from the swapped model
 (what a catalog swap serves, no click of the new event), chooses on the newest of those sessions and
 fits what they teach. Every method is scored on the same test split (the last click given the ones
@@ -123,7 +123,7 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
 
 
 def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float | None, log=say) -> dict:
-    """One cycle from the log to the new version serving, on a real Triton server: notebook 04's
+    """One cycle from the log to the new version serving, on a real Triton server: notebook 05's
     repository (copied), the fall event swapped in (``gtcrec.swap.swap_catalog``), the first
     ``fraction`` of the fall event's training sessions written as a click file into a log folder (the
     documented clicks format, as any application may drop it there), then
@@ -134,7 +134,7 @@ def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float |
     from gtcrec.manifest import read_manifest
     from gtcrec.serving.server import TritonServer
 
-    d0, t3, e4 = (read_manifest(art, stem) for stem in ("00-data", "03-train", "04-ensemble"))
+    d0, t3, e4 = (read_manifest(art, stem) for stem in ("00-data", "04-item-representation", "05-ensemble"))
     name = e4["metrics"]["model_name"]
     catalog_file = d0.path("fall_catalog")
     clicks, _ = data.load_clicks(d0.path("fall_clicks"), data.load_catalog(catalog_file))
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default="/tmp/gtcrec-live-benchmark")
     parser.add_argument("--cycle", type=float, metavar="FRACTION", help="instead of the curve: one cycle on a real "
                         "server after FRACTION of the training sessions, from the log to the new version serving "
-                        "(needs notebook 04's repository)")
+                        "(needs notebook 05's repository)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         return out
-    data_out, train_out = read_manifest(art, "00-data"), read_manifest(art, "03-train")
+    data_out, train_out = read_manifest(art, "00-data"), read_manifest(art, "04-item-representation")
     catalog = data.load_catalog(data_out.path("fall_catalog"))
     clicks, _ = data.load_clicks(data_out.path("fall_clicks"), catalog)
     prepared = prepare_catalog(data_out.path("fall_catalog"), args.cache)

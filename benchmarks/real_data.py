@@ -42,7 +42,7 @@ What is measured
 a. WARM: the whole log through the ETL (``gtcrec.etl.run_etl``: sessions split by start time 80/10/10).
    Test sessions: the last click given the ones before, clicked items excluded (``gtcrec.metrics``).
    Random, popularity, item-kNN, the three text baselines, the same transformer with learned ids, the
-   T4R model with the frozen text table, and the item-representation model (notebook 03's
+   T4R model with the frozen text table, and the item-representation model (notebook 04's
    ``REPRESENTATION`` settings through ``gtcrec.representation.settings_for``; of its fields only
    ``track`` exists here).
 b. NEW ITEMS, zero-shot: the movies are split into two disjoint catalogs by a seeded random half
@@ -51,7 +51,7 @@ b. NEW ITEMS, zero-shot: the movies are split into two disjoint catalogs by a se
    subsequence, then cut into pieces as above, >= 2 clicks kept). The item-representation model is
    trained on the old log, saved, and ``gtcrec.swap.evaluate_new_event`` swaps the new catalog in and
    scores it on the new log's test split, next to the text baselines and the same model retrained
-   on the new log's training split. Before that, notebook 03's transfer check
+   on the new log's training split. Before that, notebook 04's transfer check
    (``gtcrec.transfer.transfer_check``, on the old log's own halves) decides what a swap serves: the
    model, the model blended with text similarity, or text similarity alone; the "served" ratio is that
    choice against the best text baseline.
@@ -196,8 +196,8 @@ def write_and_load(catalog: pd.DataFrame, clicks: pd.DataFrame, folder: Path, na
 
 def representation(catalog: pd.DataFrame, warm: np.ndarray, fields: list[str] | None = None,
                    gain: float | None = None, drop: float | None = None) -> dict:
-    """``build_model(item_repr=...)``: notebook 03's settings, with only the fields (of ``fields``,
-    default notebook 03's) this catalog has values for (here ``track``). ``load_catalog`` returns
+    """``build_model(item_repr=...)``: notebook 04's settings, with only the fields (of ``fields``,
+    default notebook 04's) this catalog has values for (here ``track``). ``load_catalog`` returns
     every documented column, empty when the file lacks it; an all-empty field would only add one
     shared learned vector to every item."""
     from gtcrec.representation import DEFAULT_SETTINGS, settings_for
@@ -292,7 +292,7 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
         m.train(half_model, folder, epochs=args.transfer_epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
                 seed=args.seed, output_dir=work / "t4r-transfer")
 
-    # notebook 03's transfer check, on the old log: what a swap serves for the new catalog
+    # notebook 04's transfer check, on the old log: what a swap serves for the new catalog
     check = transfer.transfer_check(old_train, metrics.read_sessions(result.split_dirs["valid"]),
                                     old_table[3:], old_catalog, build_half, fit_half, seed=args.seed)
     transfer.save_decision(model_dir, check)
@@ -337,11 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="epochs of every trained model (default 5)")
     parser.add_argument("--transfer-epochs", type=int, default=2,
-                        help="epochs of the transfer check's model (notebook 03's TRANSFER_EPOCHS)")
+                        help="epochs of the transfer check's model (notebook 04's TRANSFER_EPOCHS)")
     parser.add_argument("--gain", type=float, default=None,
-                        help="start of the last-click skip's gain (default: notebook 03's)")
+                        help="start of the last-click skip's gain (default: notebook 04's)")
     parser.add_argument("--drop", type=float, default=None,
-                        help="residual/bias drop probability in training (default: notebook 03's)")
+                        help="residual/bias drop probability in training (default: notebook 04's)")
     parser.add_argument("--gap-minutes", type=float, default=60.0, help="pause that starts a new session")
     parser.add_argument("--chunk", type=int, default=MAX_LEN, help="cut sessions into pieces of at most this "
                         "many clicks (0: no cut; the ETL keeps the last 20)")
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", default=str(ROOT / "data" / "generated" / "real" / "movielens-100k"))
     parser.add_argument("--fields", type=lambda t: [f for f in t.split(",") if f], default=None,
                         help="catalog fields of the item representation, comma-separated ('' for none; "
-                        "default: notebook 03's, of which only track has values here)")
+                        "default: notebook 04's, of which only track has values here)")
     parser.add_argument("--skip", choices=["warm", "new"], help="leave one part out")
     parser.add_argument("--live", type=float, nargs="*", default=None, help="also adapt the swapped model to the "
                         "first FRACTIONS of the new log's training sessions (benchmarks/live.py; no value: its "

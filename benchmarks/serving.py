@@ -28,7 +28,7 @@ all three, and measures:
 4. post-processing (in process, no server): the step after the model (drop clicked talks, keep k,
    codes to talk ids) written in numpy (the served operator), torch, pandas and, with a GPU, cudf,
    on real model outputs for test sessions, timed per request size; every variant must agree with
-   numpy. ``--postprocess-only`` runs just this part (it moved here from notebook 05).
+   numpy. ``--postprocess-only`` runs just this part (it moved here from notebook 06).
 
 The client runs on the same machine as the server and takes CPU from it; perf_analyzer (C++)
 takes less than the python client.
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     etl_out = read_manifest(args.artifacts_dir, "01-etl")
-    train_out = read_manifest(args.artifacts_dir, "03-train")
+    train_out = read_manifest(args.artifacts_dir, "04-item-representation")
     max_len = int(etl_out["parameters"]["MAX_LEN"])
     vocab = pd.read_parquet(etl_out.path("vocab"))["talk_id"].astype(str).tolist()
     popularity = np.load(train_out.path("popularity"))

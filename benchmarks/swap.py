@@ -19,7 +19,7 @@ into a temporary folder, starts a real Triton server on it (explicit model contr
    model against the same architecture retrained on the new event's clicks (one run per ``--epochs``
    value; default: notebook 03's EPOCHS, the budget the swapped model got), the untrained model, the
    text-similarity baselines, popularity and item-kNN fitted on the old event, and the oracle; and the
-   row a swap serves (notebook 03's transfer check: the model, a blend with text similarity, or text
+   row a swap serves (notebook 04's transfer check: the model, a blend with text similarity, or text
    similarity). Targets: >= 1.1 x the best text baseline and >= 0.95 x retrained.
 """
 from __future__ import annotations
@@ -48,8 +48,8 @@ from gtcrec.serving.server import TritonServer  # noqa: E402
 
 def measure_swap(args, tmp: Path) -> dict:
     d0 = read_manifest(args.artifacts_dir, "00-data")
-    t3 = read_manifest(args.artifacts_dir, "03-train")
-    e4 = read_manifest(args.artifacts_dir, "04-ensemble")
+    t3 = read_manifest(args.artifacts_dir, "04-item-representation")
+    e4 = read_manifest(args.artifacts_dir, "05-ensemble")
     name = e4["metrics"]["model_name"]
     k_model = int(t3["metrics"]["trace_topk"])
     catalog_file = d0.path("fall_catalog")
@@ -122,7 +122,7 @@ def measure_swap(args, tmp: Path) -> dict:
 def measure_quality(args, tmp: Path) -> dict:
     d0 = read_manifest(args.artifacts_dir, "00-data")
     e1 = read_manifest(args.artifacts_dir, "01-etl")
-    t3 = read_manifest(args.artifacts_dir, "03-train")
+    t3 = read_manifest(args.artifacts_dir, "04-item-representation")
     catalog = data.load_catalog(d0.path("fall_catalog"))
     clicks, _ = data.load_clicks(d0.path("fall_clicks"), catalog)
     old_vocab = pd.read_parquet(e1.path("vocab"))["talk_id"].astype(str).tolist()

@@ -2,8 +2,8 @@
 
     python benchmarks/train.py --artifacts-dir artifacts [--rerun]
 
-Runs notebooks 00-03 with their default parameters into ARTIFACTS_DIR (those whose manifest is
-already there are reused unless ``--rerun``), then prints, from notebook 03's test-split results:
+Runs notebooks 00-04 with their default parameters into ARTIFACTS_DIR (those whose manifest is
+already there are reused unless ``--rerun``), then prints, from notebook 04's test-split results (03's stock model and baselines included):
 
 - recall@10 of the chosen model / the best of item-kNN, learned ids and the three text-similarity
   baselines (the strongest simple method). Target: >= 1.05.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gtcrec.series import run_notebook
 
-STAGES = ["00-data", "01-etl", "02-dataloader", "03-train"]
+STAGES = ["00-data", "01-etl", "02-dataloader", "03-train", "04-item-representation"]
 SIMPLE = ("item-knn", "learned ids", "text: last click", "text: session mean", "text: recency-weighted")
 
 
@@ -33,12 +33,14 @@ def main() -> None:
             start = time.perf_counter()
             run_notebook(stem, root)
             print(f"{stem}: {time.perf_counter() - start:.0f} s")
-    manifest = json.loads((root / "03-train" / "manifest.json").read_text())
+    manifest = json.loads((root / "04-item-representation" / "manifest.json").read_text())
+    stock_run = json.loads((root / "03-train" / "manifest.json").read_text())["run"]
     test, run = manifest["metrics"]["test"], manifest["run"]
     ours = test[manifest["metrics"]["model_key"]]
     print(f"\ntest sessions: {manifest['metrics']['test_sessions']}, architecture: {manifest['metrics']['chosen']}, "
           f"epochs: {manifest['parameters']['EPOCHS']}, device: {run['device']}, "
-          f"training {run['train_seconds']:.0f} s (learned ids {run['learned_train_seconds']:.0f} s)")
+          f"training {run['train_seconds']:.0f} s (stock model {stock_run['train_seconds']:.0f} s, "
+          f"learned ids {stock_run['learned_train_seconds']:.0f} s)")
     print(f"{'method':34s} {'recall@10':>9s} {'ndcg@10':>8s} {'mrr@20':>7s}")
     for name, values in sorted(test.items(), key=lambda kv: kv[1]["recall@10"]):
         print(f"{name:34s} {values['recall@10']:9.3f} {values['ndcg@10']:8.3f} {values['mrr@20']:7.3f}")

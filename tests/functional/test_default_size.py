@@ -23,7 +23,7 @@ def artifacts(tmp_path_factory) -> Path:
     given = os.environ.get("GTCREC_FULL_ARTIFACTS")
     if given:
         root = Path(given)
-        assert (root / "08-live-event" / "manifest.json").is_file(), f"{root} holds no complete default-size run"
+        assert (root / "10-live-event" / "manifest.json").is_file(), f"{root} holds no complete default-size run"
         return root
     root = tmp_path_factory.mktemp("default-size")
     run_series("default", root)
@@ -41,7 +41,7 @@ def test_the_series_ran_at_the_default_size(artifacts):
 
 
 def test_warm_model_beats_every_simple_method(artifacts):
-    test = manifest(artifacts, "03-train")["metrics"]["test"]
+    test = manifest(artifacts, "04-item-representation")["metrics"]["test"]
     ours = test["T4R, item representation"]["recall@10"]
     # measured 0.404 against learned ids 0.356, item-kNN 0.336, best text 0.216, oracle 0.442
     assert 0.38 <= ours <= 0.43
@@ -51,7 +51,7 @@ def test_warm_model_beats_every_simple_method(artifacts):
 
 
 def test_the_swap_serves_at_least_text_similarity(artifacts):
-    m = manifest(artifacts, "06-catalog-swap")["metrics"]
+    m = manifest(artifacts, "07-catalog-swap")["metrics"]
     assert m["traffic"]["failed"] == 0 and m["rollback"]["failed"] == 0
     ratios = m["ratios"]
     # measured on every session of the fall event: served 1.08 x, swapped 1.06 x the best text baseline
@@ -61,7 +61,7 @@ def test_the_swap_serves_at_least_text_similarity(artifacts):
 
 
 def test_the_live_event_learns_from_its_clicks(artifacts):
-    m = manifest(artifacts, "08-live-event")["metrics"]
+    m = manifest(artifacts, "10-live-event")["metrics"]
     assert m["traffic"]["failed"] == 0
     zero, retrained = m["zero_shot"], m["retrained"]
     served = [o["served"] for o in m["offline"]]

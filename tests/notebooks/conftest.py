@@ -15,7 +15,7 @@ class Series:
 
     def params(self, stem: str) -> dict:
         params = dict(SMALL.get(stem, {}))
-        if stem in ("00-data", "06-catalog-swap", "08-live-event"):
+        if stem in ("00-data", "07-catalog-swap", "10-live-event"):
             params["EMBED_CACHE"] = str(self.cache)
         return params
 

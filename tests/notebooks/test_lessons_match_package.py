@@ -1,6 +1,6 @@
 """What a notebook writes on screen against what the package runs without a notebook.
 
-Notebooks 01 and 04 write the stock Merlin calls they teach in their cells (the NVTabular workflow,
+Notebooks 01 and 05 write the stock Merlin calls they teach in their cells (the NVTabular workflow,
 the ``Ensemble`` graph). The package needs the same things without a notebook (``etl.run_etl`` for the
 catalog swap's new event, the benchmarks and unit tests; ``export.build_ensemble`` for the swap, the
 benchmarks and unit tests) and keeps one definition of each; these tests check that the notebook's
@@ -35,29 +35,29 @@ def test_etl_notebook_workflow_equals_run_etl(series, tmp_path):
 
 
 def test_ensemble_notebook_graph_equals_build_ensemble(series):
-    """Notebook 04's on-screen ``Ensemble`` and ``gtcrec.serving.export.build_ensemble`` (what the
+    """Notebook 05's on-screen ``Ensemble`` and ``gtcrec.serving.export.build_ensemble`` (what the
     catalog swap exports) answer the reference request identically."""
-    manifest = series.run("04-ensemble")
+    manifest = series.run("05-ensemble")
     m = manifest["metrics"]
     vocab = pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"].astype(str).tolist()
-    popularity = np.load(series.path("03-train", "popularity"))
-    ensemble = ex.build_ensemble(vocab, series.path("03-train", "torchscript"), max_len=m["max_len"], k=m["k"],
+    popularity = np.load(series.path("04-item-representation", "popularity"))
+    ensemble = ex.build_ensemble(vocab, series.path("04-item-representation", "torchscript"), max_len=m["max_len"], k=m["k"],
                                  popularity=popularity)
     assert ex.graph_table(ensemble)["operator"].tolist() == m["graph"]
-    request = cl.request_arrays(pd.read_parquet(series.path("04-ensemble", "reference_request")))
+    request = cl.request_arrays(pd.read_parquet(series.path("05-ensemble", "reference_request")))
     answer = cl.to_frame(ex.reference_outputs(ensemble, request).outputs)
-    pd.testing.assert_frame_equal(answer, pd.read_parquet(series.path("04-ensemble", "reference_answer")),
+    pd.testing.assert_frame_equal(answer, pd.read_parquet(series.path("05-ensemble", "reference_answer")),
                                   check_exact=True)
 
 
 def test_ensemble_notebook_stock_graph_equals_the_package_one(series):
-    """Notebook 04's on-screen stock graph (``PredictPyTorch``) has the operators, reads and writes of
+    """Notebook 05's on-screen stock graph (``PredictPyTorch``) has the operators, reads and writes of
     ``gtcrec.serving.export.build_pytorch_backend_ensemble`` (what ``export_ensemble`` exports for a Triton with
     the PyTorch backend). Neither can answer in process, so their graphs are compared."""
-    manifest = series.run("04-ensemble")
+    manifest = series.run("05-ensemble")
     m = manifest["metrics"]
     vocab = pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"].astype(str).tolist()
-    package = ex.build_pytorch_backend_ensemble(vocab, series.path("03-train", "torchscript"), max_len=m["max_len"],
-                                                k=m["k"], popularity=np.load(series.path("03-train", "popularity")))
+    package = ex.build_pytorch_backend_ensemble(vocab, series.path("04-item-representation", "torchscript"), max_len=m["max_len"],
+                                                k=m["k"], popularity=np.load(series.path("04-item-representation", "popularity")))
     assert ex.graph_table(package)["operator"].tolist() == m["stock_graph"]
     assert "PredictPyTorch" in m["stock_graph"] and "TorchScriptTopK" not in m["stock_graph"]

@@ -1,7 +1,7 @@
 """Data-parallel training (gtcrec.ddp): 2 processes under torchrun with gloo, against one process.
 
 The data is the CI size of the series (gtcrec.series.SMALL: 400 talks, 4,000 sessions, 3 epochs, batch 128)
-from the generator, through the ETL of notebook 01; the model is notebook 03's (GPT-2, causal LM, the item
+from the generator, through the ETL of notebook 01; the model is notebook 04's (GPT-2, causal LM, the item
 representation with fields, warm residuals, bias and the last-click skip). The item table stands in for
 the text vectors: the talks' latent vectors projected to 384 dimensions, plus noise (no text encoder here).
 
@@ -26,7 +26,7 @@ from gtcrec.series import SMALL
 
 N_TALKS, N_SESSIONS = SMALL["00-data"]["N_TALKS"], SMALL["00-data"]["N_SESSIONS"]
 EPOCHS, BATCH, LR, SEED, WORLD = SMALL["03-train"]["EPOCHS"], 128, 3e-3, 42, 2
-REPRESENTATION = DEFAULT_SETTINGS  # notebook 03's item representation
+REPRESENTATION = DEFAULT_SETTINGS  # notebook 04's item representation
 BAND = 0.05  # |recall@10 (2 ranks) - recall@10 (1 process)|
 
 

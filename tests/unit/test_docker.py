@@ -490,7 +490,7 @@ def test_copy_sources_exist_and_context_excludes_host_state(dockerfile):
         assert not ignored(path, rules), path
     files = context_files(REPO, rules)
     assert not [f for f in files if f.startswith((".venv/", "artifacts/"))]
-    assert "utils/gtcrec/series.py" in files and "notebooks/05-serve.ipynb" in files
+    assert "utils/gtcrec/series.py" in files and "notebooks/06-serve.ipynb" in files
     size = sum((REPO / f).stat().st_size for f in files if (REPO / f).is_file())
     assert size < 64 << 20, f"build context {size / 2**20:.0f} MiB: something large is not ignored"
 

@@ -46,7 +46,7 @@ BIN = Path(sys.executable).parent
 def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys):
     assert serve.main(["--artifacts-dir", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert "notebook 04-ensemble has not run" in err and "make run" in err
+    assert "notebook 06-ensemble has not run" in err and "make run" in err
     (tmp_path / "repo" / "other" / "1").mkdir(parents=True)
     assert serve.main([str(tmp_path / "repo")]) == 2
     assert f"has no model {NAME!r}" in capsys.readouterr().err
@@ -196,15 +196,15 @@ def world(tmp_path_factory):
     model = gm.build_model(gm.make_schema(len(old_table), MAX_LEN), old_table, d_model=16, n_layer=1, n_head=2,
                            max_len=MAX_LEN, arch="gpt2", masking="clm", seed=0,
                            item_repr=settings_for(DEFAULT_SETTINGS, old))  # per-talk parts: gtcrec-adapt needs them
-    model_dir = gm.save_model(model, art / "03-train" / "model")
+    model_dir = gm.save_model(model, art / "04-item-representation" / "model")
     traced = trace_topk(model, gm.sessions_to_batch(swap.example_sessions(len(old_table), MAX_LEN), MAX_LEN),
                            k=K_MODEL)
     traced.save(str(root / "topk.pt"))
-    ensemble, _ = export_ensemble(old["talk_id"].tolist(), root / "topk.pt", art / "04-ensemble" / "model_repository",
+    ensemble, _ = export_ensemble(old["talk_id"].tolist(), root / "topk.pt", art / "05-ensemble" / "model_repository",
                                   max_len=MAX_LEN, k=K, name=NAME, instance_count=2)
     # the manifests `make run` leaves (only what gtcrec-serve reads)
-    write_manifest(art, "03-train", {}, {"model": model_dir})
-    write_manifest(art, "04-ensemble", {}, {"model_repository": art / "04-ensemble" / "model_repository"})
+    write_manifest(art, "04-item-representation", {}, {"model": model_dir})
+    write_manifest(art, "05-ensemble", {}, {"model_repository": art / "05-ensemble" / "model_repository"})
     return {"root": root, "art": art, "cache": cache, "old": old, "new": new, "model_dir": model_dir,
             "ensemble_v1": ensemble, "fall": root / "fall.csv"}
 
@@ -340,8 +340,8 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     assert key_file.stat().st_mode & 0o777 == 0o600
     key = key_file.read_text().strip()
     assert len(key) >= 40 and key not in "\n".join(served.lines)
-    assert (repo / NAME / "1").is_dir()  # a copy: swaps leave notebook 04's export alone
-    export = world["art"] / "04-ensemble" / "model_repository" / NAME
+    assert (repo / NAME / "1").is_dir()  # a copy: swaps leave notebook 05's export alone
+    export = world["art"] / "05-ensemble" / "model_repository" / NAME
 
     body, path = readme_request()
     answer = post(url + path, body)
@@ -397,7 +397,7 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
     assert doc["serving"] == [2] and doc["agree"]
-    assert sorted(p.name for p in export.iterdir() if p.name.isdigit()) == ["1"]  # notebook 04's export untouched
+    assert sorted(p.name for p in export.iterdir() if p.name.isdigit()) == ["1"]  # notebook 05's export untouched
 
 
 # ------------------------------------------------------------------------------------------------ adapting

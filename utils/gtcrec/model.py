@@ -489,6 +489,29 @@ def score_sessions(model, prefixes: Sequence[Sequence[int]], batch_size: int = 1
     return out
 
 
+def validation_recall(model, prefixes: Sequence[Sequence[int]], targets: Sequence[int],
+                      stop_after: int | None = None):
+    """A Hugging Face ``TrainerCallback`` for :func:`train` or T4R's ``Trainer``: at the end of every
+    epoch it scores ``prefixes`` (the validation split) with :func:`score_sessions` and keeps
+    :func:`gtcrec.metrics.evaluate_scores` of ``targets`` in ``.epochs`` (one dict per epoch, clicked
+    talks excluded); it stops the run after ``stop_after`` epochs (``None``: never)."""
+    from transformers import TrainerCallback
+
+    from gtcrec import metrics
+
+    class ValidationRecall(TrainerCallback):
+        def __init__(self):
+            self.epochs: list[dict] = []
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            scores = score_sessions(model, prefixes)  # as trained (under autocast with bf16), in eval mode
+            self.epochs.append(metrics.evaluate_scores(scores, targets, exclude=prefixes))
+            if stop_after is not None and len(self.epochs) >= stop_after:
+                control.should_training_stop = True
+
+    return ValidationRecall()
+
+
 # ----------------------------------------------------------------------------- save / load
 
 def save_model(model, path: str | os.PathLike) -> Path:

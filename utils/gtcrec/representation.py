@@ -309,10 +309,10 @@ def recency_matrix(decay: torch.Tensor, length: int) -> torch.Tensor:
 
 FIELDS = ("track", "level", "format", "organization", "day")  # catalog columns used when present
 
-# Notebook 03's REPRESENTATION parameter (its default; tests/notebooks/test_02_03_train.py checks they agree),
+# Notebook 04's REPRESENTATION parameter (its default; tests/notebooks/test_02_03_train.py checks they agree),
 # for code that builds the same model without the notebook (benchmarks, tests). ``drop`` 0.3: against 0.7,
 # better warm recall on the generator and on MovieLens and better zero-shot recall on MovieLens; the
-# generator's zero-shot moved within one SE (measurements in notebook 03).
+# generator's zero-shot moved within one SE (measurements in docs/results.md).
 DEFAULT_SETTINGS = {"adapter": True, "fields": list(FIELDS), "residual": True, "bias": True, "drop": 0.3,
                     "skip": True, "gain": 5.0}
 

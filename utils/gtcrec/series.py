@@ -35,11 +35,13 @@ SMALL: dict[str, dict[str, Any]] = {
     "01-etl": {},
     "02-dataloader": {"BATCH_SIZE": 128},
     "03-train": {"EPOCHS": 3},
-    "04-ensemble": {},
-    "05-serve": {"LOAD_TEST_SECONDS": 1, "CONCURRENCY": [1, 4], "SESSIONS_PER_REQUEST": [1, 50]},
-    "06-catalog-swap": {"EPOCHS_RETRAINED": 3},
-    "07-scale-out": {"LOG_SESSIONS": 3000, "SESSIONS_PER_PART": 1000, "LOAD_SECONDS": 1.0},
-    "08-live-event": {"FRACTIONS": [0.05, 0.2, 0.5], "BUDGET_S": 20.0},
+    "04-item-representation": {},
+    "05-ensemble": {},
+    "06-serve": {"LOAD_TEST_SECONDS": 1, "CONCURRENCY": [1, 4], "SESSIONS_PER_REQUEST": [1, 50]},
+    "07-catalog-swap": {"EPOCHS_RETRAINED": 3},
+    "08-scale-out": {"LOG_SESSIONS": 3000, "SESSIONS_PER_PART": 1000},
+    "09-fleet": {"LOAD_SECONDS": 1.0},
+    "10-live-event": {"FRACTIONS": [0.05, 0.2, 0.5], "BUDGET_S": 20.0},
 }
 
 
@@ -164,7 +166,7 @@ def _progress_engine(progress: Progress):
 
 # The longest a single cell may run before the notebook fails: the longest cell of the default run takes about
 # 190 s with bfloat16 and 270 s in float32, so this only turns a hang into an error. One `make run SIZE=small` in a
-# fresh clone once waited forever in notebook 05 with the kernel and papermill both idle (a kernel message lost).
+# fresh clone once waited forever in notebook 06 with the kernel and papermill both idle (a kernel message lost).
 CELL_TIMEOUT_S = 3600
 
 
@@ -195,11 +197,12 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
 
 
 # Time budget of each notebook at the default size, in seconds: 2 CPU cores with bfloat16 (AVX512-BF16),
-# from an empty text-embedding cache (notebooks 00 and 06 encode 5,000 talks each). 890 s for 00-07, within
+# from an empty text-embedding cache (notebooks 00 and 07 encode 5,000 talks each). 890 s for 00-07, within
 # the 15 minutes of a coffee break (measured 812 s, docs/results.md); 480 s for 08 (measured 175 s).
 # Printed next to each notebook's time.
-BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 420, "04-ensemble": 10,
-                            "05-serve": 55, "06-catalog-swap": 130, "07-scale-out": 170, "08-live-event": 480}
+BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 250,
+                            "04-item-representation": 250, "05-ensemble": 10, "06-serve": 55, "07-catalog-swap": 130,
+                            "08-scale-out": 110, "09-fleet": 70, "10-live-event": 480}
 
 
 def budget_note(stem: str | None, seconds: float, size: str) -> str:
@@ -214,11 +217,11 @@ def budget_note(stem: str | None, seconds: float, size: str) -> str:
     return f" (budget {budget} s: {over:.0f} s over)" if over > 0 else f" (budget {budget} s)"
 
 
-# Measured at the default size on 2 cores: notebooks 00-07 in one run (812 s) and 08 on its own (175 s) on the
-# budgets' machine (native bfloat16); notebooks 00-07 on a 2-core CPU without native bfloat16 (AMD EPYC, AVX2
+# Measured at the default size on 2 cores: notebooks 00-08 in one run (812 s) and 08 on its own (175 s) on the
+# budgets' machine (native bfloat16); notebooks 00-08 on a 2-core CPU without native bfloat16 (AMD EPYC, AVX2
 # only: float32 training and encoding) took 1,972 s, 2.4 x as long.
-MEASURED_S = {"00-data": 61, "01-etl": 16, "02-dataloader": 8, "03-train": 397, "04-ensemble": 6, "05-serve": 48,
-              "06-catalog-swap": 121, "07-scale-out": 155, "08-live-event": 175}
+MEASURED_S = {"00-data": 61, "01-etl": 16, "02-dataloader": 8, "03-train": 397, "05-ensemble": 6, "06-serve": 48,
+              "07-catalog-swap": 121, "08-scale-out": 155, "10-live-event": 175}
 NO_BF16_SLOWDOWN = 2.4
 
 

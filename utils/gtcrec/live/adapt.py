@@ -176,7 +176,7 @@ def _representation(model):
 
     rep = gm.item_embedding(model)
     if not isinstance(rep, ItemRepresentation) or rep.item_bias is None or rep.residual is None:
-        raise ValueError("adaptation needs the item representation of notebook 03 with per-talk residuals and "
+        raise ValueError("adaptation needs the item representation of notebook 04 with per-talk residuals and "
                          "biases (REPRESENTATION with residual and bias on); this model has a plain table")
     return rep
 

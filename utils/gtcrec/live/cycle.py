@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                "unchanged).")
     parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
     parser.add_argument("--url", help="the server's gRPC address, host:port")
-    parser.add_argument("--model-dir", help="the trained model saved by notebook 03 (artifacts/03-train/model)")
+    parser.add_argument("--model-dir", help="the trained model saved by notebook 04 (artifacts/04-item-representation/model)")
     parser.add_argument("--click-log", help="the folder of logged clicks (gtcrec-serve --click-log) or of click "
                         "files in the documented clicks format")
     parser.add_argument("--catalog", help="the catalog served, when no catalog swap is in the history")

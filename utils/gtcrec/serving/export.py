@@ -2,7 +2,7 @@
 
 ``export_ensemble`` builds ``SessionizeClicks >> TorchScriptTopK >> DecodeTopK`` (see
 ``gtcrec.serving.operators`` for the request/answer contract), answers a reference request
-in-process, then exports with Merlin's ``Ensemble.export`` and ``install_export`` (which notebook 04
+in-process, then exports with Merlin's ``Ensemble.export`` and ``install_export`` (which notebook 05
 calls on its own on-screen ensemble). Two backends:
 
 * ``backend="python"`` (default, runs on the CPU-only Triton of the nvidia-pytriton wheel): the
@@ -76,7 +76,7 @@ def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int 
                    num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS, pad_sessions: bool = True):
     """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too).
 
-    Notebook 04 writes this graph in its cells to teach it; this is the definition the catalog swap,
+    Notebook 05 writes this graph in its cells to teach it; this is the definition the catalog swap,
     the benchmarks and the unit tests use. ``tests/notebooks/test_lessons_match_package.py`` checks
     that both answer the reference request identically.
 

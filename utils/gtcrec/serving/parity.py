@@ -1,4 +1,4 @@
-"""Is the served answer the model's answer? Helpers for notebook 05 and the tests.
+"""Is the served answer the model's answer? Helpers for notebook 06 and the tests.
 
 Two independent paths reach a recommendation for a test session:
 

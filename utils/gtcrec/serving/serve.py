@@ -12,9 +12,9 @@ SIGTERM; it then stops the server and its python-backend processes and exits 0. 
 swaps a new catalog into that server (the command line to use is printed).
 
 Without ``REPOSITORY`` it serves ``ARTIFACTS_DIR/serve/model_repository``, a copy of the repository
-that notebook 04 exported (``make run`` leaves it in ``ARTIFACTS_DIR/04-ensemble/``). The copy is made
-the first time (or again with ``--reset``), so swaps never change notebook 04's export, which
-notebooks 05 and 06 read.
+that notebook 05 exported (``make run`` leaves it in ``ARTIFACTS_DIR/05-ensemble/``). The copy is made
+the first time (or again with ``--reset``), so swaps never change notebook 05's export, which
+notebooks 06 and 07 read.
 
 Control: Triton's control APIs (model repository, config, shared memory, statistics, trace,
 logging) need the key of :mod:`gtcrec.serving.access`; ``gtcrec-serve`` creates the key file
@@ -60,7 +60,7 @@ from gtcrec.serving.executor_model import CLICK_LOG_SECONDS
 from gtcrec.serving.server import PortInUseError, TritonServer, TritonServerError
 
 SERVE_DIR = "serve"  # ARTIFACTS_DIR/serve/model_repository
-EXPORT_STAGE = "04-ensemble"
+EXPORT_STAGE = "05-ensemble"
 
 Log = Callable[[str], None]
 
@@ -75,8 +75,8 @@ class ServeError(RuntimeError):
 
 def artifacts_repository(artifacts_dir, model_name: str = DEFAULT_MODEL_NAME, reset: bool = False,
                          log: Log | None = None) -> Path:
-    """``ARTIFACTS_DIR/serve/model_repository``: a copy of notebook 04's exported repository, made
-    when missing (or when ``reset``). Raises :class:`ServeError` when notebook 04 has not run."""
+    """``ARTIFACTS_DIR/serve/model_repository``: a copy of notebook 05's exported repository, made
+    when missing (or when ``reset``). Raises :class:`ServeError` when notebook 05 has not run."""
     from gtcrec.manifest import read_manifest
 
     artifacts_dir = Path(artifacts_dir).resolve()
@@ -265,11 +265,11 @@ class InstanceWatcher:
 # ----------------------------------------------------------------------------------------------
 
 def _model_dir(artifacts_dir) -> str:
-    """Notebook 03's saved model (what ``gtcrec-swap --model-dir`` needs), or a placeholder."""
+    """Notebook 04's saved model (what ``gtcrec-swap --model-dir`` needs), or a placeholder."""
     from gtcrec.manifest import read_manifest
 
     try:
-        return str(read_manifest(artifacts_dir, "03-train").path("model"))
+        return str(read_manifest(artifacts_dir, "04-item-representation").path("model"))
     except (FileNotFoundError, KeyError):
         return "MODEL_DIR"
 
@@ -286,10 +286,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 stopped by Ctrl-C/SIGTERM; 1 the server failed to start or died; 2 bad arguments "
                "or no repository.")
     parser.add_argument("repository", nargs="?", help="a Triton model repository (default: ARTIFACTS_DIR/serve/"
-                        "model_repository, copied from notebook 04's export when missing)")
+                        "model_repository, copied from notebook 05's export when missing)")
     parser.add_argument("--artifacts-dir", default="artifacts", help="where `make run` wrote the notebooks' "
                         "files (default: %(default)s)")
-    parser.add_argument("--reset", action="store_true", help="copy notebook 04's export again (drops swapped "
+    parser.add_argument("--reset", action="store_true", help="copy notebook 05's export again (drops swapped "
                         "versions of ARTIFACTS_DIR/serve); only without REPOSITORY")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="the model to load (default: %(default)s)")
     parser.add_argument("--http-port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= getattr(args, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if args.repository and args.reset:
-        parser.error("--reset copies notebook 04's export; it does not apply to a REPOSITORY given")
+        parser.error("--reset copies notebook 05's export; it does not apply to a REPOSITORY given")
     if args.click_log_seconds is not None and (args.click_log is None or not args.click_log_seconds > 0):
         parser.error("--click-log-seconds needs --click-log and a number > 0")
     try:

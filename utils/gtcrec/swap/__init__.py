@@ -7,7 +7,7 @@ catalog, build its vocabulary and item table, replace the table in the model
 served model and ask the running Triton server (``--model-control-mode=explicit``) to load it over
 gRPC. Triton keeps answering with the old version until the new one is ready, then switches, so the
 swap costs no failed requests. :func:`swap_catalog` does all of it (the benchmark and the ``gtcrec-swap``
-command call it); notebook 06 takes the same steps one cell at a time: :func:`swapped_model`,
+command call it); notebook 07 takes the same steps one cell at a time: :func:`swapped_model`,
 :func:`trace_swapped`, :func:`export_version`, Triton's ``load_model``, and :func:`refuse_version` when
 the server refuses.
 

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(with --fleet: once per replica, all serving --repository)")
     parser.add_argument("--fleet", action="store_true", help="swap, roll back or show every replica given by --url: "
                         "all switch or none does (a replica that refuses sends the others back)")
-    parser.add_argument("--model-dir", help="the trained model saved by notebook 03 (artifacts/03-train/model)")
+    parser.add_argument("--model-dir", help="the trained model saved by notebook 04 (artifacts/04-item-representation/model)")
     parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache folder "
                         "(default: %(default)s)")
     parser.add_argument("--k", type=int, default=None, help="candidates the traced model returns "

@@ -151,7 +151,7 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
 
 def export_version(traced, vocab: Sequence[str], repository, previous: int, settings,
                    model_name: str = DEFAULT_MODEL_NAME, popularity: Sequence[float] | None = None) -> int:
-    """Export notebook 04's ensemble around ``traced`` (a top-K trace, :func:`trace_swapped`) over the
+    """Export notebook 05's ensemble around ``traced`` (a top-K trace, :func:`trace_swapped`) over the
     talks ``vocab`` as the next version of ``model_name``, with the serving settings of version
     ``previous`` (``settings``, :func:`read_version`; ``popularity``: the fallback ranking, ``None``
     catalog order). Both versions' ``config.pbtxt`` are kept in the history (a rollback puts the old
@@ -190,7 +190,7 @@ def swap_catalog(catalog_file, model_repository, server_url, model_dir, cache_di
     1. read the serving version (server + ``model_repository``): its vocabulary and settings;
     2. validate ``catalog_file`` against it (:func:`validate_catalog`; nothing is changed on error);
     3. embed the talks (cache ``cache_dir``: only unseen texts are encoded), vocabulary, item table;
-    4. load the trained model from ``model_dir`` (notebook 03's saved model) and swap its table;
+    4. load the trained model from ``model_dir`` (notebook 04's saved model) and swap its table;
     5. trace it to return the top ``k_model`` codes (default: the serving version's K) and check
        the trace against the eager model;
     6. export the ensemble as the next version (same serving settings as the version replaced);

@@ -1,4 +1,4 @@
-"""Notebooks 04 (ensemble export) and 05 (serving) under papermill at small sizes."""
+"""Notebooks 05 (ensemble export) and 05 (serving) under papermill at small sizes."""
 import json
 
 import numpy as np
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.notebooks
 
 
 def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
-    manifest = series.run("04-ensemble")
+    manifest = series.run("05-ensemble")
     m = manifest["metrics"]
     assert m["graph"] == ["SessionizeClicks", "TorchScriptTopK", "DecodeTopK"]
     assert m["backend"] in ("python", "pytorch") and m["executor"] == manifest["parameters"]["EXECUTOR"]
@@ -21,7 +21,7 @@ def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
     assert m["reference_sessions"] == manifest["parameters"]["N_REFERENCE_SESSIONS"] + 1
     assert m["reference_fallback_sessions"] >= 1
 
-    repo = series.path("04-ensemble", "model_repository")
+    repo = series.path("05-ensemble", "model_repository")
     config = (repo / m["model_name"] / "config.pbtxt").read_text()
     assert f"dims: {m['k']}" in config and "TYPE_STRING" in config
     assert (repo / m["model_name"] / "1" / "ensemble" / "ensemble.pkl").is_file()
@@ -32,8 +32,8 @@ def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
     padded = m["padding_effect"]["padded to MAX_LEN"]
     assert padded["max |score difference|"] < 1e-5 and padded["same top-K codes in order"] is True
 
-    answer = pd.read_parquet(series.path("04-ensemble", "reference_answer"))
-    request = pd.read_parquet(series.path("04-ensemble", "reference_request"))
+    answer = pd.read_parquet(series.path("05-ensemble", "reference_answer"))
+    request = pd.read_parquet(series.path("05-ensemble", "reference_request"))
     assert len(answer) == m["reference_sessions"] * m["k"]
     assert answer.groupby("session_id")["rank"].apply(list).map(lambda r: r == list(range(1, m["k"] + 1))).all()
     # the unknown-talks session falls back (NaN scores); no session is recommended a talk it clicked
@@ -48,13 +48,13 @@ def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
 
 
 def test_serving_notebook_parity_latency_and_shutdown(series):
-    manifest = series.run("05-serve")
+    manifest = series.run("06-serve")
     m, run, params = manifest["metrics"], manifest["run"], manifest["parameters"]
 
     # parity: the reference request over both protocols (the offline ranking: the test below)
     assert m["parity"] is True
     assert m["parity_reference_http"] is True and m["parity_reference_grpc"] is True
-    if series.manifest("04-ensemble")["metrics"]["batched_model_name"]:
+    if series.manifest("05-ensemble")["metrics"]["batched_model_name"]:
         assert m["parity_reference_batched"] is True
 
     # latencies within bands: measured at this size 1.75 ms served, 0.57 ms bare (3.1x), 580 single-session
@@ -67,7 +67,7 @@ def test_serving_notebook_parity_latency_and_shutdown(series):
     # a round trip through gRPC, Triton and the python backend costs more than the model alone
     assert one["ratio_p50"] > 1 and one["ratio_p50_vs_unpadded"] > 1
     assert 0 < run["startup_seconds"] < 120 and run["reference_http_ms"] < 1000 and run["reference_grpc_ms"] < 1000
-    load = pd.read_csv(series.path("05-serve", "load_test"))
+    load = pd.read_csv(series.path("06-serve", "load_test"))
     assert len(load) == len(params["CONCURRENCY"]) * len(params["SESSIONS_PER_REQUEST"])
     assert (load["errors"] == 0).all() and (load["requests"] > 0).all()
     assert (load["p50_ms"] > 0).all() and (load["sessions_per_s"] > 0).all()
@@ -84,8 +84,8 @@ def test_serving_notebook_parity_latency_and_shutdown(series):
 
 
 def test_serving_manifest_is_plain_json(series):
-    series.run("05-serve")
-    text = (series.root / "05-serve" / "manifest.json").read_text()
+    series.run("06-serve")
+    text = (series.root / "06-serve" / "manifest.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text)
 
@@ -93,15 +93,15 @@ def test_serving_manifest_is_plain_json(series):
 def test_serving_notebook_widget_answers_like_the_ensemble(series):
     """The widget's callback ran in the notebook (its buttons pressed from code) against the live
     server: each answer equals the package's ensemble answering the same clicks in process."""
-    manifest = series.run("05-serve")
+    manifest = series.run("06-serve")
     widget = manifest["metrics"]["widget"]
     k = manifest["metrics"]["k"]
     assert len(widget["clicks"]) == len(widget["answers"]) == 2 and widget["cleared"] is True
     assert widget["titles_shown"] is True
-    ens = series.manifest("04-ensemble")["metrics"]
+    ens = series.manifest("05-ensemble")["metrics"]
     vocab = pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"].astype(str).tolist()
-    ensemble = ex.build_ensemble(vocab, series.path("03-train", "torchscript"), max_len=ens["max_len"], k=k,
-                                 popularity=np.load(series.path("03-train", "popularity")))
+    ensemble = ex.build_ensemble(vocab, series.path("04-item-representation", "torchscript"), max_len=ens["max_len"], k=k,
+                                 popularity=np.load(series.path("04-item-representation", "popularity")))
     for n, answer in enumerate(widget["answers"], start=1):
         talks = widget["clicks"][:n]
         clicks = pd.DataFrame({"session_id": widget["session_id"], "talk_id": talks,
@@ -114,7 +114,7 @@ def test_serving_notebook_widget_answers_like_the_ensemble(series):
 
 @pytest.mark.server
 def test_served_top_k_equals_the_eager_models_offline_ranking(series):
-    """300 test sessions, their clicks shuffled, in one request to a server on notebook 04's repository:
+    """300 test sessions, their clicks shuffled, in one request to a server on notebook 05's repository:
     serving's own sessionization gives exactly the ETL's lists, and the served top-k equals the eager
     Transformers4Rec model's ranking of those lists (ties aside), a path that shares nothing with serving
     but the weights; 20 of them sent alone get the same answer as inside the big request."""
@@ -124,8 +124,8 @@ def test_served_top_k_equals_the_eager_models_offline_ranking(series):
     from gtcrec.serving import parity
     from gtcrec.serving.server import TritonServer
 
-    series.run("04-ensemble")
-    ens = series.manifest("04-ensemble")
+    series.run("05-ensemble")
+    ens = series.manifest("05-ensemble")
     k, max_len, name = ens["metrics"]["k"], ens["metrics"]["max_len"], ens["metrics"]["model_name"]
     vocab = pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"].astype(str).tolist()
     code_of = {talk: i + ops.FIRST_CODE for i, talk in enumerate(vocab)}
@@ -144,7 +144,7 @@ def test_served_top_k_equals_the_eager_models_offline_ranking(series):
     def codes_of(talk_ids):
         return np.array([[code_of.get(t.decode(), 0) for t in row] for row in talk_ids], dtype=np.int64)
 
-    with TritonServer(series.path("04-ensemble", "model_repository"), model_control="explicit", load_models=[name],
+    with TritonServer(series.path("05-ensemble", "model_repository"), model_control="explicit", load_models=[name],
                       startup_timeout=180) as server:
         client = server.grpc_client()
         answer = cl.infer_arrays(client, request, model_name=name)
@@ -152,7 +152,7 @@ def test_served_top_k_equals_the_eager_models_offline_ranking(series):
         alone = [cl.infer_arrays(client, cl.request_arrays(clicks[clicks["session_id"].astype(str) == key]),
                                  model_name=name) for key in order[:20]]
         client.close()
-    full_scores = gm.score_sessions(gm.load_model(series.path("03-train", "model")), [key_to_list[s] for s in order])
+    full_scores = gm.score_sessions(gm.load_model(series.path("04-item-representation", "model")), [key_to_list[s] for s in order])
     code = clicks["talk_id"].map(code_of)
     clicked = {key: part.dropna().astype(np.int64).unique() for key, part in code.groupby(clicks["session_id"].astype(str))}
     offline_codes, _ = parity.offline_topk(full_scores, [clicked[s] for s in order], k)

@@ -1,4 +1,4 @@
-"""Notebook 07 (Dask ETL, DDP training, a Triton fleet behind HAProxy) under papermill at the CI size."""
+"""Notebooks 08 (Dask ETL, DDP training) and 09 (a Triton fleet behind HAProxy) under papermill at the CI size."""
 import pandas as pd
 import pytest
 
@@ -13,7 +13,7 @@ DDP_BAND = 0.08
 
 
 def test_scale_out_notebook(series):
-    manifest = series.run("07-scale-out")
+    manifest = series.run("08-scale-out")
     m, run, params = manifest["metrics"], manifest["run"], manifest["parameters"]
 
     # the ETL on a 2-worker cluster: the same sessions, codes and splits as one process
@@ -30,8 +30,18 @@ def test_scale_out_notebook(series):
     drawn = ddp["train_sessions"] if params["DDP_SESSIONS"] is None else min(params["DDP_SESSIONS"], ddp["train_sessions"])
     assert ddp["ddp_sessions"] == drawn and ddp["rows_per_epoch"] == [drawn] * ddp["epochs"]
     assert abs(ddp["recall@10"] - ddp["single_process_recall@10"]) <= DDP_BAND, ddp
-    popularity = series.manifest("03-train")["metrics"]["test"]["popularity"]["recall@10"]
+    popularity = series.manifest("04-item-representation")["metrics"]["test"]["popularity"]["recall@10"]
     assert ddp["single_process_recall@10"] > 2 * popularity and ddp["recall@10"] > 2 * popularity  # both learned
+
+    # the rates notebook 09's sizing reads: positive, from this run
+    rates = m["rates"]
+    assert rates["etl_clicks_per_s"] > 0 and rates["ddp_sessions_per_s"] > 0 and rates["clicks_per_session"] > 1
+    assert (rates["workers"], rates["processes"]) == (params["N_WORKERS"], params["N_PROCS"])
+
+
+def test_fleet_notebook(series):
+    manifest = series.run("09-fleet")
+    m, run = manifest["metrics"], manifest["run"]
 
     # the fleet: load spread over both replicas, no error
     load = m["fleet_load"]
@@ -44,7 +54,7 @@ def test_scale_out_notebook(series):
     assert swap["failed"] == 0 and set(swap["answers"]) == {"old", "new"}
     assert swap["before_only"] and swap["after_only"]
     assert swap["version"] == 2 and list(swap["serving"].values()) == [[2], [2]]
-    traffic = pd.read_csv(series.path("07-scale-out", "traffic_fleet_swap"))
+    traffic = pd.read_csv(series.path("09-fleet", "traffic_fleet_swap"))
     assert traffic["ok"].all() and set(traffic["catalog"]) == {"old", "new"}
     assert run["fleet_swap"]["requests"] == len(traffic)
 

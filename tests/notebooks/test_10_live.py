@@ -1,4 +1,4 @@
-"""Notebook 08 (the live event: click log, replay, adaptation cycles) under papermill at small sizes.
+"""Notebook 10 (the live event: click log, replay, adaptation cycles) under papermill at small sizes.
 
 Bands, from two CI-size runs (the second with the current candidates): prequential recall@10 over the
 segments before the cycles at 5 / 20 / 50 % was 0.705 / 0.682 / 0.675 and 0.705 / 0.673 / 0.720 (329, 896
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.notebooks
 
 
 def test_live_event_notebook(series):
-    manifest = series.run("08-live-event")
+    manifest = series.run("10-live-event")
     m, params = manifest["metrics"], manifest["parameters"]
 
     # every load happened under traffic, and no request failed
@@ -40,7 +40,7 @@ def test_live_event_notebook(series):
         else:
             assert any(why in c["reason"] for why in ("keeps serving", "nothing to learn", "too few to tell"))
     assert cycles[-1]["published"], cycles[-1]["reason"]  # half the stream: enough to beat the swap
-    recorded = read_cycles(series.path("08-live-event", "model_repository"), "executor_model")
+    recorded = read_cycles(series.path("10-live-event", "model_repository"), "executor_model")
     assert [c.get("published", False) for c in recorded] == [c["published"] for c in cycles]
 
     # what attendees got, segment by segment (bands: 2.5 binomial SEs around the measured run)

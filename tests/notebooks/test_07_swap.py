@@ -1,4 +1,4 @@
-"""Notebook 06 (catalog swap into a running Triton server) under papermill at small sizes."""
+"""Notebook 07 (catalog swap into a running Triton server) under papermill at small sizes."""
 import pandas as pd
 import pytest
 
@@ -10,19 +10,19 @@ pytestmark = pytest.mark.notebooks
 
 
 def test_catalog_swap_notebook(series):
-    manifest = series.run("06-catalog-swap")
+    manifest = series.run("07-catalog-swap")
     m, run, params = manifest["metrics"], manifest["run"], manifest["parameters"]
 
-    # the swap: version 2 = the new catalog, served with the old version's settings and 03's K
+    # the swap: version 2 = the new catalog, served with the old version's settings and 04's K
     swap = m["swap"]
     assert swap["previous_version"] == 1 and swap["version"] == 2
-    assert swap["k_model"] == series.manifest("03-train")["metrics"]["trace_topk"] == params["K_MODEL"]
+    assert swap["k_model"] == series.manifest("04-item-representation")["metrics"]["trace_topk"] == params["K_MODEL"]
     assert swap["n_talks"] == series.manifest("00-data")["metrics"]["fall"]["talks"]
     assert swap["trace_max_score_diff"] < 1e-3
 
     # a client sent requests throughout: none failed, old catalog before, new catalog after, one switch
     assert m["traffic"] == {"failed": 0, "before_only": True, "after_only": True, "ordered": True}
-    traffic = pd.read_csv(series.path("06-catalog-swap", "traffic_swap"))
+    traffic = pd.read_csv(series.path("07-catalog-swap", "traffic_swap"))
     assert len(traffic) == run["swap_traffic"]["requests"] and traffic["ok"].all()
     assert set(traffic["catalog"]) == {"old", "new"}
     first_new = traffic.loc[traffic["catalog"] == "new", "received"].min()
@@ -73,8 +73,8 @@ def test_catalog_swap_notebook(series):
     assert ratios["swapped_over_best_text_every_session_recall@10"] == pytest.approx(
         every["quality"]["swapped (zero-shot)"]["recall@10"] / every_best, rel=1e-3)
     assert ratios["swapped_over_best_text_recall@10"] == pytest.approx(swapped / best_text, rel=1e-3)
-    # what the swap serves is notebook 03's transfer decision
-    decision = series.manifest("03-train")["metrics"]["transfer"]
+    # what the swap serves is notebook 04's transfer decision
+    decision = series.manifest("04-item-representation")["metrics"]["transfer"]
     assert m["served"] == served_row(decision) and m["served"] in q and m["served"] in every["quality"]
     if decision["serves"] == transfer.BLEND:  # the blend's row is named by its weight and text mode
         assert m["served"] == (f"swapped (zero-shot) + {decision['blend']['text_weight']:g} x "
