@@ -1,0 +1,115 @@
+"""Retrieval for large catalogs: the session encoder on one side, every item's output vector in a Faiss
+index on the other, so that an inner-product search returns what the model's full product would.
+
+With weight tying, Transformers4Rec scores every code as ``logits = query @ W.T``: ``query`` is what
+the task block (T4R's projection, or :class:`gtcrec.representation.LastClickSkip`) makes of the last
+position, and ``W`` is the item table's output weight (for an ``ItemRepresentation``: the item vectors,
+their bias as one more column, and the raw text rows when a blend is set, which the query meets with a
+constant 1 and its own text part). Nothing comes after the product, so
+
+- :func:`session_encoder` is the model up to ``query`` (the tied output layer replaced by nothing),
+- :func:`item_vectors` is ``W`` without the reserved codes, and
+- a flat inner-product index over ``item_vectors`` returns exactly the model's top k; an HNSW index
+  returns an approximation of it, for catalogs where one product over every item is too slow.
+
+Index ids are positions in ``item_vectors``: code = id + ``RESERVED``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from gtcrec import model as gm
+from gtcrec.layout import RESERVED
+
+
+class _Query(torch.nn.Module):
+    """Stands where T4R's tied output layer stands: returns its input instead of the product."""
+
+    def forward(self, inputs, targets=None, training=False, testing=False, **kwargs):
+        return inputs, targets
+
+
+def session_encoder(model):
+    """A copy of ``model`` (eval mode) that returns each session's query vector ``(batch, dim)``
+    instead of its scores over every code: ``scores == query @ item_vectors(model).T`` up to float
+    rounding, for the codes after the reserved ones. Takes the same ragged input as the model."""
+    encoder = copy.deepcopy(model).eval()
+    encoder.top_k = None
+    task = gm._task(encoder)
+    task.pre = _Query()
+    return encoder
+
+
+def item_vectors(model) -> np.ndarray:
+    """``(n_codes - RESERVED, dim)`` float32: the output weight of the tied layer, in eval mode, one row
+    per item code (code = row + ``RESERVED``)."""
+    model.eval()
+    with torch.no_grad():
+        weight = gm._task(model).item_embedding_table.weight
+    return np.ascontiguousarray(weight[RESERVED:].detach().cpu().numpy(), dtype=np.float32)
+
+
+def encode(encoder, sessions, max_len: int, batch_size: int = 1024) -> np.ndarray:
+    """Query vectors ``(len(sessions), dim)`` float32 of code sequences (padded as served)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(sessions), batch_size):
+            batch = gm.sessions_to_batch(sessions[start:start + batch_size], max_len, pad=True)
+            out.append(encoder(batch).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def build_index(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 64,
+                ef_search: int = 64, threads: int | None = None):
+    """A Faiss inner-product index over ``vectors``: ``"flat"`` (exact) or ``"hnsw"`` (HNSW graph with
+    ``hnsw_m`` links per node, built with ``ef_construction``, searched with ``ef_search``)."""
+    import faiss
+
+    if threads is not None:
+        faiss.omp_set_num_threads(int(threads))
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
+        index.hnsw.efSearch = int(ef_search)
+    else:
+        raise ValueError(f"kind must be 'flat' or 'hnsw', got {kind!r}")
+    index.add(vectors)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, codes)`` of the top ``k`` per query, best first. ``exclude``: per query, codes to leave
+    out (the talks already clicked, as served); the index is asked for ``k`` more per query than the
+    longest exclusion so that ``k`` remain."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+    scores, ids = index.search(queries, k + extra)
+    codes = np.where(ids >= 0, ids + RESERVED, -1)
+    if exclude is None:
+        return scores[:, :k], codes[:, :k]
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_c = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, (row_s, row_c) in enumerate(zip(scores, codes)):
+        keep = ~np.isin(row_c, np.asarray(exclude[i], dtype=np.int64)) & (row_c >= 0)
+        s, c = row_s[keep][:k], row_c[keep][:k]
+        out_s[i, :len(s)], out_c[i, :len(c)] = s, c
+    return out_s, out_c
+
+
+def describe_index(index) -> Dict[str, Any]:
+    """What an index is, for a report: its kind, size, dimension and HNSW settings."""
+    import faiss
+
+    out = {"kind": type(index).__name__, "items": int(index.ntotal), "dim": int(index.d)}
+    if isinstance(index, faiss.IndexHNSW):
+        out.update(hnsw_m=int(index.hnsw.nb_neighbors(1)), ef_construction=int(index.hnsw.efConstruction),
+                   ef_search=int(index.hnsw.efSearch))
+    return out
