@@ -91,8 +91,8 @@ def test_serving_manifest_is_plain_json(series):
 
 
 def test_serving_notebook_widget_answers_like_the_ensemble(series):
-    """The widget's callback ran in the notebook (its buttons pressed from code) against the live
-    server: each answer equals the package's ensemble answering the same clicks in process."""
+    """The widget's callbacks ran in the notebook (the functions its buttons call, called from code) against
+    the live server: each answer equals the package's ensemble answering the same clicks in process."""
     manifest = series.run("06-serve")
     widget = manifest["metrics"]["widget"]
     k = manifest["metrics"]["k"]

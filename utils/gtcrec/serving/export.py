@@ -73,7 +73,8 @@ class Reference:
 
 def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
                    popularity: Sequence[float] | None = None, call: str = "dict",
-                   num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS, pad_sessions: bool = True):
+                   num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS, pad_sessions: bool = True,
+                   index=None):
     """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too).
 
     Notebook 05 writes this graph in its cells to teach it; this is the definition the catalog swap,
@@ -81,10 +82,17 @@ def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int 
     that both answer the reference request identically.
 
     ``pad_sessions``: every session reaches the model padded to ``max_len`` (see
-    ``SessionizeClicks``), so its answer does not depend on the other sessions of the request."""
+    ``SessionizeClicks``), so its answer does not depend on the other sessions of the request.
+
+    ``index``: the retrieval path for large catalogs. ``torchscript`` is then the session encoder
+    (:func:`gtcrec.serving.retrieval.trace_query`) and ``index`` a Faiss index (or its file) over the
+    items' output vectors; ``FaissTopK`` takes the model's place (see its docstring)."""
     from merlin.systems.dag import Ensemble
 
-    model = ops.TorchScriptTopK(torchscript, call=call, num_threads=num_threads)
+    if index is None:
+        model = ops.TorchScriptTopK(torchscript, call=call, num_threads=num_threads)
+    else:  # the retrieval path: ``torchscript`` is the session encoder, ``index`` the items' Faiss index
+        model = ops.FaissTopK(torchscript, index, k_model=min(k + max_len, len(vocab)), num_threads=num_threads)
     _check_k(model.k_model, k, max_len)
     graph = (list(REQUEST_COLUMNS)
              >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks, pad=pad_sessions) >> model
@@ -216,7 +224,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
                     call: str = "dict", num_threads: int | None = 1, self_contained: bool = False,
                     instance_count: int | None = None, overwrite: bool = False, executor: str = "lean",
                     max_clicks: int = ops.MAX_CLICKS, dynamic_batching: bool = False,
-                    max_batch_size: int = 32, batch_delay_us: int = 500, pad_sessions: bool = True):
+                    max_batch_size: int = 32, batch_delay_us: int = 500, pad_sessions: bool = True,
+                    index=None):
     """Build, answer a reference request in-process, export. Returns ``(ensemble, reference)``.
 
     Parameters
@@ -238,6 +247,7 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     executor: ``"lean"`` (default), ``"merlin"`` or ``"stock"``; see the module docstring.
     max_clicks: larger requests are refused (``bad request``).
     pad_sessions: pad every session to ``max_len`` before the model (see ``build_ensemble``).
+    index: the retrieval path (see ``build_ensemble``): ``torchscript_path`` is the session encoder.
     dynamic_batching: let Triton queue requests (up to ``batch_delay_us``) and hand up to
         ``max_batch_size`` of them to the executor at once; their sessions share ONE model call.
         Needs ``executor="lean"``. Requests then carry a leading batch dimension of 1: inputs
@@ -251,6 +261,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         raise ValueError("backend must be 'python' or 'pytorch'")
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}")
+    if index is not None and backend != "python":
+        raise ValueError("the retrieval path (index) runs on the python backend")
     if dynamic_batching and (executor != "lean" or backend != "python"):
         raise ValueError("dynamic_batching needs executor='lean' and backend='python'")
     out_repo = Path(out_repo).resolve()
@@ -259,7 +271,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
 
     ensemble = build_ensemble(vocab, torchscript_path, max_len=max_len, k=k, popularity=popularity,
-                              call=call, num_threads=num_threads, max_clicks=max_clicks, pad_sessions=pad_sessions)
+                              call=call, num_threads=num_threads, max_clicks=max_clicks, pad_sessions=pad_sessions,
+                              index=index)
     if request is None:
         request = example_clicks(vocab)
     if isinstance(request, pd.DataFrame):

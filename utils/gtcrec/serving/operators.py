@@ -9,7 +9,8 @@ The request is the raw clicks of one or more sessions, in any order:
 ``timestamp``    INT64   click time as epoch **milliseconds** (only the order matters)
 ===============  ======  =================================================================
 
-The graph is a chain ``SessionizeClicks >> TorchScriptTopK >> DecodeTopK`` (a chain, because
+The graph is a chain ``SessionizeClicks >> TorchScriptTopK >> DecodeTopK`` (or ``FaissTopK`` in the model's
+place: the retrieval path of large catalogs; a chain, because
 the 23.08 executor does not cache node outputs: a branch that reads an upstream node twice
 runs it twice). Its answer, one row per session in order of first appearance in the request:
 
@@ -400,12 +401,24 @@ class TorchScriptTopK(BaseOperator):
 
     def predict(self, values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on ragged codes; returns (scores float32, codes int64), both (n, K)."""
-        import torch
-
         n_sessions = len(offsets) - 1
         if n_sessions == 0:
             k = self.k_model or 0
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        result = self.run_model(values, offsets)
+        if isinstance(result, dict):
+            result = tuple(result.values())
+        scores, codes = result[0], result[1]
+        scores = scores.detach().cpu().numpy().astype(np.float32, copy=False)
+        codes = codes.detach().cpu().numpy().astype(np.int64, copy=False)
+        if scores.shape != codes.shape or scores.shape[0] != n_sessions:
+            raise ValueError(f"model returned scores {scores.shape} and codes {codes.shape} for {n_sessions} sessions")
+        return scores, codes
+
+    def run_model(self, values: np.ndarray, offsets: np.ndarray):
+        """The TorchScript model's raw output for ragged codes, with ``num_threads`` intra-op threads."""
+        import torch
+
         vals = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
         offs = torch.from_numpy(np.ascontiguousarray(offsets, dtype=np.int64))
         threads = torch.get_num_threads()
@@ -420,14 +433,7 @@ class TorchScriptTopK(BaseOperator):
         finally:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
-        if isinstance(result, dict):
-            result = tuple(result.values())
-        scores, codes = result[0], result[1]
-        scores = scores.detach().cpu().numpy().astype(np.float32, copy=False)
-        codes = codes.detach().cpu().numpy().astype(np.int64, copy=False)
-        if scores.shape != codes.shape or scores.shape[0] != n_sessions:
-            raise ValueError(f"model returned scores {scores.shape} and codes {codes.shape} for {n_sessions} sessions")
-        return scores, codes
+        return result
 
     def _probe_k(self) -> int:
         """K, the number of candidates the model returns (one dummy session of code 3)."""
@@ -451,6 +457,89 @@ class TorchScriptTopK(BaseOperator):
                 table[name] = TensorTable({name: arr})[name]
             return table
         return TensorTable(out)
+
+
+class FaissTopK(TorchScriptTopK):
+    """The retrieval path's model step: a TorchScript **session encoder** (ragged codes -> one query
+    vector per session, :func:`gtcrec.serving.retrieval.trace_query`) and a Faiss inner-product
+    **index** over every item's output vector (:func:`gtcrec.serving.retrieval.item_vectors`; index
+    id = code - ``FIRST_CODE``). Their inner product is the model's score, so a flat index returns
+    the model's own top ``k_model`` and HNSW an approximation of it; the columns out are those of
+    :class:`TorchScriptTopK`, so ``DecodeTopK`` and both executors take it unchanged.
+
+    Merlin Systems has ``QueryFaiss``, but it cannot serve this contract: it returns the ids of the
+    first row only as one flat int32 array (several sessions in one request would run together), no
+    scores (the answer's ``scores`` column), and the index ids as they are (here, codes are ids + 3).
+
+    Both files travel through ``save_artifacts`` / ``load_artifacts``. ``num_threads`` also sets
+    Faiss's OpenMP threads where the index is loaded (the serving process)."""
+
+    def __init__(self, encoder, index, k_model: int, input_col: str = ITEM_LIST, passthrough: bool = True,
+                 num_threads: int | None = 1, artifact_name: str = "session_encoder.pt",
+                 index_name: str = "items.faiss"):
+        self.index_name, self.fixed_k = index_name, int(k_model)
+        self.index_source: str | None = None
+        self._index = None
+        if isinstance(index, (str, os.PathLike)):
+            self.index_source = str(Path(index).resolve())
+            self._index = self._read_index(self.index_source, num_threads)
+        else:
+            self._index = index
+        super().__init__(encoder, input_col=input_col, call="dict", passthrough=passthrough,
+                         num_threads=num_threads, artifact_name=artifact_name)
+        if self._index is not None and not 1 <= self.fixed_k <= self._index.ntotal:
+            raise ValueError(f"k_model must be in 1..{self._index.ntotal} (the items in the index)")
+
+    @staticmethod
+    def _read_index(path, num_threads):
+        import faiss
+
+        if num_threads:
+            faiss.omp_set_num_threads(int(num_threads))
+        return faiss.read_index(str(path))
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_index"] = None
+        return state
+
+    @property
+    def index(self):
+        if self._index is None:
+            raise RuntimeError("FaissTopK has no index: load_artifacts(path) was not called")
+        return self._index
+
+    def save_artifacts(self, artifact_path=None) -> None:
+        super().save_artifacts(artifact_path)
+        if not artifact_path:
+            return
+        import faiss
+
+        faiss.write_index(self.index, str(Path(artifact_path) / self.index_name))
+
+    def load_artifacts(self, artifact_path=None) -> None:
+        super().load_artifacts(artifact_path)
+        if not artifact_path:
+            return
+        path = Path(artifact_path) / self.index_name
+        if not path.is_file():
+            raise FileNotFoundError(f"FaissTopK artifact {path} is missing")
+        self._index = self._read_index(path, self.num_threads)
+
+    def _probe_k(self) -> int:
+        return self.fixed_k
+
+    def predict(self, values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ragged codes -> (scores float32, codes int64), both (n_sessions, k_model), best first;
+        code -1 where the index found fewer items (``DecodeTopK`` drops it)."""
+        n_sessions = len(offsets) - 1
+        if n_sessions == 0:
+            return np.zeros((0, self.fixed_k), np.float32), np.zeros((0, self.fixed_k), np.int64)
+        queries = self.run_model(values, offsets)
+        queries = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
+        scores, ids = self.index.search(queries, self.fixed_k)
+        codes = np.where(ids >= 0, ids + FIRST_CODE, -1).astype(np.int64)
+        return scores.astype(np.float32, copy=False), codes
 
 
 class DecodeTopK(BaseOperator):

@@ -44,6 +44,31 @@ def session_encoder(model):
     return encoder
 
 
+class QueryOf(torch.nn.Module):
+    """Wraps a :func:`session_encoder`: ragged item-list input (any integer width) -> query vectors.
+    This is the module :func:`trace_query` traces for serving."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {name: value if value.is_floating_point() else value.to(torch.int64)
+                  for name, value in inputs.items()}
+        return self.encoder(inputs)
+
+
+def trace_query(model, example_batch: Dict[str, torch.Tensor]) -> torch.jit.ScriptModule:
+    """TorchScript of ``model``'s session encoder (ragged input -> ``(n_sessions, dim)`` query vectors),
+    as :func:`gtcrec.trace.trace_topk` traces the full model: on the model's device, in eval mode, for
+    any batch size and session lengths (callers pad as served)."""
+    encoder = QueryOf(session_encoder(model)).eval()
+    device = gm.model_device(model)
+    batch = {name: t.to(device) for name, t in example_batch.items()}
+    with torch.no_grad():
+        return torch.jit.trace(encoder, (batch,), strict=True, check_trace=False)
+
+
 def item_vectors(model) -> np.ndarray:
     """``(n_codes - RESERVED, dim)`` float32: the output weight of the tied layer, in eval mode, one row
     per item code (code = row + ``RESERVED``)."""
@@ -83,6 +108,13 @@ def build_index(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_co
         raise ValueError(f"kind must be 'flat' or 'hnsw', got {kind!r}")
     index.add(vectors)
     return index
+
+
+def save_index(index, path) -> None:
+    """Write a Faiss index to ``path`` (what :class:`gtcrec.serving.operators.FaissTopK` reads)."""
+    import faiss
+
+    faiss.write_index(index, str(path))
 
 
 def search(index, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:

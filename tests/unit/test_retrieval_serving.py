@@ -1,0 +1,95 @@
+"""The retrieval path served: SessionizeClicks >> FaissTopK (session encoder + Faiss index) >> DecodeTopK,
+in process and on a real tritonserver, against the exact graph (the traced model's full product)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gtcrec import model as M
+from gtcrec.representation import DEFAULT_SETTINGS
+from gtcrec.serving import client as cl
+from gtcrec.serving import executor_model
+from gtcrec.serving import retrieval as R
+from gtcrec.serving.export import build_ensemble, example_clicks, export_ensemble, reference_outputs
+from gtcrec.trace import trace_topk
+
+N_TALKS, MAX_LEN, K = 120, 8, 5
+VOCAB = [f"T{i:04d}" for i in range(N_TALKS)]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A small T4R model with the item representation, its exact trace, its encoder and a flat index."""
+    root = tmp_path_factory.mktemp("retrieval")
+    rng = np.random.default_rng(0)
+    table = np.zeros((N_TALKS + 3, 384), dtype=np.float32)
+    vecs = rng.normal(size=(N_TALKS, 384))
+    table[3:] = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    warm = np.zeros(len(table), dtype=bool)
+    warm[3::2] = True
+    model = M.build_model(M.make_schema(len(table)), table, seed=0, d_model=16, n_layer=1, n_head=2, max_len=MAX_LEN,
+                          item_repr={**DEFAULT_SETTINGS, "fields": None, "warm": warm})
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    example = M.sessions_to_batch([[3, 4, 5], [6, 7]], MAX_LEN, pad=True)
+    trace_topk(model, example, k=K + MAX_LEN).save(str(root / "topk.pt"))
+    R.trace_query(model, example).save(str(root / "encoder.pt"))
+    R.save_index(R.build_index(R.item_vectors(model), "flat"), root / "items.faiss")
+    clicks = pd.concat([example_clicks(VOCAB, n_sessions=20, max_clicks=12, seed=s) for s in (1, 2)],
+                       ignore_index=True)
+    return {"root": root, "clicks": clicks, "request": cl.request_arrays(clicks)}
+
+
+def _graphs(parts):
+    root = parts["root"]
+    exact = build_ensemble(VOCAB, root / "topk.pt", max_len=MAX_LEN, k=K)
+    retrieval = build_ensemble(VOCAB, root / "encoder.pt", max_len=MAX_LEN, k=K, index=root / "items.faiss")
+    return exact, retrieval
+
+
+def test_the_flat_index_answers_like_the_full_product_in_process(parts):
+    exact, retrieval = _graphs(parts)
+    chain = executor_model.lean_chain(retrieval)
+    assert [type(op).__name__ for op in chain] == ["SessionizeClicks", "FaissTopK", "DecodeTopK"]
+    want = reference_outputs(exact, parts["request"]).outputs
+    got = reference_outputs(retrieval, parts["request"]).outputs
+    np.testing.assert_array_equal(got["session_ids"], want["session_ids"])
+    np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_faiss_top_k_checks_its_k(parts):
+    from gtcrec.serving.operators import FaissTopK
+
+    with pytest.raises(ValueError, match="k_model must be in 1..120"):
+        FaissTopK(parts["root"] / "encoder.pt", parts["root"] / "items.faiss", k_model=500)
+
+
+@pytest.mark.server
+def test_the_retrieval_graph_served_by_triton_answers_like_the_exact_one(parts, tmp_path):
+    from gtcrec.serving.server import TritonServer
+
+    root, request = parts["root"], parts["request"]
+    _, exact_ref = export_ensemble(VOCAB, root / "topk.pt", tmp_path / "exact", max_len=MAX_LEN, k=K,
+                                   name="exact", request=parts["clicks"], instance_count=1)
+    _, ann_ref = export_ensemble(VOCAB, root / "encoder.pt", tmp_path / "ann", max_len=MAX_LEN, k=K,
+                                 name="ann", request=parts["clicks"], instance_count=1, index=root / "items.faiss")
+    assert (tmp_path / "ann" / "ann" / "1").is_dir()
+    with TritonServer([tmp_path / "exact", tmp_path / "ann"], load_models=["exact", "ann"],
+                      startup_timeout=120) as server:
+        client = server.grpc_client()
+        try:
+            exact = cl.infer_arrays(client, request, model_name="exact")
+            ann = cl.infer_arrays(client, request, model_name="ann")
+        finally:
+            client.close()
+        log = server.log_path.read_text()
+    np.testing.assert_array_equal(ann["talk_ids"], exact["talk_ids"])
+    np.testing.assert_array_equal(ann["talk_ids"], ann_ref.outputs["talk_ids"])  # served = in process
+    np.testing.assert_array_equal(exact["talk_ids"], exact_ref.outputs["talk_ids"])
+    assert "ann v1: lean executor (SessionizeClicks >> FaissTopK >> DecodeTopK)" in log
