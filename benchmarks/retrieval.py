@@ -30,20 +30,6 @@ def _rss_gib() -> float:
     return psutil.Process(os.getpid()).memory_info().rss / 2**30
 
 
-def _p50_ms(fn, queries: np.ndarray, repeats: int) -> float:
-    times = []
-    for i in range(repeats):
-        q = queries[i % len(queries)][None, :]
-        start = time.perf_counter()
-        fn(q)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
-def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / exact.shape[1] for a, e in zip(approx, exact)]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts-dir", default="artifacts")
@@ -85,19 +71,14 @@ def main() -> None:
         _, codes = R.search(index, queries, 10, exclude=prefixes)
         same = np.mean([set(c.tolist()) == set(e.tolist()) for c, e in zip(codes, exact)])
         print(f"   {kind:5s} {R.describe_index(index)}: top 10 the same set as the model's for {100 * same:.2f} % "
-              f"of sessions, recall@10 against it {_recall(codes, exact):.4f}")
+              f"of sessions, recall@10 against it {R.overlap(codes, exact):.4f}")
 
     if args.items <= 0:
         return
     # 2 -- a synthetic catalog near the real one
-    rng = np.random.default_rng(args.seed)
-    spread = items.std(axis=0, keepdims=True)
     rss0 = _rss_gib()
-    big = np.empty((args.items, items.shape[1]), dtype=np.float32)
-    for start in range(0, args.items, 100_000):
-        stop = min(args.items, start + 100_000)
-        base = items[rng.integers(0, len(items), size=stop - start)]
-        big[start:stop] = base + 0.5 * spread * rng.standard_normal(base.shape, dtype=np.float32)
+    big = R.near_catalog(items, args.items, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
     q = queries[rng.choice(len(queries), size=min(args.queries, len(queries)), replace=False)]
     print(f"\n2. synthetic catalog: {args.items:,} items ({big.nbytes / 2**30:.2f} GiB of vectors), {len(q):,} queries")
 
@@ -105,10 +86,8 @@ def main() -> None:
     start = time.perf_counter()
     _, truth = flat.search(q, 10)
     exact_batch_s = time.perf_counter() - start
-    faiss.omp_set_num_threads(1)
-    flat_p50 = _p50_ms(lambda x: flat.search(x, 10), q, 20)
-    faiss.omp_set_num_threads(args.threads)
-    del flat
+    flat_p50 = R.one_query_p50_ms(flat, q, repeats=20)
+    flat = None  # frees the exact index before HNSW is built
 
     rss1 = _rss_gib()
     start = time.perf_counter()
@@ -123,12 +102,10 @@ def main() -> None:
           f"{rss0:.2f} GiB before the catalog, {rss1:.2f} GiB with its vectors, {rss2:.2f} GiB with the index")
     print(f"   the session encoder alone: p50 {encoder_p50:.2f} ms per session")
     print(f"   {'efSearch':>8s} {'recall@10':>9s} {'p50 ms (1 query, 1 thread)':>27s}")
-    faiss.omp_set_num_threads(1)
     for ef in args.ef_search:
         hnsw.hnsw.efSearch = ef
         _, got = hnsw.search(q, 10)
-        p50 = _p50_ms(lambda x: hnsw.search(x, 10), q, 200)
-        print(f"   {ef:8d} {_recall(got, truth):9.4f} {p50:27.3f}")
+        print(f"   {ef:8d} {R.overlap(got, truth):9.4f} {R.one_query_p50_ms(hnsw, q):27.3f}")
 
 
 def _timed(fn) -> float:

@@ -23,11 +23,13 @@ from pathlib import Path
 import pytest
 
 ENV_BINARY = "GTCREC_TRITONSERVER"
-# Notebooks that start a server (06 serves, 07 hot-swaps, 09 runs a fleet, 10 adapts). A notebook test that runs one (``series.run("06-...")``
+# Notebooks that start a server (06 serves, 07 hot-swaps, 09 runs a fleet, 10 adapts, 11 serves the retrieval
+# path). A notebook test that runs one (``series.run("06-...")``
 # in its source), or sits in one of these files, is marked ``server`` here, so that the notebook test files need
 # not know about the guard.
-SERVER_NOTEBOOKS = ("06-serve", "07-catalog-swap", "09-fleet", "10-live-event")
-SERVER_NOTEBOOK_TESTS = {"test_05_06_serving.py", "test_07_swap.py", "test_08_09_scale_out.py", "test_10_live.py"}
+SERVER_NOTEBOOKS = ("06-serve", "07-catalog-swap", "09-fleet", "10-live-event", "11-large-catalogs")
+SERVER_NOTEBOOK_TESTS = {"test_05_06_serving.py", "test_07_swap.py", "test_08_09_scale_out.py", "test_10_live.py",
+                         "test_11_large_catalogs.py"}
 STUB_MESSAGE = "tritonserver was started by a test without the `server` marker (see tests/conftest.py)"
 
 _stub_dir = Path(tempfile.mkdtemp(prefix="gtcrec-no-server-"))

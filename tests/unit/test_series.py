@@ -66,7 +66,8 @@ def test_the_kernel_gets_transport_encryption_when_pyzmq_has_curve():
 
 def test_every_notebook_has_a_budget_and_the_series_through_09_fits_17_minutes():
     assert set(series.BUDGET_S) == set(series.notebook_stems())
-    # 00-09 (data to the fleet) within 17 minutes; 10, the live event (six adaptation cycles), comes on top.
+    # 00-09 (data to the fleet) within 17 minutes; 10 (the live event, six adaptation cycles) and 11 (a catalog
+    # of a million items) come on top.
     # It was 15 minutes for the same work before notebook 03 was split: the stock model now trains its whole
     # schedule (about 100 s more at the default size).
     assert sum(v for k, v in series.BUDGET_S.items() if k < "10") <= 17 * 60
@@ -84,9 +85,9 @@ def test_make_run_says_which_precision_and_what_time_to_expect():
     assert all(series.MEASURED_S[k] <= series.BUDGET_S[k] for k in series.BUDGET_S)  # measured within budget
     native = series.expectation("default", bf16=True)
     assert native.startswith("precision: bfloat16") and f"measured {sum(series.MEASURED_S.values())} s" in native
-    assert "expect about 18 minutes" in native
+    assert "expect about 20 minutes" in native
     emulated = series.expectation("default", bf16=False)
-    assert emulated.startswith("precision: float32") and "expect about 43 minutes" in emulated
+    assert emulated.startswith("precision: float32") and "expect about 48 minutes" in emulated
     assert "expect about 4 minutes" in series.expectation("default", ["03-train"], bf16=True)
     assert series.expectation("small", bf16=False) == series.expectation("small", ["00-data"], bf16=False)
     assert "expect" not in series.expectation("small", bf16=True)

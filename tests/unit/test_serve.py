@@ -46,7 +46,7 @@ BIN = Path(sys.executable).parent
 def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys):
     assert serve.main(["--artifacts-dir", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert "notebook 06-ensemble has not run" in err and "make run" in err
+    assert "notebook 05-ensemble has not run" in err and "make run" in err
     (tmp_path / "repo" / "other" / "1").mkdir(parents=True)
     assert serve.main([str(tmp_path / "repo")]) == 2
     assert f"has no model {NAME!r}" in capsys.readouterr().err

@@ -42,6 +42,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "08-scale-out": {"LOG_SESSIONS": 3000, "SESSIONS_PER_PART": 1000},
     "09-fleet": {"LOAD_SECONDS": 1.0},
     "10-live-event": {"FRACTIONS": [0.05, 0.2, 0.5], "BUDGET_S": 20.0},
+    "11-large-catalogs": {"N_ITEMS": 20_000, "QUERIES": 200, "EF_SEARCH": [16, 64]},
 }
 
 
@@ -201,7 +202,8 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
 # measured runs. Printed next to each notebook's time.
 BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 280,
                             "04-item-representation": 250, "05-ensemble": 10, "06-serve": 55, "07-catalog-swap": 130,
-                            "08-scale-out": 110, "09-fleet": 70, "10-live-event": 480}
+                            "08-scale-out": 110, "09-fleet": 70, "10-live-event": 480,
+                            "11-large-catalogs": 180}
 
 
 def budget_note(stem: str | None, seconds: float, size: str) -> str:
@@ -217,12 +219,12 @@ def budget_note(stem: str | None, seconds: float, size: str) -> str:
 
 
 # Measured at the default size on 2 cores, on the budgets' machine (native bfloat16): 03, 04, 08 and 09 in the
-# run of 2026-12-04 (the notebooks split that day), 00 and 07 from an empty text-embedding cache and the rest
+# run of 2026-12-04 (the notebooks split that day) and 11 on its own after it, 00 and 07 from an empty text-embedding cache and the rest
 # in earlier runs (docs/results.md). A 2-core CPU without native bfloat16 (AMD EPYC, AVX2 only: float32
 # training and encoding) took 2.4 x as long for the series before the split.
 MEASURED_S = {"00-data": 61, "01-etl": 16, "02-dataloader": 8, "03-train": 258, "04-item-representation": 229,
               "05-ensemble": 6, "06-serve": 48, "07-catalog-swap": 121, "08-scale-out": 100, "09-fleet": 49,
-              "10-live-event": 175}
+              "10-live-event": 175, "11-large-catalogs": 137}
 NO_BF16_SLOWDOWN = 2.4
 
 

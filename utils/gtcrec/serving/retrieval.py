@@ -17,6 +17,7 @@ Index ids are positions in ``item_vectors``: code = id + ``RESERVED``.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Dict
 
 import numpy as np
@@ -89,9 +90,11 @@ def encode(encoder, sessions, max_len: int, batch_size: int = 1024) -> np.ndarra
 
 
 def build_index(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 64,
-                ef_search: int = 64, threads: int | None = None):
+                ef_search: int = 128, threads: int | None = None):
     """A Faiss inner-product index over ``vectors``: ``"flat"`` (exact) or ``"hnsw"`` (HNSW graph with
-    ``hnsw_m`` links per node, built with ``ef_construction``, searched with ``ef_search``)."""
+    ``hnsw_m`` links per node, built with ``ef_construction``, searched with ``ef_search``). The defaults
+    are notebook 11's measurement at 1,000,000 items near the real ones: recall@10 0.973 against exact
+    search at 0.29 ms per query (0.954 at ``ef_search`` 64)."""
     import faiss
 
     if threads is not None:
@@ -145,3 +148,45 @@ def describe_index(index) -> Dict[str, Any]:
         out.update(hnsw_m=int(index.hnsw.nb_neighbors(1)), ef_construction=int(index.hnsw.efConstruction),
                    ef_search=int(index.hnsw.efSearch))
     return out
+
+
+# ------------------------------------------------------------------ measuring an index
+
+def near_catalog(items: np.ndarray, n: int, seed: int = 0, noise: float = 0.5, chunk: int = 100_000) -> np.ndarray:
+    """``(n, dim)`` float32 item vectors drawn near ``items``: each a random row of ``items`` plus
+    Gaussian noise of ``noise`` times the per-dimension spread of ``items``. A large synthetic catalog
+    whose vectors look like the real ones, for measuring an index (encoding a million texts is not
+    the point)."""
+    rng = np.random.default_rng(seed)
+    spread = items.std(axis=0, keepdims=True).astype(np.float32)
+    out = np.empty((int(n), items.shape[1]), dtype=np.float32)
+    for start in range(0, int(n), chunk):
+        stop = min(int(n), start + chunk)
+        out[start:stop] = items[rng.integers(0, len(items), stop - start)] + noise * spread * rng.standard_normal(
+            (stop - start, items.shape[1]), dtype=np.float32)
+    return out
+
+
+def overlap(found: np.ndarray, exact: np.ndarray) -> float:
+    """Recall of ``found`` against ``exact`` (rows of ids or codes, k per row): the mean share of each
+    exact row that was found."""
+    return float(np.mean([len(set(f.tolist()) & set(e.tolist())) / len(e) for f, e in zip(found, exact)]))
+
+
+def one_query_p50_ms(index, queries: np.ndarray, k: int = 10, repeats: int = 200) -> float:
+    """Median milliseconds of ``index.search`` for one query alone on one Faiss thread, as one request
+    would be answered (the thread count is restored after)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        times = []
+        for i in range(repeats):
+            query = np.ascontiguousarray(queries[i % len(queries)][None, :], dtype=np.float32)
+            started = time.perf_counter()
+            index.search(query, k)
+            times.append(time.perf_counter() - started)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return 1000 * float(np.median(times))
