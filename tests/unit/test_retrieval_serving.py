@@ -93,3 +93,17 @@ def test_the_retrieval_graph_served_by_triton_answers_like_the_exact_one(parts, 
     np.testing.assert_array_equal(ann["talk_ids"], ann_ref.outputs["talk_ids"])  # served = in process
     np.testing.assert_array_equal(exact["talk_ids"], exact_ref.outputs["talk_ids"])
     assert "ann v1: lean executor (SessionizeClicks >> FaissTopK >> DecodeTopK)" in log
+
+
+def test_building_the_graph_leaves_faiss_threads_alone(parts):
+    """Only the serving process (load_artifacts) sets Faiss's threads: a notebook that builds the graph
+    in process keeps its own (it once left a million-item build on one thread)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    try:
+        _graphs(parts)
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -85,9 +85,9 @@ def test_make_run_says_which_precision_and_what_time_to_expect():
     assert all(series.MEASURED_S[k] <= series.BUDGET_S[k] for k in series.BUDGET_S)  # measured within budget
     native = series.expectation("default", bf16=True)
     assert native.startswith("precision: bfloat16") and f"measured {sum(series.MEASURED_S.values())} s" in native
-    assert "expect about 20 minutes" in native
+    assert "expect about 21 minutes" in native
     emulated = series.expectation("default", bf16=False)
-    assert emulated.startswith("precision: float32") and "expect about 48 minutes" in emulated
+    assert emulated.startswith("precision: float32") and "expect about 50 minutes" in emulated
     assert "expect about 4 minutes" in series.expectation("default", ["03-train"], bf16=True)
     assert series.expectation("small", bf16=False) == series.expectation("small", ["00-data"], bf16=False)
     assert "expect" not in series.expectation("small", bf16=True)

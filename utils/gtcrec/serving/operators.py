@@ -472,7 +472,8 @@ class FaissTopK(TorchScriptTopK):
     scores (the answer's ``scores`` column), and the index ids as they are (here, codes are ids + 3).
 
     Both files travel through ``save_artifacts`` / ``load_artifacts``. ``num_threads`` also sets
-    Faiss's OpenMP threads where the index is loaded (the serving process)."""
+    Faiss's OpenMP threads in the serving process (where ``load_artifacts`` reads the files), never in
+    the process that builds the graph."""
 
     def __init__(self, encoder, index, k_model: int, input_col: str = ITEM_LIST, passthrough: bool = True,
                  num_threads: int | None = 1, artifact_name: str = "session_encoder.pt",
@@ -482,7 +483,7 @@ class FaissTopK(TorchScriptTopK):
         self._index = None
         if isinstance(index, (str, os.PathLike)):
             self.index_source = str(Path(index).resolve())
-            self._index = self._read_index(self.index_source, num_threads)
+            self._index = self._read_index(self.index_source)
         else:
             self._index = index
         super().__init__(encoder, input_col=input_col, call="dict", passthrough=passthrough,
@@ -491,11 +492,9 @@ class FaissTopK(TorchScriptTopK):
             raise ValueError(f"k_model must be in 1..{self._index.ntotal} (the items in the index)")
 
     @staticmethod
-    def _read_index(path, num_threads):
+    def _read_index(path):
         import faiss
 
-        if num_threads:
-            faiss.omp_set_num_threads(int(num_threads))
         return faiss.read_index(str(path))
 
     def __getstate__(self):
@@ -524,7 +523,11 @@ class FaissTopK(TorchScriptTopK):
         path = Path(artifact_path) / self.index_name
         if not path.is_file():
             raise FileNotFoundError(f"FaissTopK artifact {path} is missing")
-        self._index = self._read_index(path, self.num_threads)
+        self._index = self._read_index(path)
+        if self.num_threads:  # loaded from an exported repository: the serving process (see TorchScriptTopK)
+            import faiss
+
+            faiss.omp_set_num_threads(int(self.num_threads))
 
     def _probe_k(self) -> int:
         return self.fixed_k
