@@ -279,3 +279,55 @@ def test_rollback_returns_to_the_previous_version_then_refuses(world, server, sw
     assert [e["action"] for e in status["history"]][-1] == "rollback"
     assert status["agree"], status["versions"]
     assert {r["version"]: r["server"] for r in status["versions"]}[previous] == "READY"
+
+
+@pytest.mark.server
+def test_swap_on_the_retrieval_path_keeps_its_index_kind_and_serves_without_failures(world, tmp_path):
+    """A version served as session encoder + HNSW index (FaissTopK) swaps to the new catalog like the exact
+    graph does: a new encoder and a new index of the same kind, loaded under traffic, 0 failed, then a
+    rollback; the new version answers what the swapped model ranks."""
+    from gtcrec.serving import retrieval
+
+    model = gm.load_model(world["model_dir"])
+    batch = gm.sessions_to_batch(swap.example_sessions(len(world["old_table"]), MAX_LEN), MAX_LEN)
+    retrieval.trace_query(model, batch).save(str(tmp_path / "encoder.pt"))
+    retrieval.save_index(retrieval.build_index(retrieval.item_vectors(model), "hnsw", hnsw_m=8, ef_search=64),
+                         tmp_path / "items.faiss")
+    repo = tmp_path / "repo"
+    export_ensemble(old_ids(world), tmp_path / "encoder.pt", repo, max_len=MAX_LEN, k=K, name="ann",
+                    instance_count=1, index=tmp_path / "items.faiss")
+    assert swap.read_version(repo, 1, "ann").index["kind"] == "IndexHNSWFlat"
+    with TritonServer(repo, load_models=["ann"], startup_timeout=180) as server:
+        request = swap.probe_request(old_ids(world), new_ids(world))
+        traffic = swap.Traffic(server, request, old_ids(world), new_ids(world), model_name="ann", pause=0.01,
+                               max_requests=5000, max_seconds=120).start()
+        traffic.wait_for(10)
+        result = swap.swap_catalog(world["new_csv"], repo, server, world["model_dir"], world["cache"], model_name="ann")
+        traffic.wait_for(len(traffic.rows) + 10)
+        frame = traffic.stop()
+        summary = swap.traffic_summary(frame, traffic.at(result.load.started), traffic.at(result.load.ended))
+        assert result.version == 2 and result.serving == [2]
+        assert summary["failed"] == 0 and summary["before_only"] and summary["after_only"] and summary["ordered"]
+        settings = swap.read_version(repo, 2, "ann")
+        assert settings.vocab == new_ids(world) and settings.index["kind"] == "IndexHNSWFlat"
+        assert settings.index["hnsw_m"] == 8 and settings.index["ef_search"] == 64 and settings.index["items"] == 60
+        # the served answer for new-event sessions is the swapped model's own top k (HNSW over 60 items finds it)
+        new = new_ids(world)
+        sessions = [[new[i], new[i + 1]] for i in (0, 10, 20)]
+        clicks = pd.DataFrame({"session_id": np.repeat(["a", "b", "c"], 2), "talk_id": sum(sessions, []),
+                               "timestamp": np.arange(6, dtype=np.int64) * 60_000})
+        client = server.grpc_client()
+        try:
+            answer = cl.recommend(client, clicks, model_name="ann")
+        finally:
+            client.close()
+        prepared = swap.prepare_catalog(world["new_csv"], world["cache"], old_vocab=old_ids(world), progress=False)
+        swapped = swap.swapped_model(world["model_dir"], prepared.table, prepared.catalog)
+        codes = [[prepared.vocab.index(t) + 3 for t in s] for s in sessions]
+        scores = gm.score_sessions(swapped, codes)
+        for name, session_codes, row in zip("abc", codes, scores):
+            row[session_codes] = -np.inf
+            expected = [prepared.vocab[c - 3] for c in np.argsort(-row, kind="stable")[:K]]
+            assert set(answer[answer["session_id"] == name]["talk_id"]) == set(expected), name
+        back = swap.rollback(server, repo, model_name="ann")
+        assert back.to_version == 1 and back.load.serving == [1]

@@ -459,6 +459,16 @@ class TorchScriptTopK(BaseOperator):
         return TensorTable(out)
 
 
+def index_spec(index) -> dict:
+    """What a Faiss index is, enough to build another like it: its class name, size and dimension, and
+    the HNSW settings (links per node, build and search breadth) when it is one."""
+    spec = {"kind": type(index).__name__, "items": int(index.ntotal), "dim": int(index.d)}
+    if hasattr(index, "hnsw"):
+        spec.update(hnsw_m=int(index.hnsw.nb_neighbors(1)), ef_construction=int(index.hnsw.efConstruction),
+                    ef_search=int(index.hnsw.efSearch))
+    return spec
+
+
 class FaissTopK(TorchScriptTopK):
     """The retrieval path's model step: a TorchScript **session encoder** (ragged codes -> one query
     vector per session, :func:`gtcrec.serving.retrieval.trace_query`) and a Faiss inner-product
@@ -488,6 +498,7 @@ class FaissTopK(TorchScriptTopK):
             self._index = index
         super().__init__(encoder, input_col=input_col, call="dict", passthrough=passthrough,
                          num_threads=num_threads, artifact_name=artifact_name)
+        self.index_spec = index_spec(self._index) if self._index is not None else None  # read by the swap
         if self._index is not None and not 1 <= self.fixed_k <= self._index.ntotal:
             raise ValueError(f"k_model must be in 1..{self._index.ntotal} (the items in the index)")
 

@@ -109,6 +109,7 @@ class VersionSettings:
     executor: str | None
     dynamic_batching: tuple[int, int] | None  # (max_batch_size, max_queue_delay_us)
     backend: str
+    index: dict | None = None  # the retrieval path: what its Faiss index is (operators.index_spec)
 
     def export_kwargs(self) -> dict:
         """Keyword arguments of ``gtcrec.serving.export.export_ensemble`` that reproduce these
@@ -149,18 +150,20 @@ def read_version(repository, version: int, model_name: str = DEFAULT_MODEL_NAME)
     if "SessionizeClicks" not in ops or "DecodeTopK" not in ops:
         raise ValueError(f"{ens_dir}: not a gtcrec serving graph (operators: {sorted(ops)})")
     sess, decode = ops["SessionizeClicks"], ops["DecodeTopK"]
-    k_model = getattr(ops.get("TorchScriptTopK"), "k_model", None)
+    model_op = ops.get("TorchScriptTopK") or ops.get("FaissTopK")
+    k_model = getattr(model_op, "k_model", None)
     config = _parse_config((folder / "config.pbtxt").read_text())
     instances = sum(g.count for g in config.instance_group) or None
     executor = config.parameters["executor"].string_value if "executor" in config.parameters else None
     batching = ((int(config.max_batch_size), int(config.dynamic_batching.max_queue_delay_microseconds))
                 if config.max_batch_size > 0 and config.HasField("dynamic_batching") else None)
-    backend = "python" if "TorchScriptTopK" in ops else "pytorch"
+    backend = "python" if model_op is not None else "pytorch"
     return VersionSettings(version=int(version), vocab=list(sess.vocab), max_len=int(sess.max_len),
                            k=int(decode.k), k_model=None if k_model is None else int(k_model),
                            pad_sessions=bool(getattr(sess, "pad", False)),
                            max_clicks=getattr(sess, "max_clicks", None), instance_count=instances,
-                           executor=executor, dynamic_batching=batching, backend=backend)
+                           executor=executor, dynamic_batching=batching, backend=backend,
+                           index=getattr(model_op, "index_spec", None))
 
 
 def current_version(url, repository, model_name: str = DEFAULT_MODEL_NAME) -> tuple[int | None, str]:

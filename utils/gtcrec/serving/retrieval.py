@@ -140,14 +140,36 @@ def search(index, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray
 
 
 def describe_index(index) -> Dict[str, Any]:
-    """What an index is, for a report: its kind, size, dimension and HNSW settings."""
-    import faiss
+    """What an index is, for a report and for building another like it (:func:`build_like`)."""
+    from gtcrec.serving.operators import index_spec
 
-    out = {"kind": type(index).__name__, "items": int(index.ntotal), "dim": int(index.d)}
-    if isinstance(index, faiss.IndexHNSW):
-        out.update(hnsw_m=int(index.hnsw.nb_neighbors(1)), ef_construction=int(index.hnsw.efConstruction),
-                   ef_search=int(index.hnsw.efSearch))
-    return out
+    return index_spec(index)
+
+
+def build_like(vectors: np.ndarray, spec: Dict[str, Any]):
+    """An index over ``vectors`` of the kind :func:`describe_index` described (a new catalog's index
+    for a version that served ``spec``): flat, or HNSW with the same settings."""
+    if spec["kind"] == "IndexFlatIP":
+        return build_index(vectors, "flat")
+    if spec["kind"] == "IndexHNSWFlat":
+        return build_index(vectors, "hnsw", hnsw_m=spec["hnsw_m"], ef_construction=spec["ef_construction"],
+                           ef_search=spec["ef_search"])
+    raise ValueError(f"no rule to build an index like {spec['kind']}")
+
+
+def check_query(traced, model, batch: Dict[str, torch.Tensor], atol: float = 1e-4) -> Dict[str, float]:
+    """Check that a traced session encoder (:func:`trace_query`) times :func:`item_vectors` gives the
+    eager model's scores on ``batch`` (within ``atol``); raises ``AssertionError`` otherwise. Returns
+    ``{"max_score_diff": ...}``, as :func:`gtcrec.trace.check_traced` does for the full trace."""
+    model.eval()
+    items = torch.from_numpy(item_vectors(model))
+    with torch.no_grad():
+        split = traced({n: v.clone() for n, v in batch.items()}).float().cpu() @ items.T
+        full = model({n: v.clone() for n, v in batch.items()}).float().cpu()[:, RESERVED:]
+    diff = float((split - full).abs().max())
+    if diff > atol:
+        raise AssertionError(f"session encoder x item vectors and the model disagree by {diff:.3g}")
+    return {"max_score_diff": diff}
 
 
 # ------------------------------------------------------------------ measuring an index

@@ -111,10 +111,11 @@ def example_sessions(n_codes: int, max_len: int, n: int = 48, seed: int = 0) -> 
     return [rng.integers(N_RESERVED, n_codes, size=int(m)).astype(np.int64) for m in lengths]
 
 
-def trace_swapped(model, k: int, seed: int = 0):
+def trace_swapped(model, k: int, seed: int = 0, query: bool = False):
     """Trace ``model`` to return its top ``k`` codes (:func:`gtcrec.trace.trace_topk`) and check the
     trace against the eager model on other sessions; returns ``(traced, check)``. Both batches are
-    padded to ``max_len`` as the serving graph pads them."""
+    padded to ``max_len`` as the serving graph pads them. ``query``: trace the session encoder of the
+    retrieval path instead (:func:`gtcrec.serving.retrieval.trace_query`; ``k`` is not used)."""
     from gtcrec import model as gm
     from gtcrec.trace import check_traced, trace_topk
 
@@ -124,6 +125,11 @@ def trace_swapped(model, k: int, seed: int = 0):
     def batch(s):
         return gm.sessions_to_batch(example_sessions(n, max_len, seed=s), max_len, pad=True)
 
+    if query:
+        from gtcrec.serving import retrieval
+
+        traced = retrieval.trace_query(model, batch(seed))
+        return traced, retrieval.check_query(traced, model, batch(seed + 1))
     traced = trace_topk(model, batch(seed), k=k)
     check = check_traced(traced, model, batch(seed + 1))
     return traced, check

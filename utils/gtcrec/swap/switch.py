@@ -133,12 +133,18 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
     folder = repo / model_name
     steps: dict[str, float] = {}
     started = time.perf_counter()
-    traced, check = trace_swapped(model, k_model)
+    traced, check = trace_swapped(model, k_model, query=settings.index is not None)
+    index = None
+    if settings.index is not None:  # the retrieval path: a new index of the same kind over the new items
+        from gtcrec.serving import retrieval
+
+        index = retrieval.build_like(retrieval.item_vectors(model), settings.index)
     steps["trace"] = time.perf_counter() - started
-    log(f"model over {len(vocab)} talks traced (K={k_model}; trace == eager within {check['max_score_diff']:.1e})")
+    what = "session encoder and item index" if index is not None else f"model (K={k_model})"
+    log(f"{what} over {len(vocab)} talks traced (trace == eager within {check['max_score_diff']:.1e})")
 
     started = time.perf_counter()
-    version = export_version(traced, vocab, repo, previous, settings, model_name, popularity)
+    version = export_version(traced, vocab, repo, previous, settings, model_name, popularity, index=index)
     steps["export"] = time.perf_counter() - started
     log(f"exported version {version} in {steps['export']:.1f} s; loading it into {grpc_target(server_url)}")
     if _before_load is not None:
@@ -150,13 +156,15 @@ def publish(model, vocab: Sequence[str], repository, server_url, previous: int, 
 
 
 def export_version(traced, vocab: Sequence[str], repository, previous: int, settings,
-                   model_name: str = DEFAULT_MODEL_NAME, popularity: Sequence[float] | None = None) -> int:
+                   model_name: str = DEFAULT_MODEL_NAME, popularity: Sequence[float] | None = None,
+                   index=None) -> int:
     """Export notebook 05's ensemble around ``traced`` (a top-K trace, :func:`trace_swapped`) over the
     talks ``vocab`` as the next version of ``model_name``, with the serving settings of version
     ``previous`` (``settings``, :func:`read_version`; ``popularity``: the fallback ranking, ``None``
     catalog order). Both versions' ``config.pbtxt`` are kept in the history (a rollback puts the old
     one back); an export that fails leaves the repository as it was. Nothing is loaded. Call it
-    holding :func:`repository_lock`. Returns the new version number."""
+    holding :func:`repository_lock`. Returns the new version number. ``index``: the retrieval path
+    (``traced`` is then the session encoder and ``index`` the Faiss index of the new items)."""
     from gtcrec.serving import export as ex
 
     repo = Path(repository)
@@ -168,8 +176,14 @@ def export_version(traced, vocab: Sequence[str], repository, previous: int, sett
         with tempfile.TemporaryDirectory(prefix="gtcrec-swap-") as tmp:
             traced_path = Path(tmp) / "model_topk.pt"
             traced.save(str(traced_path))
+            index_path = None
+            if index is not None:
+                from gtcrec.serving.retrieval import save_index
+
+                index_path = Path(tmp) / "items.faiss"
+                save_index(index, index_path)
             ex.export_ensemble(list(vocab), traced_path, repo, name=model_name, version=version,
-                               popularity=None if popularity is None else list(popularity),
+                               popularity=None if popularity is None else list(popularity), index=index_path,
                                **settings.export_kwargs())
     except BaseException:
         if (folder / str(version)).is_dir():
