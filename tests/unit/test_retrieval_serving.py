@@ -1,5 +1,6 @@
-"""The retrieval path served: SessionizeClicks >> FaissTopK (session encoder + Faiss index) >> DecodeTopK,
-in process and on a real tritonserver, against the exact graph (the traced model's full product)."""
+"""The retrieval graph, SessionizeClicks >> FaissTopK (session encoder + Faiss index) >> DecodeTopK, in process
+against the exact graph (the traced model's full product). On a real tritonserver it is checked by notebook
+11's test (the same answers as the exact graph) and by tests/unit/test_swap.py (a swap on this path)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from gtcrec.representation import DEFAULT_SETTINGS
 from gtcrec.serving import client as cl
 from gtcrec.serving import executor_model
 from gtcrec.serving import retrieval as R
-from gtcrec.serving.export import build_ensemble, example_clicks, export_ensemble, reference_outputs
+from gtcrec.serving.export import build_ensemble, example_clicks, reference_outputs
 from gtcrec.trace import trace_topk
 
 N_TALKS, MAX_LEN, K = 120, 8, 5
@@ -68,31 +69,6 @@ def test_faiss_top_k_checks_its_k(parts):
 
     with pytest.raises(ValueError, match="k_model must be in 1..120"):
         FaissTopK(parts["root"] / "encoder.pt", parts["root"] / "items.faiss", k_model=500)
-
-
-@pytest.mark.server
-def test_the_retrieval_graph_served_by_triton_answers_like_the_exact_one(parts, tmp_path):
-    from gtcrec.serving.server import TritonServer
-
-    root, request = parts["root"], parts["request"]
-    _, exact_ref = export_ensemble(VOCAB, root / "topk.pt", tmp_path / "exact", max_len=MAX_LEN, k=K,
-                                   name="exact", request=parts["clicks"], instance_count=1)
-    _, ann_ref = export_ensemble(VOCAB, root / "encoder.pt", tmp_path / "ann", max_len=MAX_LEN, k=K,
-                                 name="ann", request=parts["clicks"], instance_count=1, index=root / "items.faiss")
-    assert (tmp_path / "ann" / "ann" / "1").is_dir()
-    with TritonServer([tmp_path / "exact", tmp_path / "ann"], load_models=["exact", "ann"],
-                      startup_timeout=120) as server:
-        client = server.grpc_client()
-        try:
-            exact = cl.infer_arrays(client, request, model_name="exact")
-            ann = cl.infer_arrays(client, request, model_name="ann")
-        finally:
-            client.close()
-        log = server.log_path.read_text()
-    np.testing.assert_array_equal(ann["talk_ids"], exact["talk_ids"])
-    np.testing.assert_array_equal(ann["talk_ids"], ann_ref.outputs["talk_ids"])  # served = in process
-    np.testing.assert_array_equal(exact["talk_ids"], exact_ref.outputs["talk_ids"])
-    assert "ann v1: lean executor (SessionizeClicks >> FaissTopK >> DecodeTopK)" in log
 
 
 def test_building_the_graph_leaves_faiss_threads_alone(parts):
