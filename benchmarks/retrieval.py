@@ -95,7 +95,7 @@ def main() -> None:
     build_s = time.perf_counter() - start
     rss2 = _rss_gib()
     sample = [prefixes[i] for i in rng.choice(len(prefixes), size=200)]
-    encoder_p50 = 1000 * float(np.median([_timed(lambda s=s: R.encode(encoder, [s], max_len)) for s in sample]))
+    encoder_p50 = R.encode_p50_ms(encoder, sample, max_len)
     print(f"   exact (flat) search: {1000 * exact_batch_s / len(q):.1f} ms per query in a batch of {len(q)} "
           f"on {args.threads} threads; one query alone p50 {flat_p50:.1f} ms (1 thread)")
     print(f"   HNSW M={args.hnsw_m}, efConstruction={args.ef_construction}: built in {build_s:.0f} s; resident memory "
@@ -106,12 +106,6 @@ def main() -> None:
         hnsw.hnsw.efSearch = ef
         _, got = hnsw.search(q, 10)
         print(f"   {ef:8d} {R.overlap(got, truth):9.4f} {R.one_query_p50_ms(hnsw, q):27.3f}")
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -489,13 +489,7 @@ class FaissTopK(TorchScriptTopK):
                  num_threads: int | None = 1, artifact_name: str = "session_encoder.pt",
                  index_name: str = "items.faiss"):
         self.index_name, self.fixed_k = index_name, int(k_model)
-        self.index_source: str | None = None
-        self._index = None
-        if isinstance(index, (str, os.PathLike)):
-            self.index_source = str(Path(index).resolve())
-            self._index = self._read_index(self.index_source)
-        else:
-            self._index = index
+        self._index = self._read_index(index) if isinstance(index, (str, os.PathLike)) else index
         super().__init__(encoder, input_col=input_col, call="dict", passthrough=passthrough,
                          num_threads=num_threads, artifact_name=artifact_name)
         self.index_spec = index_spec(self._index) if self._index is not None else None  # read by the swap

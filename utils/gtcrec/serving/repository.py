@@ -150,7 +150,9 @@ def read_version(repository, version: int, model_name: str = DEFAULT_MODEL_NAME)
     if "SessionizeClicks" not in ops or "DecodeTopK" not in ops:
         raise ValueError(f"{ens_dir}: not a gtcrec serving graph (operators: {sorted(ops)})")
     sess, decode = ops["SessionizeClicks"], ops["DecodeTopK"]
-    model_op = ops.get("TorchScriptTopK") or ops.get("FaissTopK")
+    from gtcrec.serving.operators import TorchScriptTopK
+
+    model_op = next((op for op in ops.values() if isinstance(op, TorchScriptTopK)), None)  # FaissTopK is one
     k_model = getattr(model_op, "k_model", None)
     config = _parse_config((folder / "config.pbtxt").read_text())
     instances = sum(g.count for g in config.instance_group) or None

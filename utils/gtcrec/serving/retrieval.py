@@ -25,6 +25,7 @@ import torch
 
 from gtcrec import model as gm
 from gtcrec.layout import RESERVED
+from gtcrec.serving.operators import index_spec as describe_index  # noqa: F401  (what an index is)
 
 
 class _Query(torch.nn.Module):
@@ -139,15 +140,8 @@ def search(index, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray
     return out_s, out_c
 
 
-def describe_index(index) -> Dict[str, Any]:
-    """What an index is, for a report and for building another like it (:func:`build_like`)."""
-    from gtcrec.serving.operators import index_spec
-
-    return index_spec(index)
-
-
 def build_like(vectors: np.ndarray, spec: Dict[str, Any]):
-    """An index over ``vectors`` of the kind :func:`describe_index` described (a new catalog's index
+    """An index over ``vectors`` of the kind :func:`describe_index` (``operators.index_spec``) described (a new catalog's index
     for a version that served ``spec``): flat, or HNSW with the same settings."""
     if spec["kind"] == "IndexFlatIP":
         return build_index(vectors, "flat")
@@ -211,4 +205,14 @@ def one_query_p50_ms(index, queries: np.ndarray, k: int = 10, repeats: int = 200
             times.append(time.perf_counter() - started)
     finally:
         faiss.omp_set_num_threads(threads)
+    return 1000 * float(np.median(times))
+
+
+def encode_p50_ms(encoder, sessions, max_len: int) -> float:
+    """Median milliseconds of :func:`encode` for one session alone, over ``sessions``."""
+    times = []
+    for session in sessions:
+        started = time.perf_counter()
+        encode(encoder, [session], max_len)
+        times.append(time.perf_counter() - started)
     return 1000 * float(np.median(times))
