@@ -41,8 +41,11 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 run: env
 	$(PY) -m gtcrec.series --size $(SIZE) --artifacts-dir $(ARTIFACTS_DIR)
 
+# Two pytest-xdist workers (the CI machine's two cores): the notebook tests all on one, in order, since they
+# share one series (tests/notebooks/conftest.py); the unit tests on either as they come. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 # The fast tier: unit tests that start no tritonserver and run no notebook (see pytest.ini).
 test-fast: env

@@ -8,7 +8,7 @@ import pytest
 from gtcrec import data, embeddings, etl
 from gtcrec.series import SMALL, run_notebook
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_data_notebook(series):

@@ -9,7 +9,7 @@ import pytest
 from gtcrec import data, embeddings, etl
 from gtcrec.series import run_notebook
 
-pytestmark = pytest.mark.notebooks
+pytestmark = pytest.mark.notebooks  # its own folders, not the shared series: any xdist worker may run it
 
 N_TALKS, N_SESSIONS = 24, 40
 

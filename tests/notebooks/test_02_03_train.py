@@ -9,7 +9,7 @@ from gtcrec import data, metrics, model as m, transfer
 from gtcrec.live import adapt
 from gtcrec.representation import DEFAULT_SETTINGS, settings_for
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_dataloader_notebook(series):

@@ -9,7 +9,7 @@ from gtcrec.serving import client as cl
 from gtcrec.serving import export as ex
 from gtcrec.serving.server import server_processes
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_ensemble_notebook_exports_a_repository_and_a_reference(series):

@@ -6,7 +6,7 @@ from gtcrec import transfer
 from gtcrec.swap import served_row
 from gtcrec.serving.server import server_processes
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_catalog_swap_notebook(series):

@@ -4,7 +4,7 @@ import pytest
 
 from gtcrec.serving.server import server_processes
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 # The 2-process model against the 1-process one trained in the notebook with the same budget (DDP_EPOCHS),
 # recall@10 on the same test sessions (150 at the CI size: one SE is ~0.03). Same model, same global batch

@@ -14,7 +14,7 @@ import pytest
 
 from gtcrec.live import read_cycles
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_live_event_notebook(series):

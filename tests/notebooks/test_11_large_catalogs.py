@@ -1,7 +1,7 @@
 """Notebook 11 (the retrieval path: session encoder + Faiss index) under papermill at the CI size."""
 import pytest
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_large_catalogs_notebook(series):

@@ -14,7 +14,7 @@ from gtcrec import data, etl
 from gtcrec.serving import client as cl
 from gtcrec.serving import export as ex
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.xdist_group("notebooks")]  # one xdist worker runs them all, in order
 
 
 def test_etl_notebook_workflow_equals_run_etl(series, tmp_path):

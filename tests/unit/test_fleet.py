@@ -183,7 +183,7 @@ def fleet_swapped(world, fleet):  # noqa: F811
     t = traffic(fleet, world)
     result = swap.swap_fleet(world["new_csv"], world["repo"], fleet.replicas, world["model_dir"], world["cache"],
                              model_name=NAME)
-    t.wait_for(len(t.rows) + 40)
+    t.wait_for(len(t.rows) + 41)  # 40 sent after the swap returned, plus the one that may be in flight then
     frame = t.stop()
     summary = swap.traffic_summary(frame, t.at(result.started), t.at(result.ended))
     return result, frame, summary
