@@ -84,3 +84,32 @@ def test_hnsw_approximates_the_flat_index():
     assert R.describe_index(R.build_index(items[:100], "hnsw", hnsw_m=8))["kind"] == "IndexHNSWFlat"
     with pytest.raises(ValueError, match="flat"):
         R.build_index(items, "ivf")
+
+
+@pytest.mark.parametrize("item_repr,blend", [(True, 0.0), (True, 0.7), (False, 0.0)],
+                         ids=["item representation", "with a text blend", "stock T4R table"])
+def test_the_served_encoder_takes_the_clicked_rows_and_holds_no_item(item_repr, blend):
+    """The traced encoder reads the clicked items' rows from the request (as FaissTopK gathers them from the
+    index): its scores equal the model's, and nothing in it grows with the catalog."""
+    model = _model(item_repr, blend)
+    traced = R.trace_query(model, M.sessions_to_batch(_sessions(16), SMALL["max_len"], pad=True))
+    batch = M.sessions_to_batch(_sessions(40, seed=7), SMALL["max_len"], pad=True)
+    assert R.check_query(traced, model, batch)["max_score_diff"] <= 1e-4
+    held = sum(t.numel() for t in traced.state_dict().values())
+    weights = sum(p.numel() for name, p in model.named_parameters() if "item_id" not in name and "residual" not in name
+                  and "item_bias" not in name)
+    assert held < weights + 10 * 3 * 800, (held, weights)  # the model's own weights and the reserved rows only
+    assert held < N_ITEMS * DIM  # the text table alone would be N_ITEMS x DIM
+
+
+def test_gather_rows_renumbers_a_requests_items_and_keeps_reserved_codes():
+    from gtcrec.serving.operators import gather_rows
+
+    vectors = np.arange(40, dtype=np.float32).reshape(10, 4)  # id i: row i
+    local, rows = gather_rows(np.array([9, 3, 0, 12, 9, 1, 0]), lambda ids: vectors[ids])
+    # codes 3, 9, 12 (ids 0, 6, 9) become 3, 4, 5; padding 0 and unknown 1 stay
+    np.testing.assert_array_equal(local, [4, 3, 0, 5, 4, 1, 0])
+    np.testing.assert_array_equal(rows, vectors[[0, 6, 9]])
+    local, rows = gather_rows(np.array([0, 1, 2]), lambda ids: vectors[ids])
+    np.testing.assert_array_equal(local, [0, 1, 2])
+    assert rows.shape == (0, 4)

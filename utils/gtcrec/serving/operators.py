@@ -415,8 +415,9 @@ class TorchScriptTopK(BaseOperator):
             raise ValueError(f"model returned scores {scores.shape} and codes {codes.shape} for {n_sessions} sessions")
         return scores, codes
 
-    def run_model(self, values: np.ndarray, offsets: np.ndarray):
-        """The TorchScript model's raw output for ragged codes, with ``num_threads`` intra-op threads."""
+    def run_model(self, values: np.ndarray, offsets: np.ndarray, extra: dict | None = None):
+        """The TorchScript model's raw output for ragged codes, with ``num_threads`` intra-op threads.
+        ``extra``: more named inputs (numpy arrays) for a model called with a dict."""
         import torch
 
         vals = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
@@ -427,7 +428,9 @@ class TorchScriptTopK(BaseOperator):
         try:
             with torch.inference_mode():
                 if self.call == "dict":
-                    result = self.model({f"{self.input_col}__values": vals, f"{self.input_col}__offsets": offs})
+                    inputs = {f"{self.input_col}__values": vals, f"{self.input_col}__offsets": offs}
+                    inputs.update({name: torch.from_numpy(array) for name, array in (extra or {}).items()})
+                    result = self.model(inputs)
                 else:
                     result = self.model(vals, offs)
         finally:
@@ -459,6 +462,24 @@ class TorchScriptTopK(BaseOperator):
         return TensorTable(out)
 
 
+ROWS_INPUT = "item_rows"  # the session encoder's second input: the vectors of the items a request clicked
+
+
+def gather_rows(values: np.ndarray, rows_of) -> tuple[np.ndarray, np.ndarray]:
+    """A request's codes -> ``(local codes, rows)`` for a session encoder that holds no item table
+    (:func:`gtcrec.serving.retrieval.trace_query`): the distinct item codes (>= ``FIRST_CODE``) of the
+    request, in code order, become ``FIRST_CODE``, ``FIRST_CODE + 1``, ...; reserved codes (padding,
+    unknown) stay as they are; ``rows`` is ``rows_of(ids)``, the item vectors of those codes (id = code -
+    ``FIRST_CODE``) as float32 ``(n_distinct, dim)``. So the encoder reads ``rows[local - FIRST_CODE]``
+    where the model read ``table[code]``."""
+    values = np.asarray(values, dtype=np.int64)
+    items = values >= FIRST_CODE
+    ids, inverse = np.unique(values[items] - FIRST_CODE, return_inverse=True)
+    local = values.copy()
+    local[items] = inverse.reshape(-1) + FIRST_CODE
+    return local, np.ascontiguousarray(rows_of(ids), dtype=np.float32)
+
+
 def index_spec(index) -> dict:
     """What a Faiss index is, enough to build another like it: its class name, size and dimension, and
     the HNSW settings (links per node, build and search breadth) when it is one."""
@@ -470,12 +491,16 @@ def index_spec(index) -> dict:
 
 
 class FaissTopK(TorchScriptTopK):
-    """The retrieval path's model step: a TorchScript **session encoder** (ragged codes -> one query
-    vector per session, :func:`gtcrec.serving.retrieval.trace_query`) and a Faiss inner-product
-    **index** over every item's output vector (:func:`gtcrec.serving.retrieval.item_vectors`; index
-    id = code - ``FIRST_CODE``). Their inner product is the model's score, so a flat index returns
-    the model's own top ``k_model`` and HNSW an approximation of it; the columns out are those of
-    :class:`TorchScriptTopK`, so ``DecodeTopK`` and both executors take it unchanged.
+    """The retrieval path's model step: a TorchScript **session encoder** (ragged codes and the clicked
+    items' vectors -> one query vector per session, :func:`gtcrec.serving.retrieval.trace_query`) and a
+    Faiss inner-product **index** over every item's output vector
+    (:func:`gtcrec.serving.retrieval.item_vectors`; index id = code - ``FIRST_CODE``). The encoder
+    holds no item: the vectors of the items a request clicked are read back from the index
+    (:func:`gather_rows`), so the encoder is the same size for a thousand items or a million, and the
+    index is the only per-item file. The encoder's query times the index's vectors is the model's
+    score, so a flat index returns the model's own top ``k_model`` and HNSW an approximation of it;
+    the columns out are those of :class:`TorchScriptTopK`, so ``DecodeTopK`` and both executors take
+    it unchanged.
 
     Merlin Systems has ``QueryFaiss``, but it cannot serve this contract: it returns the ids of the
     first row only as one flat int32 array (several sessions in one request would run together), no
@@ -537,13 +562,20 @@ class FaissTopK(TorchScriptTopK):
     def _probe_k(self) -> int:
         return self.fixed_k
 
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """The index's stored vectors of ``ids`` (flat and HNSW indexes keep them as they were added)."""
+        if len(ids) == 0:
+            return np.zeros((0, self.index.d), np.float32)
+        return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
     def predict(self, values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ragged codes -> (scores float32, codes int64), both (n_sessions, k_model), best first;
         code -1 where the index found fewer items (``DecodeTopK`` drops it)."""
         n_sessions = len(offsets) - 1
         if n_sessions == 0:
             return np.zeros((0, self.fixed_k), np.float32), np.zeros((0, self.fixed_k), np.int64)
-        queries = self.run_model(values, offsets)
+        local, rows = gather_rows(values, self._rows)
+        queries = self.run_model(local, offsets, extra={ROWS_INPUT: rows})
         queries = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
         scores, ids = self.index.search(queries, self.fixed_k)
         codes = np.where(ids >= 0, ids + FIRST_CODE, -1).astype(np.int64)

@@ -8,7 +8,12 @@ their bias as one more column, and the raw text rows when a blend is set, which 
 constant 1 and its own text part). Nothing comes after the product, so
 
 - :func:`session_encoder` is the model up to ``query`` (the tied output layer replaced by nothing),
-- :func:`item_vectors` is ``W`` without the reserved codes, and
+- :func:`item_vectors` is ``W`` without the reserved codes,
+- :func:`trace_query` traces the encoder for serving with no item table inside: the input side of
+  the model reads the same rows as the output side (the first ``dim`` columns of ``W``, and the raw
+  text columns of a blend), so the served encoder takes the clicked items' rows of ``W`` with the
+  request (``FaissTopK`` reads them back from the index) and its size does not grow with the catalog,
+  and
 - a flat inner-product index over ``item_vectors`` returns exactly the model's top k; an HNSW index
   returns an approximation of it, for catalogs where one product over every item is too slow.
 
@@ -25,6 +30,7 @@ import torch
 
 from gtcrec import model as gm
 from gtcrec.layout import RESERVED
+from gtcrec.serving.operators import ROWS_INPUT, gather_rows
 from gtcrec.serving.operators import index_spec as describe_index  # noqa: F401  (what an index is)
 
 
@@ -46,27 +52,89 @@ def session_encoder(model):
     return encoder
 
 
-class QueryOf(torch.nn.Module):
-    """Wraps a :func:`session_encoder`: ragged item-list input (any integer width) -> query vectors.
-    This is the module :func:`trace_query` traces for serving."""
+class RequestRows(torch.nn.Module):
+    """Stands where the item table stands in the served encoder, and holds no item: each request brings
+    the rows of ``W`` (:func:`item_vectors`) of the items it clicked, renumbered from ``RESERVED`` on
+    (:func:`gtcrec.serving.operators.gather_rows`), and the reserved codes' rows are kept here. It
+    answers what T4R's input block and :class:`gtcrec.representation.LastClickSkip` ask of the table:
+    rows by code, the raw text rows and the blend's settings."""
 
-    def __init__(self, encoder):
+    def __init__(self, reserved: torch.Tensor, dim: int, text_from: int, text_weight: float = 0.0,
+                 text_decay: float = 0.0):
         super().__init__()
-        self.encoder = encoder
+        self.register_buffer("reserved", reserved.detach().clone())  # (RESERVED, columns of W)
+        self.embedding_dim, self.text_from = int(dim), int(text_from)
+        self.num_embeddings = int(reserved.shape[0])
+        self.text_weight, self.text_decay = float(text_weight), float(text_decay)
+        self._table: torch.Tensor | None = None
+
+    def use(self, rows: torch.Tensor) -> None:
+        """The rows of this request's items (``gather_rows``), after the reserved ones."""
+        self._table = torch.cat([self.reserved, rows.to(self.reserved.dtype)])
+
+    def forward(self, codes: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        return self.rows(codes)
+
+    def rows(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._table[codes.long(), :self.embedding_dim]
+
+    @property
+    def text(self) -> torch.Tensor:
+        table = self.reserved if self._table is None else self._table  # None: between requests
+        return table[:, self.text_from:]
+
+
+def _request_rows(model) -> RequestRows:
+    """The :class:`RequestRows` for ``model``'s table: its reserved rows of ``W`` and where the columns are."""
+    table = gm.item_embedding(model)
+    weight = gm._task(model).item_embedding_table.weight.detach()
+    dim = int(table.embedding_dim)
+    blend = float(getattr(table, "text_weight", 0.0))
+    bias = int(getattr(table, "item_bias", None) is not None)
+    return RequestRows(weight[:RESERVED], dim, dim + bias, blend, float(getattr(table, "text_decay", 0.0)))
+
+
+class QueryOf(torch.nn.Module):
+    """The served session encoder: ``{codes__values, codes__offsets, ROWS_INPUT}`` (local codes and the
+    clicked items' rows, :func:`gtcrec.serving.operators.gather_rows`) -> query vectors. A
+    :func:`session_encoder` of ``model`` whose item table is a :class:`RequestRows`: nothing in it grows
+    with the catalog. This is the module :func:`trace_query` traces."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = session_encoder(model)
+        self.table = _request_rows(self.encoder)
+        gm._input_block(self.encoder).categorical_module.embedding_tables[gm.item_column(self.encoder)] = self.table
+        task = gm._task(self.encoder)
+        if getattr(task, "item_embedding_table", None) is not None:
+            task.item_embedding_table = self.table
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {name: value if value.is_floating_point() else value.to(torch.int64)
-                  for name, value in inputs.items()}
-        return self.encoder(inputs)
+        self.table.use(inputs[ROWS_INPUT])
+        codes = {name: value.to(torch.int64) for name, value in inputs.items() if name != ROWS_INPUT}
+        return self.encoder(codes)
+
+
+def with_rows(batch: Dict[str, torch.Tensor], vectors: np.ndarray) -> Dict[str, torch.Tensor]:
+    """A model batch (``sessions_to_batch``) as the served encoder takes it: local codes and the rows of
+    ``vectors`` (:func:`item_vectors`, or any item side) for its items."""
+    name = next(n for n in batch if n.endswith("__values"))
+    local, rows = gather_rows(batch[name].cpu().numpy(), lambda ids: vectors[ids])
+    out = dict(batch)
+    out[name] = torch.from_numpy(local).to(batch[name].device)
+    out[ROWS_INPUT] = torch.from_numpy(rows).to(batch[name].device)
+    return out
 
 
 def trace_query(model, example_batch: Dict[str, torch.Tensor]) -> torch.jit.ScriptModule:
-    """TorchScript of ``model``'s session encoder (ragged input -> ``(n_sessions, dim)`` query vectors),
-    as :func:`gtcrec.trace.trace_topk` traces the full model: on the model's device, in eval mode, for
-    any batch size and session lengths (callers pad as served)."""
-    encoder = QueryOf(session_encoder(model)).eval()
+    """TorchScript of ``model``'s session encoder for serving (:class:`QueryOf`: ragged local codes and
+    the clicked items' rows -> ``(n_sessions, dim)`` query vectors), traced as
+    :func:`gtcrec.trace.trace_topk` traces the full model: on the model's device, in eval mode, for any
+    batch size and session lengths (callers pad as served). It holds no item table, so its size is the
+    same for any catalog."""
+    encoder = QueryOf(model).eval()
     device = gm.model_device(model)
-    batch = {name: t.to(device) for name, t in example_batch.items()}
+    batch = {name: t.to(device) for name, t in with_rows(example_batch, item_vectors(model)).items()}
     with torch.no_grad():
         return torch.jit.trace(encoder, (batch,), strict=True, check_trace=False)
 
@@ -156,9 +224,10 @@ def check_query(traced, model, batch: Dict[str, torch.Tensor], atol: float = 1e-
     eager model's scores on ``batch`` (within ``atol``); raises ``AssertionError`` otherwise. Returns
     ``{"max_score_diff": ...}``, as :func:`gtcrec.trace.check_traced` does for the full trace."""
     model.eval()
-    items = torch.from_numpy(item_vectors(model))
+    vectors = item_vectors(model)
+    items = torch.from_numpy(vectors)
     with torch.no_grad():
-        split = traced({n: v.clone() for n, v in batch.items()}).float().cpu() @ items.T
+        split = traced(with_rows(batch, vectors)).float().cpu() @ items.T
         full = model({n: v.clone() for n, v in batch.items()}).float().cpu()[:, RESERVED:]
     diff = float((split - full).abs().max())
     if diff > atol:
