@@ -83,7 +83,8 @@ def test_the_live_event_learns_from_its_clicks(artifacts):
 
 def test_the_retrieval_path_at_a_million_items(artifacts):
     """docs/serving.md: at 1,000,000 items HNSW reached recall@10 0.964 / 0.981 at efSearch 64 / 128 in
-    0.22 / 0.32 ms per query, built in 105 s; exact search took 64 ms; the flat index was exact."""
+    0.22 / 0.32 ms per query, built in 105 s; exact search took 64 ms; the flat index was exact; served from
+    Triton after a swap under traffic."""
     m = manifest(artifacts, "11-large-catalogs")
     assert m["metrics"]["same_top10_share"]["flat"] == 1.0 and m["metrics"]["served"]["same_answers"]
     large = m["metrics"]["large"]
@@ -93,3 +94,9 @@ def test_the_retrieval_path_at_a_million_items(artifacts):
     assert by_ef[128]["p50 ms"] <= 10 and large["encoder_p50_ms"] + by_ef[128]["p50 ms"] <= 10
     assert large["exact_p50_ms"] >= 10 * by_ef[128]["p50 ms"]
     assert m["run"]["hnsw_build_seconds"] <= 600  # the issue's target: 10 minutes
+    # served: the million items swapped into the running server under traffic (1,636 requests, 0 failed, one
+    # switch), answering as the notebook's search does; one session 3.08 ms p50 against the 10 ms target
+    big = m["metrics"]["large_served"]
+    assert big["items"] == 1_000_000 and big["swap"]["failed"] == 0 and big["swap"]["ordered"]
+    assert big["swap"]["before_only"] and big["swap"]["after_only"] and big["same_as_offline_share"] == 1.0
+    assert big["p50_ms"] <= 10
