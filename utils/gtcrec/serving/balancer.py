@@ -28,7 +28,6 @@ ConfigMap, where replicas are found by DNS); :class:`Balancer` starts, watches a
 """
 from __future__ import annotations
 
-import atexit
 import csv
 import io
 import os
@@ -41,12 +40,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from gtcrec.serving.server import _child_setup, _tail, choose_ports, stop_process_group
+from gtcrec.serving.process import LocalService
+from gtcrec.serving.server import choose_ports
 
 ENV_BINARY = "GTCREC_HAPROXY"
 VENV_PREFIX = Path("opt") / "haproxy"  # inside the virtual environment
@@ -268,19 +267,7 @@ def check_config(text: str, haproxy: str | os.PathLike | None = None) -> tuple[b
 # The process
 # ----------------------------------------------------------------------------------------------
 
-_LIVE: "weakref.WeakSet[Balancer]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for balancer in list(_LIVE):
-        try:
-            balancer.stop()
-        except Exception:  # pragma: no cover
-            pass
-
-
-class Balancer:
+class Balancer(LocalService):
     """HAProxy on ``host`` in front of ``replicas`` (``TritonServer`` objects, :class:`Replica` or
     ``(host, http_port, grpc_port)``). Use it as a context manager.
 
@@ -288,6 +275,12 @@ class Balancer:
     wherever ``gtcrec.swap`` takes a server: :class:`gtcrec.swap.Traffic`). :meth:`start` waits until
     every replica passed its health check (``wait_all``) or at least one did. The process dies with
     the Python process that started it."""
+
+    name = "haproxy"
+    error = BalancerError
+    stop_signal = signal.SIGUSR1  # haproxy's soft stop
+    stop_timeout = 5.0
+    poll_seconds = 0.05
 
     def __init__(self, replicas: Sequence, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, check_interval: float = 0.5, fall: int = 3, rise: int = 1,
@@ -309,17 +302,6 @@ class Balancer:
         self.process: subprocess.Popen | None = None
         self._log_file = None
 
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def config(self) -> str:
         return haproxy_config(self.replicas, self.http_port, self.grpc_port, bind=self.host,
                               admin_socket=self.admin_socket, check_interval_ms=int(self.check_interval * 1000),
@@ -338,36 +320,17 @@ class Balancer:
         ok, messages = check_config(text, self.binary.executable)
         if not ok:
             raise BalancerError(f"haproxy rejects its configuration {self.config_path}:\n{messages}")
-        self._log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(self.binary.executable), "-db", "-f", str(self.config_path)], stdout=self._log_file,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ, **self.binary.env),
-            preexec_fn=_child_setup, close_fds=True, cwd=self.workdir)
-        _LIVE.add(self)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self._launch([str(self.binary.executable), "-db", "-f", str(self.config_path)],
+                     env=dict(os.environ, **self.binary.env), cwd=self.workdir)
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.perf_counter() + self.startup_timeout
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise BalancerError(f"haproxy exited with code {code}; log {self.log_path}:\n{self.log_tail()}")
-            try:
-                states = self.backend_states()
-                wanted = [s == "UP" for s in states.values()]
-                if wanted and (all(wanted) if self.wait_all else any(wanted)) and self._listening():
-                    return
-            except (OSError, BalancerError):
-                pass
-            if time.perf_counter() > deadline:
-                raise BalancerError(f"haproxy: replicas not all healthy after {self.startup_timeout:.0f} s "
-                                    f"({self._safe_states()}); log {self.log_path}:\n{self.log_tail()}")
-            time.sleep(0.05)
+    def _ready(self) -> bool:
+        """Every replica (``wait_all``) or one passed HAProxy's health check, and both ports listen."""
+        wanted = [state == "UP" for state in self.backend_states().values()]
+        return bool(wanted) and (all(wanted) if self.wait_all else any(wanted)) and super()._ready()
+
+    def _not_ready(self) -> str:
+        return f"haproxy: replicas not all healthy after {self.startup_timeout:.0f} s ({self._safe_states()})"
 
     def _safe_states(self):
         try:
@@ -375,32 +338,10 @@ class Balancer:
         except (OSError, BalancerError) as exc:
             return str(exc)
 
-    def _listening(self) -> bool:
-        for port in (self.http_port, self.grpc_port):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.settimeout(1.0)
-                if s.connect_ex((self.host, port)) != 0:
-                    return False
-        return True
-
-    def stop(self) -> int | None:
-        proc = self.process
-        if proc is None:
-            return None
-        code = stop_process_group(proc, signal.SIGUSR1, 5.0)  # SIGUSR1: haproxy's soft stop
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        _LIVE.discard(self)
-        return code
-
     def close(self) -> None:
         """Stop and remove the working folder (configuration, socket; the log too unless given)."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "Balancer":
-        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -409,11 +350,6 @@ class Balancer:
         state = "running" if self.is_running() else "stopped"
         return (f"Balancer(http={self.http_url}, grpc={self.grpc_url}, replicas={len(self.replicas)}, {state}, "
                 f"log={str(self.log_path)!r})")
-
-    def log_tail(self, n_lines: int = 40) -> str:
-        if self._log_file is not None:
-            self._log_file.flush()
-        return _tail(self.log_path, n_lines)
 
     # -- the runtime API ----------------------------------------------------------------------
     def command(self, line: str, timeout: float = 5.0) -> str:

@@ -9,11 +9,8 @@ the Python process that started it: the child asks the kernel for SIGTERM when i
 """
 from __future__ import annotations
 
-import atexit
-import ctypes
 import errno
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +19,6 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -32,8 +28,8 @@ from gtcrec.serving.binary import (ENV_BINARY, PortInUseError, TritonBinary,  # 
                                    TritonServerError, find_tritonserver)
 # the click log's settings: the executor (which cannot import gtcrec) reads them from its environment
 from gtcrec.serving.executor_model import CLICK_LOG_ENV, CLICK_LOG_RECORDS_ENV, CLICK_LOG_SECONDS_ENV
+from gtcrec.serving.process import LocalService, port_open
 
-_PR_SET_PDEATHSIG = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,32 +86,6 @@ def choose_ports(host: str, wanted: Mapping[str, int | None], in_use_hint: str =
 
 def _has_gpu() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-try:  # loaded in the parent: the child only calls into it between fork and exec
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover
-    _LIBC = None
-
-
-def _child_setup() -> None:  # runs in the child between fork and exec
-    os.setpgrp()  # own process group: stop() can reach the python-backend stubs too
-    if _LIBC is not None:
-        # SIGTERM when the parent *thread* that forked us exits (start servers from a
-        # long-lived thread, e.g. the main one)
-        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-
-def _tail(path: Path, n_lines: int = 40) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except FileNotFoundError:
-        return ""
-    return "\n".join(lines[-n_lines:])
 
 
 def server_processes(server_id: str) -> list[int]:
@@ -177,40 +147,11 @@ def stub_processes(server_pid: int) -> list[StubProcess]:
                                  instance=args[8], model_file=str(model_file)))
     return sorted(found, key=lambda s: (s.model, s.version or 0, s.instance, s.pid))
 
-
-_LIVE: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
-
-
-def stop_process_group(proc: subprocess.Popen, soft: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-    """Stop a child started in its own process group: ``soft`` (a signal), up to ``timeout`` seconds to
-    exit, then SIGKILL to whatever is left of the group (a server and its helpers). Returns the exit code."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(soft)
-            proc.wait(timeout=timeout)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    return proc.wait()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_LIVE):
-        try:
-            server.stop()
-        except Exception:  # pragma: no cover - best effort at interpreter exit
-            pass
-
-
 # ----------------------------------------------------------------------------------------------
 # The server
 # ----------------------------------------------------------------------------------------------
 
-class TritonServer:
+class TritonServer(LocalService):
     """A ``tritonserver`` child process on local ports. Use it as a context manager.
 
     Parameters
@@ -234,7 +175,12 @@ class TritonServer:
         :func:`gtcrec.live.read_click_log`): the child gets ``$GTCREC_CLICK_LOG`` (absolute path), and
         ``click_log_seconds`` / ``click_log_records`` (segment rotation) when given. ``None``: no click
         log, even if this process's environment has those variables (they are not passed on).
+
+    Close your clients before :meth:`stop`: an open keep-alive connection delays Triton's exit.
     """
+
+    name = "tritonserver"
+    error = TritonServerError
 
     def __init__(self, model_repository: str | os.PathLike | Sequence[str | os.PathLike],
                  model_control: str = "explicit", http_port: int | None = None,
@@ -290,24 +236,6 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._log_file = None
-
-    # -- properties ---------------------------------------------------------------------------
-    @property
-    def http_url(self) -> str:
-        """``host:port`` for ``tritonclient.http`` (no scheme, as tritonclient expects)."""
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        """``host:port`` for ``tritonclient.grpc``."""
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
         """The command line (for the record and for debugging)."""
@@ -368,69 +296,18 @@ class TritonServer:
         for name in (CLICK_LOG_ENV, CLICK_LOG_SECONDS_ENV, CLICK_LOG_RECORDS_ENV):
             env.pop(name, None)  # only what this object says
         env.update(self.click_log_env())
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, preexec_fn=_child_setup, close_fds=True,
-        )
-        _LIVE.add(self)
-        try:
-            self._wait_ready(started)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - started
+        self.startup_seconds = self._launch(self.command(), env)
         return self
 
-    def _wait_ready(self, started: float) -> None:
+    def _ready(self) -> bool:
+        """HTTP health says ready and the gRPC port accepts connections."""
         url = f"http://{self.host}:{self.http_port}/v2/health/ready"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-        deadline = started + self.startup_timeout
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise TritonServerError(
-                    f"tritonserver exited with code {code} during start-up; log {self.log_path}:\n"
-                    f"{self.log_tail()}")
-            try:
-                with opener.open(url, timeout=1.0) as resp:
-                    if resp.status == 200 and self._grpc_ready():
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.perf_counter() > deadline:
-                raise TritonServerError(
-                    f"tritonserver not ready after {self.startup_timeout:.0f} s; log {self.log_path}:\n"
-                    f"{self.log_tail()}")
-            time.sleep(0.1)
-
-    def _grpc_ready(self) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            return s.connect_ex((self.host, self.grpc_port)) == 0
-
-    def stop(self) -> int | None:
-        """Stop the server: SIGTERM, then SIGKILL to its process group after ``stop_timeout``.
-
-        Close your clients first: an open keep-alive connection delays Triton's exit.
-        Returns the exit code (None if it was never started)."""
-        proc = self.process
-        if proc is None:
-            return None
-        code = stop_process_group(proc, signal.SIGTERM, self.stop_timeout)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        _LIVE.discard(self)
-        return code
-
-    def __enter__(self) -> "TritonServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            with opener.open(url, timeout=1.0) as resp:
+                return resp.status == 200 and port_open(self.host, self.grpc_port)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
 
     def __del__(self):  # pragma: no cover - last resort
         try:
@@ -444,13 +321,7 @@ class TritonServer:
         return (f"TritonServer(id={self.server_id!r}, http={self.http_url}, grpc={self.grpc_url}, "
                 f"{state}, log={str(self.log_path)!r})")
 
-    # -- logs and models ----------------------------------------------------------------------
-    def log_tail(self, n_lines: int = 40) -> str:
-        """The last lines of the server log."""
-        if self._log_file is not None:
-            self._log_file.flush()
-        return _tail(self.log_path, n_lines)
-
+    # -- clients and models -------------------------------------------------------------------
     def grpc_client(self):
         """A new ``tritonclient.grpc.InferenceServerClient`` (close it when done): inference, health and
         metadata. Control calls need :meth:`control_client`."""
