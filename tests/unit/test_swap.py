@@ -281,22 +281,29 @@ def test_rollback_returns_to_the_previous_version_then_refuses(world, server, sw
     assert {r["version"]: r["server"] for r in status["versions"]}[previous] == "READY"
 
 
+def retrieval_repository(world, root):  # noqa: F811
+    """The world's old catalog served as session encoder + HNSW index (FaissTopK), model "ann", in
+    ``root/repo``."""
+    from gtcrec.serving import retrieval
+
+    model = gm.load_model(world["model_dir"])
+    batch = gm.sessions_to_batch(swap.example_sessions(len(world["old_table"]), MAX_LEN), MAX_LEN)
+    retrieval.trace_query(model, batch).save(str(root / "encoder.pt"))
+    retrieval.save_index(retrieval.build_index(retrieval.item_vectors(model), "hnsw", hnsw_m=8, ef_search=64),
+                         root / "items.faiss")
+    repo = root / "repo"
+    export_ensemble(old_ids(world), root / "encoder.pt", repo, max_len=MAX_LEN, k=K, name="ann",
+                    instance_count=1, index=root / "items.faiss")
+    assert swap.read_version(repo, 1, "ann").index["kind"] == "IndexHNSWFlat"
+    return repo
+
+
 @pytest.mark.server
 def test_swap_on_the_retrieval_path_keeps_its_index_kind_and_serves_without_failures(world, tmp_path):
     """A version served as session encoder + HNSW index (FaissTopK) swaps to the new catalog like the exact
     graph does: a new encoder and a new index of the same kind, loaded under traffic, 0 failed, then a
     rollback; the new version answers what the swapped model ranks."""
-    from gtcrec.serving import retrieval
-
-    model = gm.load_model(world["model_dir"])
-    batch = gm.sessions_to_batch(swap.example_sessions(len(world["old_table"]), MAX_LEN), MAX_LEN)
-    retrieval.trace_query(model, batch).save(str(tmp_path / "encoder.pt"))
-    retrieval.save_index(retrieval.build_index(retrieval.item_vectors(model), "hnsw", hnsw_m=8, ef_search=64),
-                         tmp_path / "items.faiss")
-    repo = tmp_path / "repo"
-    export_ensemble(old_ids(world), tmp_path / "encoder.pt", repo, max_len=MAX_LEN, k=K, name="ann",
-                    instance_count=1, index=tmp_path / "items.faiss")
-    assert swap.read_version(repo, 1, "ann").index["kind"] == "IndexHNSWFlat"
+    repo = retrieval_repository(world, tmp_path)
     with TritonServer(repo, load_models=["ann"], startup_timeout=180) as server:
         request = swap.probe_request(old_ids(world), new_ids(world))
         traffic = swap.Traffic(server, request, old_ids(world), new_ids(world), model_name="ann", pause=0.01,
