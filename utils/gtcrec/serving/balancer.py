@@ -299,8 +299,6 @@ class Balancer(LocalService):
         self.config_path = self.workdir / "haproxy.cfg"
         self.admin_socket = self.workdir / "admin.sock"
         self.log_path = Path(log_path) if log_path else self.workdir / "haproxy.log"
-        self.process: subprocess.Popen | None = None
-        self._log_file = None
 
     def config(self) -> str:
         return haproxy_config(self.replicas, self.http_port, self.grpc_port, bind=self.host,

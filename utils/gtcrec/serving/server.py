@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -233,9 +232,7 @@ class TritonServer(LocalService):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         self.click_log_seconds = None if click_log_seconds is None else float(click_log_seconds)
         self.click_log_records = None if click_log_records is None else int(click_log_records)
-        self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
-        self._log_file = None
 
     def command(self) -> list[str]:
         """The command line (for the record and for debugging)."""

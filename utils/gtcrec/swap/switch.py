@@ -176,15 +176,9 @@ def export_version(traced, vocab: Sequence[str], repository, previous: int, sett
         with tempfile.TemporaryDirectory(prefix="gtcrec-swap-") as tmp:
             traced_path = Path(tmp) / "model_topk.pt"
             traced.save(str(traced_path))
-            index_path = None
-            if index is not None:
-                from gtcrec.serving.retrieval import save_index
-
-                index_path = Path(tmp) / "items.faiss"
-                save_index(index, index_path)
             ex.export_ensemble(list(vocab), traced_path, repo, name=model_name, version=version,
-                               popularity=None if popularity is None else list(popularity), index=index_path,
-                               **settings.export_kwargs())
+                               popularity=None if popularity is None else list(popularity), index=index,
+                               **settings.export_kwargs())  # the index object: written once, into the version
     except BaseException:
         if (folder / str(version)).is_dir():
             shutil.rmtree(folder / str(version))
