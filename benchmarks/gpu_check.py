@@ -7,6 +7,7 @@ T4R's Trainer), with the metrics that say whether the GPU path gives the same an
     python benchmarks/gpu_check.py --only 00-data --json out.json
     python benchmarks/gpu_check.py --cpu                 # the same on the CPU (hides the GPU)
     python benchmarks/gpu_check.py --scale-out           # only the ETL on a LocalCUDACluster and NCCL torchrun
+    python benchmarks/gpu_check.py --retrieval           # only the search of 1,000,000 items, GPU and CPU
 
 Prints the card's name (or that no GPU was found), then one JSON document: the environment, seconds
 per notebook, 04's recall@10 of the model and of the oracle, 05's parity and one-session p50 latency,
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="SEED for every notebook (default: theirs)")
     parser.add_argument("--cpu", action="store_true", help="hide any GPU (CUDA_VISIBLE_DEVICES='') for a CPU run")
     parser.add_argument("--preflight", action="store_true", help="report the environment only and exit")
+    parser.add_argument("--retrieval", type=int, nargs="?", const=1_000_000, default=None, metavar="ITEMS",
+                        help="only the retrieval check at ITEMS items (default 1,000,000): exact search on the GPU "
+                             "and the CPU, faiss's GPU index where built, HNSW; needs numpy, torch and faiss only")
     parser.add_argument("--scale-out", action="store_true",
                         help="only the scale-out check: ETL on a LocalCUDACluster, torchrun with NCCL (scale_out_check)")
     args = parser.parse_args(argv)
@@ -264,6 +268,120 @@ def scale_out_check(workdir: Path, n_sessions: int = 20_000, n_talks: int = 400,
     return out
 
 
+def _synthetic_catalog(n_items: int, dim: int, n_queries: int, seed: int = 0):
+    """Items and queries drawn around shared centres (a clustered catalog, as text vectors are), float32;
+    the last coordinate of an item is its bias and of a query a constant 1, as in the served index."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((2_000, dim - 1)).astype(np.float32)
+    items = np.empty((n_items, dim), np.float32)
+    for start in range(0, n_items, 100_000):
+        stop = min(n_items, start + 100_000)
+        block = centres[rng.integers(0, len(centres), stop - start)]
+        block = block + 0.8 * rng.standard_normal(block.shape).astype(np.float32)
+        items[start:stop, :-1] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        items[start:stop, -1] = 0.05 * rng.standard_normal(stop - start)
+    queries = centres[rng.integers(0, len(centres), n_queries)]
+    queries = queries + 0.8 * rng.standard_normal(queries.shape).astype(np.float32)
+    queries = np.hstack([queries / np.linalg.norm(queries, axis=1, keepdims=True), np.ones((n_queries, 1), np.float32)])
+    return items, np.ascontiguousarray(queries, dtype=np.float32)
+
+
+def _per_query_ms(search, queries, batch: int, calls: int) -> float:
+    """Median ms per call of ``search`` on ``batch`` queries at a time (``calls`` calls after 3 warm-ups)."""
+    import numpy as np
+
+    times = []
+    for i in range(calls + 3):
+        q = queries[(i * batch) % len(queries):][:batch]
+        started = time.perf_counter()
+        search(q)
+        if i >= 3:
+            times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e3)
+
+
+def _agreement(ids, exact_ids) -> float:
+    """Share of queries whose top-k holds the same items as the exact search's (order aside: ties)."""
+    return float(sum(set(a) == set(b) for a, b in zip(ids.tolist(), exact_ids.tolist())) / len(exact_ids))
+
+
+def retrieval_check(n_items: int = 1_000_000, dim: int = 385, n_queries: int = 1_000, k: int = 10,
+                    hnsw_m: int = 32, ef_construction: int = 64, ef_search=(64, 128, 256)) -> dict[str, Any]:
+    """The retrieval path's search at ``n_items`` items, on this machine's GPU and CPU, standalone (numpy,
+    torch and faiss only: it runs where the Merlin stack does not install). Exact search on the CPU (a
+    flat inner-product index, every core) is the reference; measured beside it: the exact product and
+    top-k on the GPU (torch, float32: the exact graph's cost at this size when the model runs on a GPU),
+    faiss's own GPU flat index where this faiss build has GPU support, and the HNSW index of notebook 11
+    (build time with every core, recall@10 against exact, and per-query ms with one thread, as served).
+    Latencies are per call at 1 and 100 queries per call, answers copied back to the host included."""
+    import faiss
+    import numpy as np
+    import torch
+
+    out: dict[str, Any] = {"items": n_items, "dim": dim, "queries": n_queries, "k": k, "cpus": os.cpu_count(),
+                           "faiss": getattr(faiss, "__version__", "?"), "torch": torch.__version__}
+    started = time.perf_counter()
+    items, queries = _synthetic_catalog(n_items, dim, n_queries)
+    out["draw_s"] = round(time.perf_counter() - started, 1)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(items)
+    started = time.perf_counter()
+    exact_scores, exact_ids = flat.search(queries, k)
+    out["cpu_flat"] = {"all_queries_s": round(time.perf_counter() - started, 2), "threads": os.cpu_count(),
+                       "ms_per_call_1": _per_query_ms(lambda q: flat.search(q, k), queries, 1, 50),
+                       "ms_per_call_100": _per_query_ms(lambda q: flat.search(q, k), queries, 100, 10)}
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False  # exact float32 products
+        device = torch.device("cuda")
+        table = torch.from_numpy(items).to(device)
+
+        def gpu_search(q):
+            scores, ids = torch.topk(torch.from_numpy(q).to(device) @ table.T, k, dim=1)
+            return scores.cpu().numpy(), ids.cpu().numpy()
+
+        scores, ids = gpu_search(queries)
+        out["gpu_torch_exact"] = {
+            "gpu": torch.cuda.get_device_name(0), "top10_same_as_cpu_flat": _agreement(ids, exact_ids),
+            "max_abs_score_diff": float(np.abs(scores - exact_scores).max()),
+            "ms_per_call_1": _per_query_ms(gpu_search, queries, 1, 200),
+            "ms_per_call_100": _per_query_ms(gpu_search, queries, 100, 50),
+            "table_gib": round(items.nbytes / 2**30, 2)}
+        del table
+        torch.cuda.empty_cache()
+    else:
+        out["gpu_torch_exact"] = {"skipped": "torch sees no CUDA device"}
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if gpus:
+        gpu_flat = faiss.index_cpu_to_all_gpus(flat)
+        scores, ids = gpu_flat.search(queries, k)
+        out["gpu_faiss_flat"] = {"gpus": gpus, "top10_same_as_cpu_flat": _agreement(ids, exact_ids),
+                                 "ms_per_call_1": _per_query_ms(lambda q: gpu_flat.search(q, k), queries, 1, 200),
+                                 "ms_per_call_100": _per_query_ms(lambda q: gpu_flat.search(q, k), queries, 100, 50)}
+        del gpu_flat
+    else:
+        out["gpu_faiss_flat"] = {"skipped": "this faiss build has no GPU support (faiss-gpu-cu12 needs CUDA 12's "
+                                            "cuBLAS and runtime beside it)"}
+    del flat
+    hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = ef_construction
+    started = time.perf_counter()
+    hnsw.add(items)
+    out["hnsw"] = {"m": hnsw_m, "ef_construction": ef_construction, "threads_build": os.cpu_count(),
+                   "build_s": round(time.perf_counter() - started, 1), "by_ef_search": {}}
+    faiss.omp_set_num_threads(1)
+    for ef in ef_search:
+        hnsw.hnsw.efSearch = int(ef)
+        _, ids = hnsw.search(queries, k)
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids.tolist(), exact_ids.tolist())]))
+        out["hnsw"]["by_ef_search"][int(ef)] = {
+            "recall_at_10_vs_exact": round(recall, 4),
+            "ms_per_call_1_one_thread": _per_query_ms(lambda q: hnsw.search(q, k), queries, 1, 200)}
+    return out
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     nb = report["notebooks"]
     return {"device": report["environment"].get("device") if report.get("environment") else None,
@@ -289,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported here or in a kernel
+    if args.retrieval:  # before environment(): this check needs no Merlin stack
+        result = retrieval_check(n_items=args.retrieval)
+        if args.json_path:
+            args.json_path.write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str))
+        return 0
     started = time.perf_counter()
     artifacts = (args.artifacts_dir or Path(tempfile.mkdtemp(prefix="gpu-check-"))).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
