@@ -50,13 +50,27 @@ def test_bf16_encoding_matches_fp32(texts):
         embeddings.TextEncoder(precision="int8")
 
 
-def test_default_precision_follows_the_cpu_flags():
+def test_default_precision_follows_the_cpu_flags(monkeypatch):
     from gtcrec.model import bf16_native
 
+    monkeypatch.delenv("GTCREC_BF16", raising=False)
     assert bf16_native("cpu", "fpu sse avx2 avx512f avx512_bf16 avx512_vnni")
     assert bf16_native("cpu", "fpu amx_bf16 amx_tile")
     assert not bf16_native("cpu", "fpu sse avx2 avx512f avx512bw avx512_vnni")  # AVX-512 alone: emulated
     assert embeddings.default_precision("cpu") == ("bf16" if bf16_native("cpu") else "fp32")
+
+
+def test_bf16_can_be_forced_off_and_on(monkeypatch):
+    from gtcrec.device import bf16_native
+
+    monkeypatch.setenv("GTCREC_BF16", "0")
+    assert not bf16_native("cpu", "fpu avx512_bf16")
+    assert embeddings.default_precision("cpu") == "fp32"
+    monkeypatch.setenv("GTCREC_BF16", "1")
+    assert bf16_native("cpu", "fpu sse avx2")
+    monkeypatch.setenv("GTCREC_BF16", "no")
+    with pytest.raises(ValueError, match="GTCREC_BF16 must be 0 or 1"):
+        bf16_native("cpu", "fpu")
 
 
 def test_talk_text_uses_title_and_abstract():

@@ -2,9 +2,12 @@
 training alike)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
+
+BF16_ENV = "GTCREC_BF16"  # "0": float32 everywhere, as on a CPU without bfloat16 units; "1": bfloat16 even where emulated
 
 
 def get_device() -> torch.device:
@@ -16,7 +19,14 @@ def bf16_native(device: str | torch.device | None = None, cpu_flags: str | None 
     """Whether ``device`` (default: CUDA when available, else CPU) computes bfloat16 natively, so that
     work under bfloat16 autocast is faster: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
     AMX-BF16 (read from ``/proc/cpuinfo``, or from ``cpu_flags``). Elsewhere bfloat16 would be
-    emulated, and slower."""
+    emulated, and slower. The environment variable ``GTCREC_BF16`` overrides the answer: ``0`` runs the
+    series as a machine without bfloat16 units would (float32 training and text encoding), ``1`` forces
+    bfloat16."""
+    forced = os.environ.get(BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"${BF16_ENV} must be 0 or 1, got {forced!r}")
+        return forced == "1"
     device = torch.device(device) if device is not None else get_device()
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
