@@ -308,14 +308,16 @@ def _agreement(ids, exact_ids) -> float:
 
 
 def retrieval_check(n_items: int = 1_000_000, dim: int = 385, n_queries: int = 1_000, k: int = 10,
-                    hnsw_m: int = 32, ef_construction: int = 64, ef_search=(64, 128, 256)) -> dict[str, Any]:
+                    hnsw_m: int = 32, ef_construction: int = 64, ef_search=(64, 128, 256),
+                    torch_device: str | None = None) -> dict[str, Any]:
     """The retrieval path's search at ``n_items`` items, on this machine's GPU and CPU, standalone (numpy,
     torch and faiss only: it runs where the Merlin stack does not install). Exact search on the CPU (a
     flat inner-product index, every core) is the reference; measured beside it: the exact product and
     top-k on the GPU (torch, float32: the exact graph's cost at this size when the model runs on a GPU),
     faiss's own GPU flat index where this faiss build has GPU support, and the HNSW index of notebook 11
     (build time with every core, recall@10 against exact, and per-query ms with one thread, as served).
-    Latencies are per call at 1 and 100 queries per call, answers copied back to the host included."""
+    Latencies are per call at 1 and 100 queries per call, answers copied back to the host included.
+    ``torch_device``: where the exact product runs (default: CUDA when torch sees it, else skipped)."""
     import faiss
     import numpy as np
     import torch
@@ -333,9 +335,11 @@ def retrieval_check(n_items: int = 1_000_000, dim: int = 385, n_queries: int = 1
     out["cpu_flat"] = {"all_queries_s": round(time.perf_counter() - started, 2), "threads": os.cpu_count(),
                        "ms_per_call_1": _per_query_ms(lambda q: flat.search(q, k), queries, 1, 50),
                        "ms_per_call_100": _per_query_ms(lambda q: flat.search(q, k), queries, 100, 10)}
-    if torch.cuda.is_available():
+    if torch_device is None and torch.cuda.is_available():
+        torch_device = "cuda"
+    if torch_device is not None:
         torch.backends.cuda.matmul.allow_tf32 = False  # exact float32 products
-        device = torch.device("cuda")
+        device = torch.device(torch_device)
         table = torch.from_numpy(items).to(device)
 
         def gpu_search(q):
@@ -344,13 +348,15 @@ def retrieval_check(n_items: int = 1_000_000, dim: int = 385, n_queries: int = 1
 
         scores, ids = gpu_search(queries)
         out["gpu_torch_exact"] = {
-            "gpu": torch.cuda.get_device_name(0), "top10_same_as_cpu_flat": _agreement(ids, exact_ids),
+            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else str(device),
+            "top10_same_as_cpu_flat": _agreement(ids, exact_ids),
             "max_abs_score_diff": float(np.abs(scores - exact_scores).max()),
             "ms_per_call_1": _per_query_ms(gpu_search, queries, 1, 200),
             "ms_per_call_100": _per_query_ms(gpu_search, queries, 100, 50),
             "table_gib": round(items.nbytes / 2**30, 2)}
         del table
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     else:
         out["gpu_torch_exact"] = {"skipped": "torch sees no CUDA device"}
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
