@@ -1,3 +1,4 @@
+import os
 import re
 
 import numpy as np
@@ -102,3 +103,13 @@ def test_talk_text_keys_of_full_rows_are_unchanged():
     old_format = "{title}. {track}; {format}, {level}. {abstract}".format(**row.iloc[0])
     assert embeddings.talk_text(row) == [old_format]
     assert embeddings.text_key(old_format) == embeddings.text_key(embeddings.talk_text(row)[0])
+
+
+def test_torch_threads_follow_the_environment_in_a_new_process():
+    import subprocess
+    import sys
+
+    code = "import gtcrec.device, torch; print(torch.get_num_threads())"
+    env = {**os.environ, "GTCREC_TORCH_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
