@@ -370,7 +370,7 @@ def retrieval_check(n_items: int = 1_000_000, dim: int = 385, n_queries: int = 1
     else:
         out["gpu_faiss_flat"] = {"skipped": "this faiss build has no GPU support (faiss-gpu-cu12 needs CUDA 12's "
                                             "cuBLAS and runtime beside it)"}
-    del flat
+    flat.reset()  # frees its vectors before the HNSW build
     hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = ef_construction
     started = time.perf_counter()
