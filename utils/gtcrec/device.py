@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 BF16_ENV = "GTCREC_BF16"  # "0": float32 everywhere, as on a CPU without bfloat16 units; "1": bfloat16 even where emulated
-# torch's intra-op threads, when set, in every process that imports this module (gtcrec.model and
-# gtcrec.embeddings do, so every training notebook's kernel). Unlike OMP_NUM_THREADS it leaves other pools alone
+# torch's intra-op threads, when set, in every process that imports this module (gtcrec.model imports it,
+# and so every training notebook's kernel). Unlike OMP_NUM_THREADS it leaves other pools alone
 # (pyarrow sizes its CPU pool from OMP_NUM_THREADS). The test suite sets it under two pytest-xdist workers, so
 # that the two do not oversubscribe two cores.
 THREADS_ENV = "GTCREC_TORCH_THREADS"
