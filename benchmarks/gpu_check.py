@@ -342,17 +342,17 @@ def retrieval_check(n_items: int = 1_000_000, dim: int = 385, n_queries: int = 1
         device = torch.device(torch_device)
         table = torch.from_numpy(items).to(device)
 
-        def gpu_search(q):
+        def exact_search(q):
             scores, ids = torch.topk(torch.from_numpy(q).to(device) @ table.T, k, dim=1)
             return scores.cpu().numpy(), ids.cpu().numpy()
 
-        scores, ids = gpu_search(queries)
+        scores, ids = exact_search(queries)
         out["gpu_torch_exact"] = {
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else str(device),
             "top10_same_as_cpu_flat": _agreement(ids, exact_ids),
             "max_abs_score_diff": float(np.abs(scores - exact_scores).max()),
-            "ms_per_call_1": _per_query_ms(gpu_search, queries, 1, 200),
-            "ms_per_call_100": _per_query_ms(gpu_search, queries, 100, 50),
+            "ms_per_call_1": _per_query_ms(exact_search, queries, 1, 200),
+            "ms_per_call_100": _per_query_ms(exact_search, queries, 100, 50),
             "table_gib": round(items.nbytes / 2**30, 2)}
         del table
         if device.type == "cuda":

@@ -163,16 +163,15 @@ def chain_steps_ms(ensemble, arrays: dict, n: int) -> dict:
     return out
 
 
-def chain_between_requests_ms(server, ensemble, arrays: dict, n: int, model_name: str = FLOOR_MODEL) -> float:
-    """Median ms of the lean chain in process when each call follows one served request to the no-work
+def chain_between_requests_ms(server, chain, arrays: dict, n: int, model_name: str = FLOOR_MODEL) -> float:
+    """Median ms of the lean ``chain`` in process when each call follows one served request to the no-work
     model (client library, Triton's frontend and a stub run in between, as they do between two requests
     of a served session), instead of the chain's own previous call: the chain's working set (caches,
     branch predictors) is then as cold as in the stub."""
     import tritonclient.grpc as grpcclient
 
-    from gtcrec.serving.executor_model import lean_chain, run_chain
+    from gtcrec.serving.executor_model import run_chain
 
-    chain = lean_chain(ensemble)
     x = {k: np.asarray(v) for k, v in arrays.items()}
     client = grpcclient.InferenceServerClient(server.grpc_url)
     inputs, outputs = cl.make_inputs(arrays, "grpc"), cl.make_outputs("grpc")
@@ -418,15 +417,17 @@ def main(argv=None) -> int:
 
             # -- breakdown: where the milliseconds of one session go --------------------------
             if not args.no_breakdown:
+                from gtcrec.serving.executor_model import lean_chain
+
                 steps = chain_steps_ms(ensemble, one, max(50, n_lat // 2))
-                rows_b, between = [], []
+                chain, rows_b, between = lean_chain(ensemble), [], []
                 for _ in range(args.rounds):
                     row = {}
                     for label, model in (("lean", names["lean"]), ("floor", FLOOR_MODEL)):
                         for key, value in served_breakdown_ms(server, one, model, per_round).items():
                             row[f"{label}/{key}"] = value
                     rows_b.append(row)
-                    between.append(chain_between_requests_ms(server, ensemble, one, per_round))
+                    between.append(chain_between_requests_ms(server, chain, one, per_round))
                 breakdown = pd.DataFrame(rows_b)
                 report["breakdown_ms"] = print_breakdown(breakdown, steps, float(np.median(between)))
                 report["breakdown_ms"]["bare_forward_p50"] = float(rounds["bare"].median())
@@ -442,33 +443,19 @@ def main(argv=None) -> int:
                     rows.append({**r, "tool": "python client"})
                     print(f"  python client  {n:4d} sessions/request  {c:2d} clients: {r['sessions_per_s']:9,.0f} "
                           f"sessions/s  p50 {r['p50_ms']:7.2f} ms  errors {r['errors']}", flush=True)
-                if n == 1:
-                    for label, name in extras.items():
-                        if label == "cached":
-                            continue
+                if n == 1:  # single sessions: the other settings, the no-work floor (the ceiling of them all)
+                    # and dynamic batching (the case it is for)
+                    single_models = [(label, name, False) for label, name in extras.items() if label != "cached"]
+                    single_models += [("no-work floor", FLOOR_MODEL, False)] if floor else []
+                    single_models += [("dynamic batching", "rec_batched", True)]
+                    for label, name, batched in single_models:
                         for c in args.concurrency:
                             r = load.closed_loop(server.grpc_url, requests, concurrency=c, seconds=args.seconds,
-                                                 model_name=name).as_dict()
+                                                 model_name=name, batched=batched).as_dict()
                             rows.append({**r, "tool": f"python client, {label}"})
                             print(f"  python client, {label:18s}   1 session/request   {c:2d} clients: "
                                   f"{r['sessions_per_s']:9,.0f} sessions/s  p50 {r['p50_ms']:7.2f} ms  errors {r['errors']}",
                                   flush=True)
-                if n == 1 and floor:  # what this machine answers with no work at all: the ceiling of the rest
-                    for c in args.concurrency:
-                        r = load.closed_loop(server.grpc_url, requests, concurrency=c, seconds=args.seconds,
-                                             model_name=FLOOR_MODEL).as_dict()
-                        rows.append({**r, "tool": "python client, no-work floor"})
-                        print(f"  python client, no-work floor        1 session/request   {c:2d} clients: "
-                              f"{r['sessions_per_s']:9,.0f} sessions/s  p50 {r['p50_ms']:7.2f} ms  errors {r['errors']}",
-                              flush=True)
-                if n == 1:  # the case dynamic batching is for
-                    for c in args.concurrency:
-                        r = load.closed_loop(server.grpc_url, requests, concurrency=c, seconds=args.seconds,
-                                             model_name="rec_batched", batched=True).as_dict()
-                        rows.append({**r, "tool": "python client, dynamic batching"})
-                        print(f"  python client, dynamic batching     1 session/request   {c:2d} clients: "
-                              f"{r['sessions_per_s']:9,.0f} sessions/s  p50 {r['p50_ms']:7.2f} ms  errors {r['errors']}",
-                              flush=True)
                 if use_pa:
                     for r in load.run_perf_analyzer(server.grpc_url, requests, concurrency=args.concurrency,
                                                     seconds=args.seconds, model_name=names["lean"],
