@@ -197,40 +197,58 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
     return out
 
 
-# Time budget of each notebook at the default size, in seconds: 2 CPU cores with bfloat16 (AVX512-BF16),
-# from an empty text-embedding cache (notebooks 00 and 07 encode 5,000 talks each); docs/results.md has the
-# measured runs. Printed next to each notebook's time.
+# Time budget of each notebook at the default size, in seconds, on 2 CPU cores, from an empty text-embedding cache
+# (notebooks 00 and 07 encode 5,000 talks each), by the precision training and text encoding use:
+# BUDGET_S where the CPU computes bfloat16 natively (AVX512-BF16), BUDGET_F32_S where it does not (float32).
+# Printed next to each notebook's time; docs/results.md has the measured runs.
 BUDGET_S: dict[str, int] = {"00-data": 75, "01-etl": 20, "02-dataloader": 10, "03-train": 280,
                             "04-item-representation": 250, "05-ensemble": 10, "06-serve": 55, "07-catalog-swap": 130,
                             "08-scale-out": 110, "09-fleet": 70, "10-live-event": 480,
                             "11-large-catalogs": 260}
+BUDGET_F32_S: dict[str, int] = {"00-data": 110, "01-etl": 20, "02-dataloader": 10, "03-train": 450,
+                                "04-item-representation": 460, "05-ensemble": 10, "06-serve": 65,
+                                "07-catalog-swap": 235, "08-scale-out": 170, "09-fleet": 70, "10-live-event": 480,
+                                "11-large-catalogs": 280}
 
-
-def budget_note(stem: str | None, seconds: float, size: str) -> str:
-    """`` (budget 420 s)`` after a notebook's time at the default size, `` (budget 420 s: 12 s over)``
-    when it ran longer; ``stem`` ``None``: the whole series. Nothing at the small size."""
-    if size != "default":
-        return ""
-    budget = sum(BUDGET_S.values()) if stem is None else BUDGET_S.get(stem)
-    if budget is None:
-        return ""
-    over = seconds - budget
-    return f" (budget {budget} s: {over:.0f} s over)" if over > 0 else f" (budget {budget} s)"
-
-
-# Measured at the default size on 2 cores, on the budgets' machine (native bfloat16): 03, 04, 08 and 09 in the
-# run of 2026-12-04 (the notebooks split that day) and 11 on its own (with its served swap to 1,000,000 items), 00 and 07 from an empty text-embedding cache and the rest
-# in earlier runs (docs/results.md). A 2-core CPU without native bfloat16 (AMD EPYC, AVX2 only: float32
-# training and encoding) took 2.4 x as long for the series before the split.
+# Measured at the default size on 2 cores. MEASURED_S with native bfloat16: 03, 04, 08 and 09 in the run of
+# 2026-12-04 (the notebooks split that day) and 11 on its own (with its served swap to 1,000,000 items), 00 and 07
+# from an empty text-embedding cache and the rest in earlier runs. MEASURED_F32_S: one fresh clone's `make run` in
+# float32 on AVX2 kernels (2026-12-04; GTCREC_BF16=0 with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+# MKL_ENABLE_INSTRUCTIONS=AVX2 on the same machine). A real AVX2-only CPU (2-core AMD EPYC) took REAL_AVX2_FACTOR x
+# that emulation for notebook 03 before the split (docs/results.md).
 MEASURED_S = {"00-data": 61, "01-etl": 16, "02-dataloader": 8, "03-train": 258, "04-item-representation": 229,
               "05-ensemble": 6, "06-serve": 48, "07-catalog-swap": 121, "08-scale-out": 100, "09-fleet": 49,
               "10-live-event": 175, "11-large-catalogs": 217}
-NO_BF16_SLOWDOWN = 2.4
+MEASURED_F32_S = {"00-data": 99, "01-etl": 18, "02-dataloader": 10, "03-train": 406, "04-item-representation": 418,
+                  "05-ensemble": 9, "06-serve": 57, "07-catalog-swap": 212, "08-scale-out": 153, "09-fleet": 61,
+                  "10-live-event": 207, "11-large-catalogs": 253}
+REAL_AVX2_FACTOR = 1.9
+
+
+def budgets(bf16: bool) -> dict[str, int]:
+    """The notebooks' time budgets for a machine that computes bfloat16 natively (``bf16``) or not."""
+    return BUDGET_S if bf16 else BUDGET_F32_S
+
+
+def budget_note(stem: str | None, seconds: float, size: str, bf16: bool) -> str:
+    """`` (budget 280 s)`` after a notebook's time at the default size, `` (budget 280 s: 12 s over)``
+    when it ran longer (`` (float32 budget 450 s)`` without native bfloat16); ``stem`` ``None``: the whole
+    series. Nothing at the small size."""
+    if size != "default":
+        return ""
+    table = budgets(bf16)
+    budget = sum(table.values()) if stem is None else table.get(stem)
+    if budget is None:
+        return ""
+    label = "budget" if bf16 else "float32 budget"
+    over = seconds - budget
+    return f" ({label} {budget} s: {over:.0f} s over)" if over > 0 else f" ({label} {budget} s)"
 
 
 def expectation(size: str, only: list[str] | None = None, bf16: bool | None = None) -> str:
     """What ``make run`` prints first: the precision training and encoding will use on this machine, and
-    the time to expect at the default size, from the measured runs (:data:`MEASURED_S`)."""
+    the time to expect at the default size, from the measured runs (:data:`MEASURED_S`,
+    :data:`MEASURED_F32_S`)."""
     from gtcrec.device import bf16_native
 
     bf16 = bf16_native() if bf16 is None else bf16
@@ -239,19 +257,23 @@ def expectation(size: str, only: list[str] | None = None, bf16: bool | None = No
     if size != "default":
         return line
     stems = [k for k in BUDGET_S if not only or k in only]
-    measured, budget = sum(MEASURED_S[k] for k in stems), sum(BUDGET_S[k] for k in stems)
+    measured = sum((MEASURED_S if bf16 else MEASURED_F32_S)[k] for k in stems)
+    budget = sum(budgets(bf16)[k] for k in stems)
+    line = (f"{line}; expect about {measured / 60:.0f} minutes at the default size on 2 cores (measured "
+            f"{measured} s; the notebooks' budgets add up to {budget} s)")
     if bf16:
-        return (f"{line}; expect about {measured / 60:.0f} minutes at the default size on 2 cores (measured "
-                f"{measured} s; the notebooks' budgets add up to {budget} s)")
-    return (f"{line}; expect about {NO_BF16_SLOWDOWN * measured / 60:.0f} minutes at the default size on 2 cores: "
-            f"without native bfloat16 a measured run took {NO_BF16_SLOWDOWN:g} x as long as on the budgets' "
-            f"machine, so notebooks will print that they went over their budgets")
+        return line
+    return (f"{line}. That was measured on AVX2 kernels of a recent core: a real AVX2-only CPU took "
+            f"{REAL_AVX2_FACTOR:g} x as long for notebook 03")
 
 
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
                seed: int | None = None, progress_every: float | None = 10.0) -> dict[str, float]:
     """Run the notebooks in order; returns seconds per notebook (``progress_every``: see
     ``run_notebook``)."""
+    from gtcrec.device import bf16_native
+
+    bf16 = bf16_native()  # which budgets the notebooks' times are printed against
     times = {}
     for stem in notebook_stems():
         if only and stem not in only:
@@ -263,7 +285,7 @@ def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = No
         print(f"[series] {stem} ...", flush=True)
         run_notebook(stem, artifacts_dir, params, progress_every=progress_every)
         times[stem] = time.perf_counter() - start
-        print(f"[series] {stem} done in {times[stem]:.1f} s{budget_note(stem, times[stem], size)}", flush=True)
+        print(f"[series] {stem} done in {times[stem]:.1f} s{budget_note(stem, times[stem], size, bf16)}", flush=True)
     return times
 
 
@@ -277,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="at most one progress line per this many seconds (default 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, one line per notebook")
     args = parser.parse_args(argv)
-    print(f"[series] {expectation(args.size, args.only)}", flush=True)
+    from gtcrec.device import bf16_native
+
+    bf16 = bf16_native()
+    print(f"[series] {expectation(args.size, args.only, bf16)}", flush=True)
     times = run_series(args.size, args.artifacts_dir, args.only, args.seed,
                        progress_every=None if args.quiet else args.progress_every)
     total = sum(times.values())
-    whole = budget_note(None, total, args.size) if not args.only else ""
+    whole = budget_note(None, total, args.size, bf16) if not args.only else ""
     print(f"[series] {len(times)} notebooks in {total:.1f} s{whole}; executed copies in "
           f"{Path(args.artifacts_dir).resolve() / 'executed'}")
     return 0
