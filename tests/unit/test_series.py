@@ -99,3 +99,10 @@ def test_make_run_says_which_precision_and_what_time_to_expect():
     assert "expect about 7 minutes" in series.expectation("default", ["03-train"], bf16=False)
     assert series.expectation("small", bf16=False) == series.expectation("small", ["00-data"], bf16=False)
     assert "expect" not in series.expectation("small", bf16=True)
+
+
+def test_the_expectation_says_when_this_machine_has_other_than_2_cores(monkeypatch):
+    monkeypatch.setattr(series.os, "cpu_count", lambda: 2)
+    assert "cores, so times will differ" not in series.expectation("default", bf16=True)
+    monkeypatch.setattr(series.os, "cpu_count", lambda: 16)
+    assert "this machine has 16 cores, so times will differ" in series.expectation("default", bf16=False)

@@ -20,6 +20,7 @@ listens on 127.0.0.1 either way.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -259,8 +260,10 @@ def expectation(size: str, only: list[str] | None = None, bf16: bool | None = No
     stems = [k for k in BUDGET_S if not only or k in only]
     measured = sum((MEASURED_S if bf16 else MEASURED_F32_S)[k] for k in stems)
     budget = sum(budgets(bf16)[k] for k in stems)
+    cores = os.cpu_count() or 2
+    here = "" if cores == 2 else f"; this machine has {cores} cores, so times will differ"
     line = (f"{line}; expect about {measured / 60:.0f} minutes at the default size on 2 cores (measured "
-            f"{measured} s; the notebooks' budgets add up to {budget} s)")
+            f"{measured} s; the notebooks' budgets add up to {budget} s{here})")
     if bf16:
         return line
     return (f"{line}. That was measured on AVX2 kernels of a recent core: a real AVX2-only CPU took "
