@@ -271,12 +271,13 @@ def expectation(size: str, only: list[str] | None = None, bf16: bool | None = No
 
 
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
-               seed: int | None = None, progress_every: float | None = 10.0) -> dict[str, float]:
+               seed: int | None = None, progress_every: float | None = 10.0,
+               bf16: bool | None = None) -> dict[str, float]:
     """Run the notebooks in order; returns seconds per notebook (``progress_every``: see
-    ``run_notebook``)."""
+    ``run_notebook``; ``bf16``: which budgets the times are printed against, default this machine's)."""
     from gtcrec.device import bf16_native
 
-    bf16 = bf16_native()  # which budgets the notebooks' times are printed against
+    bf16 = bf16_native() if bf16 is None else bf16
     times = {}
     for stem in notebook_stems():
         if only and stem not in only:
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = bf16_native()
     print(f"[series] {expectation(args.size, args.only, bf16)}", flush=True)
     times = run_series(args.size, args.artifacts_dir, args.only, args.seed,
-                       progress_every=None if args.quiet else args.progress_every)
+                       progress_every=None if args.quiet else args.progress_every, bf16=bf16)
     total = sum(times.values())
     whole = budget_note(None, total, args.size, bf16) if not args.only else ""
     print(f"[series] {len(times)} notebooks in {total:.1f} s{whole}; executed copies in "
