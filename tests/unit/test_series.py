@@ -95,6 +95,7 @@ def test_make_run_says_which_precision_and_what_time_to_expect():
     emulated = series.expectation("default", bf16=False)
     assert emulated.startswith("precision: float32") and "expect about 32 minutes" in emulated
     assert f"measured {sum(series.MEASURED_F32_S.values())} s" in emulated and "1.9 x as long" in emulated
+    assert "SIZE=small" in emulated and "SIZE=small" not in native  # the shorter run, where it helps
     assert "expect about 4 minutes" in series.expectation("default", ["03-train"], bf16=True)
     assert "expect about 7 minutes" in series.expectation("default", ["03-train"], bf16=False)
     assert series.expectation("small", bf16=False) == series.expectation("small", ["00-data"], bf16=False)
