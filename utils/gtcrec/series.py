@@ -268,7 +268,7 @@ def expectation(size: str, only: list[str] | None = None, bf16: bool | None = No
         return line
     return (f"{line}. That was measured on AVX2 kernels of a recent core: a real AVX2-only CPU took "
             f"{REAL_AVX2_FACTOR:g} x as long for notebook 03. `make run SIZE=small` runs the series at the CI "
-            f"sizes in a few minutes")
+            f"sizes in about 6 minutes")
 
 
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
