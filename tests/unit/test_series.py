@@ -78,6 +78,7 @@ def test_budget_note_says_when_a_notebook_ran_over():
     assert series.budget_note("03-train", 292.4, "default", bf16=True) == " (budget 280 s: 12 s over)"
     assert series.budget_note(None, 811.8, "default", bf16=True) == f" (budget {sum(series.BUDGET_S.values())} s)"
     assert series.budget_note("03-train", 1000.0, "small", bf16=True) == ""  # budgets are for the default size
+    assert series.budget_note("02-dataloader", 10.04, "default", bf16=True) == " (budget 10 s)"  # not "0 s over"
     # without native bfloat16, the float32 budgets
     assert series.budget_note("03-train", 292.4, "default", bf16=False) == " (float32 budget 450 s)"
     assert series.budget_note("03-train", 462.0, "default", bf16=False) == " (float32 budget 450 s: 12 s over)"

@@ -242,8 +242,8 @@ def budget_note(stem: str | None, seconds: float, size: str, bf16: bool) -> str:
     if budget is None:
         return ""
     label = "budget" if bf16 else "float32 budget"
-    over = seconds - budget
-    return f" ({label} {budget} s: {over:.0f} s over)" if over > 0 else f" ({label} {budget} s)"
+    over = round(seconds - budget)  # whole seconds: 10.04 s is within a 10-s budget
+    return f" ({label} {budget} s: {over} s over)" if over > 0 else f" ({label} {budget} s)"
 
 
 def expectation(size: str, only: list[str] | None = None, bf16: bool | None = None) -> str:
