@@ -226,9 +226,9 @@ MEASURED_F32_S = {"00-data": 99, "01-etl": 18, "02-dataloader": 10, "03-train": 
 REAL_AVX2_FACTOR = 1.9
 
 
-def budgets(bf16: bool) -> dict[str, int]:
-    """The notebooks' time budgets for a machine that computes bfloat16 natively (``bf16``) or not."""
-    return BUDGET_S if bf16 else BUDGET_F32_S
+def _tables(bf16: bool) -> tuple[dict[str, int], dict[str, int]]:
+    """(budgets, measured times) of the notebooks on a machine that computes bfloat16 natively (``bf16``) or not."""
+    return (BUDGET_S, MEASURED_S) if bf16 else (BUDGET_F32_S, MEASURED_F32_S)
 
 
 def budget_note(stem: str | None, seconds: float, size: str, bf16: bool) -> str:
@@ -237,7 +237,7 @@ def budget_note(stem: str | None, seconds: float, size: str, bf16: bool) -> str:
     series. Nothing at the small size."""
     if size != "default":
         return ""
-    table = budgets(bf16)
+    table, _ = _tables(bf16)
     budget = sum(table.values()) if stem is None else table.get(stem)
     if budget is None:
         return ""
@@ -258,8 +258,8 @@ def expectation(size: str, only: list[str] | None = None, bf16: bool | None = No
     if size != "default":
         return line
     stems = [k for k in BUDGET_S if not only or k in only]
-    measured = sum((MEASURED_S if bf16 else MEASURED_F32_S)[k] for k in stems)
-    budget = sum(budgets(bf16)[k] for k in stems)
+    budget_table, measured_table = _tables(bf16)
+    measured, budget = sum(measured_table[k] for k in stems), sum(budget_table[k] for k in stems)
     cores = os.cpu_count() or 2
     here = "" if cores == 2 else f"; this machine has {cores} cores, so times will differ"
     line = (f"{line}; expect about {measured / 60:.0f} minutes at the default size on 2 cores (measured "
