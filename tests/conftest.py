@@ -52,6 +52,21 @@ for _name in ("GTCREC_CONTROL_KEY", "GTCREC_CONTROL_KEY_FILE"):
     os.environ.pop(_name, None)
 
 
+# The two precisions training can take (gtcrec.device: GTCREC_BF16=0 float32, =1 bfloat16 autocast). A test
+# whose numbers depend on the precision asks for the `precision` fixture and so runs once under each, with
+# `[fp32]` / `[bf16]` in its id: `make test` exercises both paths on a machine of either kind (bfloat16 is
+# emulated, and slower, on a CPU without AVX512-BF16 or AMX-BF16). Module-scoped, so that a module's trained
+# fixtures are built once per precision when they ask for it too.
+PRECISIONS = {"fp32": "0", "bf16": "1"}
+
+
+@pytest.fixture(scope="module", params=list(PRECISIONS))
+def precision(request):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GTCREC_BF16", PRECISIONS[request.param])
+        yield request.param
+
+
 def _runs_a_server_notebook(item) -> bool:
     try:
         source = inspect.getsource(item.function)

@@ -54,8 +54,10 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data):
-    """A frozen-table model, its weights before training, and its training history."""
+def trained(data, precision):
+    """A frozen-table model, its weights before training, and its training history: once per precision
+    (``precision``, tests/conftest.py), so that every test of the trained model holds after float32 and after
+    bfloat16 training."""
     model = M.build_model(data["schema"], data["table"], seed=0, **SMALL)
     before = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
     history = M.train(model, data["train_dir"], data["valid_dir"], epochs=4, batch_size=64,
@@ -141,7 +143,7 @@ def test_training_keeps_frozen_table_and_learns(data, trained):
     assert res["recall@10"] > 0.8
 
 
-def test_learned_table_changes_in_training(data):
+def test_learned_table_changes_in_training(data, precision):
     model = M.build_model(data["schema"], data["table"], pretrained=False, seed=0, **SMALL)
     w0 = M.item_embedding(model).weight.detach().cpu().clone()
     M.train(model, data["train_dir"], epochs=1, batch_size=128, max_steps=2,
@@ -161,7 +163,7 @@ def test_after_training_the_model_runs_its_own_float32_forward(data, tmp_path, b
     np.testing.assert_array_equal(M.score_sessions(model, [[3, 4, 5], [10]]), M.score_sessions(copy, [[3, 4, 5], [10]]))
 
 
-def test_training_is_deterministic_for_a_seed(data):
+def test_training_is_deterministic_for_a_seed(data, precision):
     def run():
         model = M.build_model(data["schema"], data["table"], seed=5, **SMALL)
         hist = M.train(model, data["train_dir"], epochs=1, batch_size=64, max_steps=3,

@@ -23,7 +23,7 @@ def make_catalog(n_items, prefix="S"):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, precision):  # trained once per precision (tests/conftest.py)
     root = tmp_path_factory.mktemp("repr")
     train = make_sessions(384, seed=1)
     # talks 3..7 (codes) never clicked in training: cold

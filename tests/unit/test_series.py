@@ -103,6 +103,29 @@ def test_make_run_says_which_precision_and_what_time_to_expect():
     assert "expect" not in series.expectation("small", bf16=True)
 
 
+def test_make_run_names_the_cpu_kernels_next_to_the_precision(monkeypatch):
+    from gtcrec import device
+
+    monkeypatch.delenv("GTCREC_BF16", raising=False)
+    monkeypatch.setattr(device, "get_device", lambda: device.torch.device("cpu"))
+    amx = "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
+    assert device.cpu_kernels(amx) == ["AMX-BF16", "AVX512-BF16", "AVX2"]
+    assert device.describe_precision(cpu_flags=amx) == (
+        "bfloat16 training (CPU kernels found: AMX-BF16, AVX512-BF16, AVX2); text encoding in float32")
+    assert device.describe_precision(cpu_flags="fpu avx2 avx512_bf16").startswith(
+        "bfloat16 training (CPU kernels found: AVX512-BF16, AVX2)")
+    assert device.describe_precision(cpu_flags="fpu sse4_2 avx2 avx512f") == (
+        "float32 training (no native bfloat16; CPU kernels found: AVX2); text encoding in float32")
+    assert "none of AMX-BF16, AVX512-BF16, AVX2" in device.describe_precision(cpu_flags="fpu sse4_2")
+    monkeypatch.setenv("GTCREC_BF16", "0")  # forced: said so, with what the CPU has
+    assert device.describe_precision(cpu_flags=amx).startswith(
+        "float32 training (GTCREC_BF16=0; CPU kernels found: AMX-BF16")
+    # what make run prints first: this machine's kernels, whatever the precision asked for
+    line = series.expectation("small", bf16=False)
+    assert line.startswith("precision: float32 training (") and "text encoding in float32" in line
+    assert ", ".join(device.cpu_kernels()) in line
+
+
 def test_the_expectation_says_when_this_machine_has_other_than_2_cores(monkeypatch):
     monkeypatch.setattr(series.os, "cpu_count", lambda: 2)
     assert "cores, so times will differ" not in series.expectation("default", bf16=True)

@@ -188,7 +188,7 @@ def world(tmp_path_factory):
     rng = np.random.default_rng(0)
     texts = embeddings.talk_text(old) + embeddings.talk_text(new)
     vectors = rng.normal(size=(len(texts), embeddings.DIM)).astype(np.float32)
-    embeddings.EmbeddingCache(cache).add([embeddings.text_key(t, embeddings.default_precision()) for t in texts],
+    embeddings.EmbeddingCache(cache).add([embeddings.text_key(t) for t in texts],
                                          vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
     old_vectors, newly = embeddings.embed_catalog(old, cache, progress=False)
     assert newly == 0

@@ -50,7 +50,7 @@ def test_halves_and_restricted_sessions():
     assert [c.tolist() for c in cut] == [[3, 4, 5], [5, 5]]  # one click left: dropped
 
 
-def test_text_similarity_mode_ranks_by_the_last_click(tmp_path):
+def test_text_similarity_mode_ranks_by_the_last_click(tmp_path, precision):
     table, model = trained_model(tmp_path)
     prefixes = make_sessions(12, seed=4)
     trained = M.score_sessions(model, prefixes)
@@ -63,7 +63,7 @@ def test_text_similarity_mode_ranks_by_the_last_click(tmp_path):
         transfer.text_similarity_mode(M.build_model(M.make_schema(N_ITEMS + 3), table, **SMALL))
 
 
-def test_transfer_check_and_the_decision_the_swap_reads(tmp_path, monkeypatch):
+def test_transfer_check_and_the_decision_the_swap_reads(tmp_path, monkeypatch, precision):
     monkeypatch.setattr(transfer, "CHUNK_SESSIONS", 64)  # several chunks: their counts must add up
     table, catalog = make_table(N_ITEMS, seed=0), catalog_of(N_ITEMS)
     train, valid = make_sessions(400, seed=1), make_sessions(120, seed=2)
@@ -119,7 +119,7 @@ def test_transfer_check_and_the_decision_the_swap_reads(tmp_path, monkeypatch):
         transfer.serve_as_decided(model, {"serves": "popularity"})
 
 
-def test_a_blend_is_one_product_in_the_trace_and_can_be_switched_off(tmp_path):
+def test_a_blend_is_one_product_in_the_trace_and_can_be_switched_off(tmp_path, precision):
     table, model = trained_model(tmp_path)
     model.eval()
     prefixes = make_sessions(12, seed=4)

@@ -2,11 +2,17 @@
 
 The model files ship inside that PyPI package, so nothing is downloaded at run time. Vectors are the
 mean of the token states over the attention mask, L2-normalised (the sentence-transformers recipe for this
-model), 384 dimensions. Where the machine computes bfloat16 natively (``gtcrec.device.bf16_native``:
-AVX512-BF16 or AMX on a CPU) the encoder runs under bfloat16 autocast, in batches of 32 talks of similar
-length (``benchmarks/encoding.py`` measures both against float32 in batches of 64, and the cosine of
-their vectors). An on-disk cache keyed by a hash of (model, precision, text) means a
-rerun, or a new catalog that repeats some talks, encodes only what it has not seen.
+model), 384 dimensions, in batches of 32 talks of similar length.
+
+Text encoding runs in float32 on every machine, also where training uses bfloat16 (``gtcrec.device``). In
+float32 a talk's vector does not depend on which other talks share its batch (batches of 1, 7 and 32 gave the
+same vectors bit for bit on an AVX512 CPU; ``tests/unit/test_embeddings.py`` holds them to 1e-6). Under
+bfloat16 they need not: on a CPU with AMX-BF16 the same text gave vectors 6.4e-4 apart in batches of 1 and 4
+(the padding changes the kernels' blocking), so the cache would keep whatever the first run batched together,
+and a vector would depend on the catalog's order. ``precision="bf16"`` stays available
+for ``benchmarks/encoding.py``, which measures it (faster, cosine 0.9999 to float32). An on-disk cache keyed
+by a hash of (model, precision, text) means a rerun, or a new catalog that repeats some talks, encodes only
+what it has not seen.
 """
 from __future__ import annotations
 
@@ -61,12 +67,8 @@ def talk_text(catalog: pd.DataFrame) -> list[str]:
 PRECISIONS = ("fp32", "bf16")
 
 
-def default_precision(device: str | None = None) -> str:
-    """``"bf16"`` where ``device`` (default: CUDA when available, else CPU) computes bfloat16
-    natively, else ``"fp32"``."""
-    from gtcrec.device import bf16_native
-
-    return "bf16" if bf16_native(device) else "fp32"
+# What the cache keeps and the series uses: float32 on every machine (see the module's docstring).
+CACHE_PRECISION = "fp32"
 
 
 def text_key(text: str, precision: str = "fp32") -> str:
@@ -79,8 +81,8 @@ def text_key(text: str, precision: str = "fp32") -> str:
 
 class TextEncoder:
     """all-MiniLM-L6-v2 with plain transformers: mean pooling over the mask, then L2 normalisation.
-    ``precision``: ``"fp32"``, or ``"bf16"`` (bfloat16 autocast; the output is float32); default
-    :func:`default_precision` of the device."""
+    ``precision``: ``"fp32"`` (the default, :data:`CACHE_PRECISION`), or ``"bf16"`` (bfloat16 autocast, for
+    ``benchmarks/encoding.py``; the output is float32, but depends on the batch on some CPUs)."""
 
     def __init__(self, device: str | None = None, precision: str | None = None):
         import torch
@@ -88,7 +90,7 @@ class TextEncoder:
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = precision or default_precision(self.device)
+        self.precision = precision or CACHE_PRECISION
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         path = model_dir()
@@ -154,9 +156,9 @@ class EmbeddingCache:
 def embed_texts(texts: Sequence[str], cache_dir: str | Path, progress: bool = True,
                 encoder: TextEncoder | None = None) -> tuple[np.ndarray, int]:
     """Vectors for ``texts`` (n, 384) through the cache; returns (vectors, number newly encoded).
-    Encoded by ``encoder`` (default: a :class:`TextEncoder` at this machine's default precision)."""
+    Encoded by ``encoder`` (default: a float32 :class:`TextEncoder`)."""
     cache = EmbeddingCache(cache_dir)
-    precision = encoder.precision if encoder is not None else default_precision()
+    precision = encoder.precision if encoder is not None else CACHE_PRECISION
     keys = [text_key(t, precision) for t in texts]
     todo = cache.missing(keys)
     if todo:

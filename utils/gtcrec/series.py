@@ -247,14 +247,13 @@ def budget_note(stem: str | None, seconds: float, size: str, bf16: bool) -> str:
 
 
 def expectation(size: str, only: list[str] | None = None, bf16: bool | None = None) -> str:
-    """What ``make run`` prints first: the precision training and encoding will use on this machine, and
-    the time to expect at the default size, from the measured runs (:data:`MEASURED_S`,
+    """What ``make run`` prints first: the precision training will use on this machine, the CPU kernels that
+    decided it (AMX-BF16, AVX512-BF16, AVX2), and the time to expect at the default size, from the measured runs (:data:`MEASURED_S`,
     :data:`MEASURED_F32_S`)."""
-    from gtcrec.device import bf16_native
+    from gtcrec.device import bf16_native, describe_precision
 
     bf16 = bf16_native() if bf16 is None else bf16
-    line = ("precision: bfloat16 where it counts (this machine computes it natively)" if bf16 else
-            "precision: float32 (no native bfloat16 here: training and text encoding run in float32)")
+    line = f"precision: {describe_precision(bf16)}"
     if size != "default":
         return line
     stems = [k for k in BUDGET_S if not only or k in only]
