@@ -2,7 +2,7 @@
 when there is one (the package picks CUDA by itself: gtcrec.model.get_device, the text encoder,
 T4R's Trainer), with the metrics that say whether the GPU path gives the same answers.
 
-    python benchmarks/gpu_check.py                       # 00-05, small sizes, into a temporary folder
+    python benchmarks/gpu_check.py                       # 00-06, small sizes, into a temporary folder
     python benchmarks/gpu_check.py --preflight           # only the environment (seconds)
     python benchmarks/gpu_check.py --only 00-data --json out.json
     python benchmarks/gpu_check.py --cpu                 # the same on the CPU (hides the GPU)
