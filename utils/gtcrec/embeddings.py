@@ -6,11 +6,11 @@ model), 384 dimensions, in batches of 32 talks of similar length.
 
 Text encoding runs in float32 on every machine, also where training uses bfloat16 (``gtcrec.device``). In
 float32 a talk's vector does not depend on which other talks share its batch (batches of 1, 7 and 32 gave the
-same vectors bit for bit on an AVX512 CPU; ``tests/unit/test_embeddings.py`` holds them to 1e-6). Under
+same vectors bit for bit on an AVX512 CPU; ``tests/unit/test_embeddings.py`` holds them to 1e-5). Under
 bfloat16 they need not: on a CPU with AMX-BF16 the same text gave vectors 6.4e-4 apart in batches of 1 and 4
 (the padding changes the kernels' blocking), so the cache would keep whatever the first run batched together,
-and a vector would depend on the catalog's order. ``precision="bf16"`` stays available
-for ``benchmarks/encoding.py``, which measures it (faster, cosine 0.9999 to float32). An on-disk cache keyed
+and a vector would depend on the catalog's order. ``precision="bf16"`` stays available for
+``benchmarks/encoding.py``, which measures it (faster, cosine 0.9999 to float32). An on-disk cache keyed
 by a hash of (model, precision, text) means a rerun, or a new catalog that repeats some talks, encodes only
 what it has not seen.
 """

@@ -248,8 +248,8 @@ def budget_note(stem: str | None, seconds: float, size: str, bf16: bool) -> str:
 
 def expectation(size: str, only: list[str] | None = None, bf16: bool | None = None) -> str:
     """What ``make run`` prints first: the precision training will use on this machine, the CPU kernels that
-    decided it (AMX-BF16, AVX512-BF16, AVX2), and the time to expect at the default size, from the measured runs (:data:`MEASURED_S`,
-    :data:`MEASURED_F32_S`)."""
+    decided it (AMX-BF16, AVX512-BF16, AVX2), and the time to expect at the default size, from the measured
+    runs (:data:`MEASURED_S`, :data:`MEASURED_F32_S`)."""
     from gtcrec.device import bf16_native, describe_precision
 
     bf16 = bf16_native() if bf16 is None else bf16
