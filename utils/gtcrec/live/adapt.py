@@ -418,13 +418,15 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
           epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, epochs_all: int = EPOCHS_ALL,
           lr_all: float = LR_ALL, batch_size_all: int = BATCH_SIZE_ALL, seed: int = 42,
           budget_s: float | None = 45.0,
-          log: Log | None = None) -> Adaptation:
+          log: Log | None = None, defend: bool = True) -> Adaptation:
     """Choose and fit what the observed ``clicks`` teach (see the module docstring).
 
     ``serving_model``: the eager model of the version being served (the guard); ``base_model``: the
     swapped model every candidate starts from (often the same); ``catalog``: the served catalog (its
     order is the vocabulary); ``budget_s``: seconds for the training of both fine-tunes (each stops
-    before an epoch that would pass it) and the winner's refit (skipped when it would pass them)."""
+    before an epoch that would pass it) and the winner's refit (skipped when it would pass them).
+    ``defend=False`` learns from every click as given (no screening, no exposure check): what
+    ``benchmarks/live.py --attack`` compares with."""
     from gtcrec import model as gm
     from gtcrec.live.screen import clients_of, distinct_clients, screen
 
@@ -432,8 +434,8 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gtcrec-adapt-"))
     t0 = time.perf_counter()
     max_len = int(base_model.max_sequence_length)
-    clicks, screened = screen(clicks)
-    if screened["set_aside"]["sessions"] or screened["clicks_removed"]:
+    clicks, screened = screen(clicks) if defend else (clicks, {})
+    if screened and (screened["set_aside"]["sessions"] or screened["clicks_removed"]):
         log(f"set aside {screened['set_aside']['sessions']} of {screened['sessions']} sessions "
             f"({ {k: v for k, v in screened['set_aside'].items() if v and k not in ('sessions', 'clients')} }), "
             f"talks {screened['talks']}")
@@ -492,7 +494,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     served_exposure, refused = None, {}
     for chosen in ranked:  # the best candidate that beats the version served and passes the exposure check
         wins, t = beats(per_click[chosen], per_click[SERVING])
-        if chosen == SERVING or not wins:
+        if chosen == SERVING or not wins or not defend:
             break
         served_exposure = exposure(serving_model, choose[0]) if served_exposure is None else served_exposure
         fair, worst = exposure_check(exposure(models[chosen], choose[0]), served_exposure, support)

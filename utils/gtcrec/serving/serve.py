@@ -338,19 +338,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_key_file is not None and args.click_log is None:
         parser.error("--log-key-file needs --click-log")
     try:
-        repo = (Path(args.repository) if args.repository
-                else artifacts_repository(args.artifacts_dir, args.model_name, reset=args.reset, log=log))
-        repo = check_repository(repo, args.model_name)
-        key, key_source = access.key_for_command(args.control_key_file, create=True)
         log_key, log_key_source = (access.read_log_key(args.log_key_file, create=True) if args.click_log
                                    else (None, "nowhere"))
-    except (ServeError, access.ControlKeyError, OSError) as exc:
+    except (access.LogKeyError, OSError) as exc:
         print(f"gtcrec-serve: {exc}", file=sys.stderr)
         return 2
     if args.click_log is not None and log_key is None:
         parser.error("--click-log logs only the requests the app vouches for, and needs the key they carry: pass "
                      "--log-key-file FILE (created with a new key, mode 0600, when missing; give the same key to the "
                      f"app), or set ${access.ENV_LOG_KEY_FILE} / ${access.ENV_LOG_KEY}")
+    try:
+        repo = (Path(args.repository) if args.repository
+                else artifacts_repository(args.artifacts_dir, args.model_name, reset=args.reset, log=log))
+        repo = check_repository(repo, args.model_name)
+        key, key_source = access.key_for_command(args.control_key_file, create=True)
+    except (ServeError, access.ControlKeyError, OSError) as exc:
+        print(f"gtcrec-serve: {exc}", file=sys.stderr)
+        return 2
 
     def stop_now(signum, frame):  # noqa: ARG001
         raise _Stop(signal.Signals(signum).name)
