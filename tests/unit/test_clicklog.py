@@ -519,3 +519,109 @@ def test_a_server_without_click_log_writes_nothing(repos, tmp_path, monkeypatch)
         server_log = server.log_path.read_text()
     assert not inherited.exists()
     assert "logging clicks" not in server_log and "click log" not in server_log
+
+
+# ------------------------------------------------------------------------------------------------ attacks
+
+def scripted(prefix, sessions, start, client=None, gap_s=30, every_s=60):
+    """Clicks of scripted ``sessions`` (lists of talk ids), started ``every_s`` apart; each its own client
+    unless ``client`` names one."""
+    rows = []
+    for i, talks in enumerate(sessions):
+        t0 = start + pd.Timedelta(seconds=every_s * i)
+        rows += [(f"{prefix}-{i}", talk, t0 + pd.Timedelta(seconds=gap_s * j), client or f"{prefix}-client-{i}")
+                 for j, talk in enumerate(talks)]
+    return pd.DataFrame(rows, columns=["session_id", "talk_id", "timestamp", "client_id"])
+
+
+def send_sessions(url, frame, parameters_of, model_name="rec"):
+    """Each session as the app sends it (its first 1, 2, ... clicks), with ``parameters_of(client_id)``."""
+    import tritonclient.grpc as grpcclient
+
+    from gtcrec.serving import client as cl
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        for _, session in frame.sort_values(["session_id", "timestamp"]).groupby("session_id", sort=True):
+            for n in range(1, len(session) + 1):
+                cl.infer_arrays(client, cl.request_arrays(session.iloc[:n]), model_name=model_name,
+                                parameters=parameters_of(session["client_id"].iloc[0]))
+    finally:
+        client.close()
+
+
+@pytest.mark.server
+def test_only_the_app_is_logged_and_scripted_sessions_are_set_aside(repos, tmp_path):
+    """One server, every attack shape: anonymous and wrong-key spam are answered and never logged;
+    the app's honest sessions are kept; vouched-for pair spam from many client ids, single-talk floods,
+    long scripted sessions, replayed real sessions, varied pairs through the balancer and one client's
+    burst are set aside, each by its rule."""
+    from gtcrec.live.screen import screen
+    from gtcrec.serving import balancer as lb
+    from gtcrec.serving import client as cl
+    from gtcrec.serving.server import TritonServer
+
+    from test_executor import VOCAB
+
+    root, _ = repos
+    start = pd.Timestamp("2024-03-18 09:00")
+    rng = np.random.default_rng(3)
+    honest = scripted("real", [list(rng.choice(VOCAB[:70], size=int(rng.integers(2, 8)), replace=False))
+                               for _ in range(60)], start)
+    replayed_from = honest[honest["session_id"] == "real-0"]["talk_id"].tolist()
+    vouched = {  # shape -> (clicks, the rule expected to set them aside)
+        "pair": (scripted("pair", [["T0001", "T0079"]] * 15, start), "repeated_pattern"),
+        "flood": (scripted("flood", [["T0078"] * 3] * 6, start), "repeated_pattern"),
+        "long": (scripted("long", [VOCAB[:9] + ["T0077"]] * 5, start), "repeated_pattern"),
+        "replay": (scripted("replay", [replayed_from] * 5, start), "repeated_pattern"),
+        "burst": (scripted("burst", [[VOCAB[int(i)], "T0075"] for i in rng.integers(0, 70, 15)], start,
+                           client="one-bot", gap_s=5, every_s=10), "client_rate"),
+    }
+    through_balancer = scripted("lb", [[VOCAB[int(i)], "T0076"] for i in rng.integers(0, 70, 15)], start)
+    anonymous = scripted("anon", [["T0002", "T0074"]] * 20, start)
+    wrong_key = scripted("wrong", [["T0003", "T0073"]] * 5, start)
+    with TritonServer(root / "plain", load_models=["rec"], startup_timeout=120, click_log=tmp_path / "log",
+                      log_key="the-app-key", click_log_seconds=0.5) as server:
+        def app(client_id):
+            return cl.log_parameters(server.log_key, client_id)
+
+        send_sessions(server.grpc_url, honest, app)
+        for frame, _ in vouched.values():
+            send_sessions(server.grpc_url, frame, app)
+        send_sessions(server.grpc_url, anonymous, lambda _: None)
+        send_sessions(server.grpc_url, wrong_key, lambda c: cl.log_parameters("not-the-key", c))
+        if lb.haproxy_available()[0]:
+            with lb.Balancer([server], model_name="rec") as balancer:
+                send_sessions(balancer.grpc_url, through_balancer, app)
+                send_sessions(balancer.grpc_url, anonymous.assign(session_id="lb-" + anonymous["session_id"]),
+                              lambda _: None)
+            vouched["balancer"] = (through_balancer, "short_session_talk")
+    logged, report = read_click_log(tmp_path / "log", catalog_ids=VOCAB)
+    # anonymous and wrong-key requests: answered, never logged, counted
+    assert not logged["session_id"].str.startswith(("anon", "lb-anon", "wrong")).any()
+    requests = (lambda f: int(f.groupby("session_id").size().sum()))  # one request per click of each session
+    writers = report["writers"]
+    assert writers["requests_unvouched"] == requests(anonymous) * (2 if "balancer" in vouched else 1)
+    assert writers["requests_bad_key"] == requests(wrong_key) and writers["clicks_dropped"] == 0
+    assert report["requests_not_logged"] == writers["requests_unvouched"] + writers["requests_bad_key"]
+    # the app's clicks are all there, with the client id it sent and the key's fingerprint as source
+    sent = pd.concat([honest] + [f for f, _ in vouched.values()], ignore_index=True)
+    assert len(logged) == len(sent)
+    merged = sent.merge(logged, on=["session_id", "talk_id", "timestamp"], suffixes=("", "_logged"))
+    assert len(merged) == len(sent) and (merged["client_id"] == merged["client_id_logged"]).all()
+    sources = {v for p in segments(tmp_path / "log") for v in pq.read_table(p).column("source").to_pylist()}
+    assert sources == {em.key_source("the-app-key")}
+    assert "the-app-key" not in server.log_path.read_text()
+    # the screen: every scripted shape set aside by its rule, the honest sessions kept (but the one replayed)
+    kept, screened = screen(logged)
+    reasons = {s: rule for rule, ids in screened["examples"].items() for s in ids}  # up to 5 per rule
+    for shape, (frame, rule) in vouched.items():
+        ids = set(frame["session_id"])
+        assert not kept["session_id"].isin(ids).any(), shape
+        assert screened["set_aside"][rule] >= min(len(ids), 5), (shape, screened["set_aside"])
+        assert all(reasons.get(s, rule) == rule for s in ids), shape
+    honest_kept = set(kept["session_id"]) & set(honest["session_id"])
+    assert honest_kept == set(honest["session_id"]) - {"real-0"}  # the original of the replayed session goes too
+    assert screened["set_aside"]["sessions"] == sum(f["session_id"].nunique() for f, _ in vouched.values()) + 1
+    assert "T0079" in screened["talks"]["carried_talk"] and "T0076" in screened["talks"].get("short_session_talk",
+                                                                                             ["T0076"])
