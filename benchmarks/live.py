@@ -2,6 +2,7 @@
 
     python benchmarks/live.py [--artifacts-dir artifacts] [--cache data/cache/embeddings]
                               [--fractions 0.01 0.02 0.05 0.1 0.2 0.5] [--scratch] [--budget 45] [--json out.json]
+    python benchmarks/live.py --attack [--attack-fraction 0.2] [--spam-share 0.25] [--shapes ...]
 
 Needs ``make run`` (or ``make run SIZE=small``) first: notebook 00's fall event, notebook 04's model.
 Nothing is asserted; the numbers are printed (and written as JSON with ``--json``).
@@ -22,6 +23,15 @@ before, clicked talks excluded):
 * with ``--scratch``: the same architecture trained from scratch on ALL the observed sessions (the
   settings of the adaptation's own scratch candidate, which fits on the older ones only), with its
   seconds beside the adaptation's.
+
+``--attack`` (:func:`attack`): click spam the app vouched for. The first ``--attack-fraction`` of the
+training sessions are the honest log (each session its own client); spam of ``--spam-share`` as many
+sessions pushes one talk that real attendees almost never click, in several shapes (see
+:data:`SHAPES`), from as many client ids or from one. One cycle (:func:`gtcrec.live.adapt.adapt`) on
+each log, with the defences and, for the issue's pair spam, without; the model it serves answers
+the NEXT real sessions (as many as observed, each click given the ones before): the target talk's
+share of their top 10 and recall@10, against the same cycle without spam, and against the same cycle
+on slightly different honest clicks (2 % of the sessions left out: the spread of one retraining).
 """
 from __future__ import annotations
 
@@ -122,6 +132,118 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
             "n_train_sessions": len(train_sessions), "n_test_sessions": len(targets)}
 
 
+SHAPES = {
+    "pair": "a popular talk and the target, the same two clicks in every session",
+    "pair, varied partner": "the target with one of the 20 most popular talks, drawn per session",
+    "single-talk flood": "the target clicked three times",
+    "long scripted": "ten popular talks in a random order, the target after every third",
+    "replayed real sessions": "observed real sessions copied under new ids, the target inserted at random",
+    "pair, one client": "the varied pair, every session from one client id",
+}
+
+
+def spam_sessions(shape: str, n: int, target: str, popular: list[str], real, start, seed: int):
+    """``n`` scripted sessions of ``shape`` (:data:`SHAPES`) pushing ``target``, as clicks (session_id,
+    talk_id, timestamp, client_id) one minute apart from ``start``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    real_sessions = [g["talk_id"].tolist() for _, g in real.groupby("session_id", sort=False)]
+    rows = []
+    for i in range(n):
+        if shape == "pair":
+            talks = [popular[0], target]
+        elif shape in ("pair, varied partner", "pair, one client"):
+            talks = [popular[int(rng.integers(min(20, len(popular))))], target]
+        elif shape == "single-talk flood":
+            talks = [target] * 3
+        elif shape == "long scripted":
+            talks = []
+            for j, talk in enumerate(rng.permutation(popular[:10])):
+                talks += [talk] + ([target] if j % 3 == 2 else [])
+        elif shape == "replayed real sessions":
+            talks = list(real_sessions[int(rng.integers(len(real_sessions)))])
+            talks.insert(int(rng.integers(len(talks) + 1)), target)
+        else:
+            raise ValueError(f"unknown shape {shape!r}")
+        client = "spammer" if shape == "pair, one client" else f"spam-{i}"
+        t0 = pd.Timestamp(start) + pd.Timedelta(minutes=i)
+        rows += [{"session_id": f"spam-{i}", "talk_id": t, "timestamp": t0 + pd.Timedelta(seconds=30 * j),
+                  "client_id": client} for j, t in enumerate(talks)]
+    return pd.DataFrame(rows)
+
+
+def attack(served, catalog, clicks, fraction: float, spam_share: float, shapes, work: Path,
+           budget: float | None = 45.0, seed: int = 42, log=print) -> dict:
+    """The attack benchmark (module docstring). Returns every number."""
+    import numpy as np
+    import pandas as pd
+
+    from gtcrec import etl, metrics
+    from gtcrec import model as gm
+    from gtcrec.layout import RESERVED
+    from gtcrec.live import adapt
+
+    train = etl.split_by_time(etl.number_sessions(clicks))["train"]
+    order = train.drop_duplicates("session_id").sort_values("session_id")["session_key"].tolist()
+    n_obs = max(1, int(round(fraction * len(order))))
+    honest = clicks[clicks["session_id"].isin(set(order[:n_obs]))].assign(
+        client_id=lambda f: "attendee-" + f["session_id"].astype(str))
+    later = clicks[clicks["session_id"].isin(set(order[n_obs:2 * n_obs]))]
+    position = {t: RESERVED + i for i, t in enumerate(catalog["talk_id"].astype(str))}
+    later_sessions = [np.array([position[t] for t in g.sort_values("timestamp")["talk_id"].astype(str)])
+                      for _, g in later.groupby("session_id")]
+    prefixes, targets = adapt.every_position(later_sessions)
+    counts = clicks["talk_id"].astype(str).value_counts()
+    popular = counts.index.tolist()
+    rng = np.random.default_rng(seed)
+    rare = [t for t in catalog["talk_id"].astype(str) if counts.get(t, 0) <= 1]  # real attendees almost never click
+    target = rare[int(rng.integers(len(rare)))] if rare else popular[-1]
+    n_spam = int(round(spam_share * n_obs))
+    start = honest["timestamp"].min()
+
+    def one_cycle(name, logged, defend=True):
+        started = time.perf_counter()
+        result = adapt.adapt(served, served, logged, catalog, work / name.replace(" ", "-").replace(",", ""),
+                             budget_s=budget, seed=seed, defend=defend)
+        model = result.model if result.publish else served
+        share = float(adapt.exposure(model, prefixes)[position[target]])
+        recall = float(adapt.hits(model, prefixes, targets).mean())
+        aside = (result.screened or {}).get("set_aside", {})
+        row = {"run": name, "published": result.publish, "chosen": result.chosen, "target_share": share,
+               "recall@10": recall, "set_aside_sessions": aside.get("sessions"), "set_aside": aside,
+               "talks": (result.screened or {}).get("talks"), "exposure_refused":
+               result.settings.get("exposure_refused"), "seconds": round(time.perf_counter() - started, 1)}
+        log(f"{name}: target in {share:.1%} of the later top 10, recall@10 {recall:.4f} ({result.chosen}, "
+            f"{'published' if result.publish else 'kept'}); set aside {aside.get('sessions')} sessions "
+            f"{ {k: v for k, v in aside.items() if v and k not in ('sessions', 'clients')} }, talks "
+            f"{(result.screened or {}).get('talks')}; refused {row['exposure_refused'] or '-'} ({row['seconds']} s)")
+        return row
+
+    log(f"{n_obs} honest sessions observed, {len(later_sessions)} later sessions ({len(targets)} clicks) answered; "
+        f"target {target} ({counts.get(target, 0)} real clicks in the whole event); spam {n_spam} sessions per shape")
+    rows = [one_cycle("no spam", honest)]
+    keep = rng.permutation(honest["session_id"].unique())[: int(round(0.98 * honest["session_id"].nunique()))]
+    rows.append(one_cycle("no spam, 2 % of the sessions left out", honest[honest["session_id"].isin(set(keep))]))
+    base = rows[0]
+    for i, shape in enumerate(shapes):
+        spam = spam_sessions(shape, n_spam, target, popular, honest, start, seed + i)
+        logged = pd.concat([honest, spam], ignore_index=True)
+        rows.append(one_cycle(shape, logged))
+        if shape == "pair":
+            rows.append(one_cycle("pair, without the defences", logged, defend=False))
+    for row in rows:
+        row["share - no spam"] = row["target_share"] - base["target_share"]
+        row["recall / no spam"] = row["recall@10"] / base["recall@10"] if base["recall@10"] else None
+    log("run | target share | - no spam (points) | recall@10 | / no spam | sessions set aside")
+    for row in rows:
+        log(f"{row['run']} | {row['target_share']:.3f} | {100 * row['share - no spam']:+.1f} | {row['recall@10']:.4f} | "
+            f"{row['recall / no spam']:.3f} | {row['set_aside_sessions']}")
+    return {"target": target, "observed_sessions": n_obs, "spam_sessions": n_spam, "later_clicks": int(len(targets)),
+            "rows": rows}
+
+
 def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float | None, log=say) -> dict:
     """One cycle from the log to the new version serving, on a real Triton server: notebook 05's
     repository (copied), the fall event swapped in (``gtcrec.swap.swap_catalog``), the first
@@ -172,6 +294,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--cycle", type=float, metavar="FRACTION", help="instead of the curve: one cycle on a real "
                         "server after FRACTION of the training sessions, from the log to the new version serving "
                         "(needs notebook 05's repository)")
+    parser.add_argument("--attack", action="store_true", help="instead of the curve: click spam the app vouched "
+                        "for, in several shapes, against one cycle with and without the defences")
+    parser.add_argument("--attack-fraction", type=float, default=0.2, help="honest share of the training sessions "
+                        "observed before the attack's cycle (default: %(default)s)")
+    parser.add_argument("--spam-share", type=float, default=0.25, help="spam sessions per honest one "
+                        "(default: %(default)s)")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -187,6 +316,12 @@ def main(argv=None) -> dict:
     prepared = prepare_catalog(data_out.path("fall_catalog"), args.cache)
     served = swapped_model(train_out.path("model"), prepared.table, prepared.catalog)
     params = train_out["parameters"]
+    if args.attack:
+        out = attack(served, prepared.catalog, clicks, args.attack_fraction, args.spam_share, args.shapes,
+                     Path(args.work) / "attack", args.budget, args.seed, log=say)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        return out
     out = curve(served, prepared.catalog, clicks, prepared.table, args.fractions, Path(args.work),
                 int(params.get("EPOCHS", 5)), int(params.get("BATCH_SIZE", 128)),
                 float(params.get("LEARNING_RATE", 1e-3)), args.seed, args.scratch, args.budget,

@@ -61,3 +61,12 @@ def test_live_event_notebook(series):
     assert by_hand["fine-tuned per talk, 1 epoch"] > zero_logged + 0.01, by_hand
     assert by_hand["version serving now"] > zero_logged + 0.05, by_hand
     assert m["keyless_unload_refused"] is True
+
+    # the attack at the end: anonymous spam never reaches the log; the same spam with the key, from as many
+    # client ids, is logged and all set aside, and its target learns nothing; honest cycles set nothing aside
+    attack = m["attack"]
+    assert attack["anonymous_logged"] == 0 and attack["requests_not_logged"] >= 2 * attack["spam_sessions"] > 0
+    assert attack["vouched_logged"] == 2 * attack["spam_sessions"] and attack["vouched_kept"] == 0
+    assert attack["set_aside"]["sessions"] >= attack["spam_sessions"]
+    assert attack["target"] in attack["talks"]["carried_talk"]
+    assert all(c["screened"]["set_aside"]["sessions"] == 0 for c in recorded)

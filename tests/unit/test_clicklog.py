@@ -64,7 +64,7 @@ def test_repeated_prefixes_give_each_click_once_in_click_order(tmp_path):
     clicks, report = read_click_log(tmp_path)
     assert len(rows) == 9 and report["rows_read"] == 9
     assert report["duplicates_removed"] == 4 and report["clicks"] == 5 and report["sessions"] == 2
-    assert list(clicks.columns) == ["session_id", "talk_id", "timestamp"]
+    assert list(clicks.columns) == ["session_id", "talk_id", "timestamp", "client_id"]
     assert clicks["timestamp"].dtype == np.dtype("datetime64[ns]")
     # by session, then time, then talk id text (T2 before T9 at the same time)
     assert clicks[["session_id", "talk_id"]].values.tolist() == [["a", "T3"], ["a", "T1"], ["a", "T2"],
@@ -116,7 +116,7 @@ def test_a_csv_and_a_parquet_of_another_application_are_read_like_the_segments(t
     clicks, report = read_click_log(tmp_path)
     assert report["files_read"] == ["clicks-w1-000000.parquet", "kiosk.csv", "mobile.parquet"]
     assert report["rows_read"] == 7 and report["duplicates_removed"] == 1 and report["clicks"] == 6
-    got = [(s, t, str(ts)) for s, t, ts in clicks.itertuples(index=False)]
+    got = [(s, t, str(ts)) for s, t, ts, _ in clicks.itertuples(index=False)]
     assert got == [("a", "T1", "2024-03-18 09:00:00"), ("a", "T2", "2024-03-18 09:01:00"),
                    ("k7", "T5", "2024-03-18 09:30:00"), ("k7", "T6", "2024-03-18 09:31:00"),
                    ("m1", "T3", "2024-03-18 09:00:00.005000"), ("m1", "T4", "2024-03-18 09:00:00.007000")]
@@ -170,7 +170,7 @@ def test_a_missing_folder_raises_and_an_empty_one_gives_no_clicks(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_click_log(tmp_path / "nope")
     clicks, report = read_click_log(tmp_path)
-    assert clicks.empty and list(clicks.columns) == ["session_id", "talk_id", "timestamp"]
+    assert clicks.empty and list(clicks.columns) == ["session_id", "talk_id", "timestamp", "client_id"]
     assert report["clicks"] == 0 and report["writers"]["writers"] == 0
 
 
@@ -201,7 +201,8 @@ def test_segments_rotate_by_records_and_are_in_the_documented_clicks_format(tmp_
     assert [pq.read_metadata(f).num_rows for f in files] == [4, 4, 4, 3]
     assert [f.name for f in files] == [em.segment_name(log.prefix, i) for i in range(4)]
     table = pq.read_table(files[0])
-    assert table.schema.names == ["session_id", "talk_id", "timestamp", "logged_at", "model_version"]
+    assert table.schema.names == ["session_id", "talk_id", "timestamp", "logged_at", "model_version", "client_id",
+                                  "source"]
     assert table.schema.field("timestamp").type == pa.timestamp("ms", tz="UTC")
     assert table.schema.field("session_id").type == pa.string()
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
@@ -320,7 +321,12 @@ def test_close_writes_what_is_queued(tmp_path):
 def test_the_settings_come_from_the_environment(tmp_path):
     assert em.click_log_from_env("rec_0_0", 1, environ={}) is None
     assert em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: " "}) is None
-    env = {em.CLICK_LOG_ENV: str(tmp_path / "log"), em.CLICK_LOG_SECONDS_ENV: "2.5", em.CLICK_LOG_RECORDS_ENV: "500"}
+    with pytest.raises(ValueError, match="needs a logging key"):  # no key: the load fails
+        em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "log")})
+    with pytest.raises(ValueError, match="cannot take"):  # a key that cannot be one: the load fails
+        em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "log"), em.LOG_KEY_ENV: "a b"})
+    env = {em.CLICK_LOG_ENV: str(tmp_path / "log"), em.CLICK_LOG_SECONDS_ENV: "2.5", em.CLICK_LOG_RECORDS_ENV: "500",
+           em.LOG_KEY_ENV: "k"}
     log = em.click_log_from_env("rec_0_1", 4, environ=env)
     try:
         assert (log.max_seconds, log.max_records, log.model_version) == (2.5, 500, 4)
@@ -330,27 +336,31 @@ def test_the_settings_come_from_the_environment(tmp_path):
         assert log.stats()["instance"] == "rec_0_1"
     finally:
         log.close()
-    default = em.click_log_from_env("rec_0_1", 4, environ={em.CLICK_LOG_ENV: str(tmp_path / "log")})
+    default = em.click_log_from_env("rec_0_1", 4, environ={em.CLICK_LOG_ENV: str(tmp_path / "log"), em.LOG_KEY_ENV: "k"})
     assert (default.max_seconds, default.max_records) == (em.CLICK_LOG_SECONDS, em.CLICK_LOG_RECORDS)
     assert default.prefix != log.prefix  # the same instance started again writes under new names
     default.close()
     for bad in ({em.CLICK_LOG_SECONDS_ENV: "0"}, {em.CLICK_LOG_SECONDS_ENV: "soon"}, {em.CLICK_LOG_RECORDS_ENV: "1.5"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "x"), **bad})
+            em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "x"), em.LOG_KEY_ENV: "k", **bad})
     assert em.click_log_prefix("a b/c", 1, host="h.x", pid=7, token="t") == "h.x-7-a_b_c-v1-t"
     with pytest.raises(OSError):  # a folder that cannot be made fails loudly (the load fails)
         em.ClickLog(tmp_path / "log" / em.stats_name(log.prefix) / "sub", "p")
 
 
 @pytest.mark.filterwarnings("ignore:.*restricted-api")  # the test tier's stand-in binary has no such flags
-def test_the_server_and_the_cli_pass_the_settings(tmp_path):
-    from gtcrec.serving import serve
+def test_the_server_and_the_cli_pass_the_settings(tmp_path, monkeypatch, capsys):
+    from gtcrec.serving import access, serve
     from gtcrec.serving.server import TritonServer
 
+    for name in (access.ENV_LOG_KEY, access.ENV_LOG_KEY_FILE):
+        monkeypatch.delenv(name, raising=False)
     repo = tmp_path / "repo"
     repo.mkdir()
     server = TritonServer(repo, click_log=tmp_path / "log", click_log_seconds=2, click_log_records=50)
+    assert len(server.log_key) >= 40 and server.log_key not in repr(server)  # a new key only this object knows
     assert server.click_log_env() == {"GTCREC_CLICK_LOG": str((tmp_path / "log").resolve()),
+                                      "GTCREC_LOG_KEY": server.log_key,
                                       "GTCREC_CLICK_LOG_SECONDS": "2.0", "GTCREC_CLICK_LOG_RECORDS": "50"}
     assert (tmp_path / "log").is_dir()
     assert TritonServer(repo).click_log_env() == {}
@@ -359,6 +369,22 @@ def test_the_server_and_the_cli_pass_the_settings(tmp_path):
     with pytest.raises(SystemExit) as info:
         serve.main([str(repo), "--click-log-seconds", "3"])
     assert info.value.code == 2
+    # --click-log without a logging key refuses to start, and says what to pass
+    with pytest.raises(SystemExit) as info:
+        serve.main([str(repo), "--click-log", str(tmp_path / "log")])
+    assert info.value.code == 2 and "--log-key-file FILE" in capsys.readouterr().err
+    # a key of characters it cannot take: refused at start, with the reason, the key never printed
+    bad = tmp_path / "bad.key"
+    bad.write_text("s3cret key\n")
+    assert serve.main([str(repo), "--click-log", str(tmp_path / "log"), "--log-key-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "logging key" in err and "cannot take: [' ']" in err and "s3cret" not in err
+    with pytest.raises(access.LogKeyError, match="cannot take"):
+        TritonServer(repo, click_log=tmp_path / "log", log_key="caf\u00e9")
+    # --log-key-file makes the file, readable by its owner only
+    made = tmp_path / "keys" / "log.key"
+    key, source = access.read_log_key(made, create=True)
+    assert source == str(made) and made.stat().st_mode & 0o777 == 0o600 and made.read_text().strip() == key
 
 
 # ------------------------------------------------------------------------------------------------ served
@@ -395,8 +421,9 @@ def session_requests(clicks: pd.DataFrame) -> list[dict]:
     return out
 
 
-def send_all(server, requests, model_name, threads=3, batched=False) -> list[dict]:
-    """Send from several threads (each its own client) so that every instance gets requests."""
+def send_all(server, requests, model_name, threads=3, batched=False, parameters=None) -> list[dict]:
+    """Send from several threads (each its own client) so that every instance gets requests;
+    ``parameters``: the request parameters (the logging key) of every request."""
     from gtcrec.serving import client as cl
 
     answered, errors = [], []
@@ -406,7 +433,7 @@ def send_all(server, requests, model_name, threads=3, batched=False) -> list[dic
         try:
             for request in part:
                 try:
-                    cl.infer_arrays(client, request, model_name=model_name, batched=batched)
+                    cl.infer_arrays(client, request, model_name=model_name, batched=batched, parameters=parameters)
                     answered.append(request)
                 except Exception as exc:  # noqa: BLE001 - collected
                     errors.append(str(exc))
@@ -428,6 +455,7 @@ def keys(requests) -> set:
 
 @pytest.mark.server
 def test_the_served_path_logs_every_answered_click(repos, tmp_path, monkeypatch):
+    from gtcrec.serving import client as cl
     from gtcrec.serving.server import TritonServer
 
     root, clicks = repos
@@ -438,13 +466,14 @@ def test_the_served_path_logs_every_answered_click(repos, tmp_path, monkeypatch)
     with TritonServer([root / "plain", root / "merlin", root / "batched"], startup_timeout=120, click_log=log,
                       load_models=["rec", "rec_merlin", "rec_batched"], click_log_seconds=1.0,
                       click_log_records=7) as server:
-        first, errors = send_all(server, requests + [bad], "rec")
+        app = cl.log_parameters(server.log_key, "attendee-1")  # what the app vouches for
+        first, errors = send_all(server, requests + [bad], "rec", parameters=app)
         assert len(first) == len(requests) and len(errors) == 1 and "bad request" in errors[0]
         raw_first = sum(len(r["talk_id"]) for r in first)
         # the writer threads run while the stubs wait for requests: the time rotation writes the rest
         assert wait_for(lambda: read_click_log(log)[1]["rows_read"] == raw_first, timeout=15)
-        second, errors = send_all(server, requests[:8], "rec_batched", threads=4, batched=True)
-        third, _ = send_all(server, requests[-5:], "rec_merlin", threads=1)
+        second, errors = send_all(server, requests[:8], "rec_batched", threads=4, batched=True, parameters=app)
+        third, _ = send_all(server, requests[-5:], "rec_merlin", threads=1, parameters=app)
         assert not errors and len(second) == 8 and len(third) == 5
     server_log = server.log_path.read_text()  # after the stop: the finalize lines too
     answered = first + second + third
@@ -490,3 +519,109 @@ def test_a_server_without_click_log_writes_nothing(repos, tmp_path, monkeypatch)
         server_log = server.log_path.read_text()
     assert not inherited.exists()
     assert "logging clicks" not in server_log and "click log" not in server_log
+
+
+# ------------------------------------------------------------------------------------------------ attacks
+
+def scripted(prefix, sessions, start, client=None, gap_s=30, every_s=60):
+    """Clicks of scripted ``sessions`` (lists of talk ids), started ``every_s`` apart; each its own client
+    unless ``client`` names one."""
+    rows = []
+    for i, talks in enumerate(sessions):
+        t0 = start + pd.Timedelta(seconds=every_s * i)
+        rows += [(f"{prefix}-{i}", talk, t0 + pd.Timedelta(seconds=gap_s * j), client or f"{prefix}-client-{i}")
+                 for j, talk in enumerate(talks)]
+    return pd.DataFrame(rows, columns=["session_id", "talk_id", "timestamp", "client_id"])
+
+
+def send_sessions(url, frame, parameters_of, model_name="rec"):
+    """Each session as the app sends it (its first 1, 2, ... clicks), with ``parameters_of(client_id)``."""
+    import tritonclient.grpc as grpcclient
+
+    from gtcrec.serving import client as cl
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        for _, session in frame.sort_values(["session_id", "timestamp"]).groupby("session_id", sort=True):
+            for n in range(1, len(session) + 1):
+                cl.infer_arrays(client, cl.request_arrays(session.iloc[:n]), model_name=model_name,
+                                parameters=parameters_of(session["client_id"].iloc[0]))
+    finally:
+        client.close()
+
+
+@pytest.mark.server
+def test_only_the_app_is_logged_and_scripted_sessions_are_set_aside(repos, tmp_path):
+    """One server, every attack shape: anonymous and wrong-key spam are answered and never logged;
+    the app's honest sessions are kept; vouched-for pair spam from many client ids, single-talk floods,
+    long scripted sessions, replayed real sessions, varied pairs through the balancer and one client's
+    burst are set aside, each by its rule."""
+    from gtcrec.live.screen import screen
+    from gtcrec.serving import balancer as lb
+    from gtcrec.serving import client as cl
+    from gtcrec.serving.server import TritonServer
+
+    from test_executor import VOCAB
+
+    root, _ = repos
+    start = pd.Timestamp("2024-03-18 09:00")
+    rng = np.random.default_rng(3)
+    honest = scripted("real", [list(rng.choice(VOCAB[:70], size=int(rng.integers(2, 8)), replace=False))
+                               for _ in range(60)], start)
+    replayed_from = honest[honest["session_id"] == "real-0"]["talk_id"].tolist()
+    vouched = {  # shape -> (clicks, the rule expected to set them aside)
+        "pair": (scripted("pair", [["T0001", "T0079"]] * 15, start), "repeated_pattern"),
+        "flood": (scripted("flood", [["T0078"] * 3] * 6, start), "repeated_pattern"),
+        "long": (scripted("long", [VOCAB[:9] + ["T0077"]] * 5, start), "repeated_pattern"),
+        "replay": (scripted("replay", [replayed_from] * 5, start), "repeated_pattern"),
+        "burst": (scripted("burst", [[VOCAB[int(i)], "T0075"] for i in rng.integers(0, 70, 15)], start,
+                           client="one-bot", gap_s=5, every_s=10), "client_rate"),
+    }
+    through_balancer = scripted("lb", [[VOCAB[int(i)], "T0076"] for i in rng.integers(0, 70, 15)], start)
+    anonymous = scripted("anon", [["T0002", "T0074"]] * 20, start)
+    wrong_key = scripted("wrong", [["T0003", "T0073"]] * 5, start)
+    with TritonServer(root / "plain", load_models=["rec"], startup_timeout=120, click_log=tmp_path / "log",
+                      log_key="the-app-key", click_log_seconds=0.5) as server:
+        def app(client_id):
+            return cl.log_parameters(server.log_key, client_id)
+
+        send_sessions(server.grpc_url, honest, app)
+        for frame, _ in vouched.values():
+            send_sessions(server.grpc_url, frame, app)
+        send_sessions(server.grpc_url, anonymous, lambda _: None)
+        send_sessions(server.grpc_url, wrong_key, lambda c: cl.log_parameters("not-the-key", c))
+        if lb.haproxy_available()[0]:
+            with lb.Balancer([server], model_name="rec") as balancer:
+                send_sessions(balancer.grpc_url, through_balancer, app)
+                send_sessions(balancer.grpc_url, anonymous.assign(session_id="lb-" + anonymous["session_id"]),
+                              lambda _: None)
+            vouched["balancer"] = (through_balancer, "short_session_talk")
+    logged, report = read_click_log(tmp_path / "log", catalog_ids=VOCAB)
+    # anonymous and wrong-key requests: answered, never logged, counted
+    assert not logged["session_id"].str.startswith(("anon", "lb-anon", "wrong")).any()
+    requests = (lambda f: int(f.groupby("session_id").size().sum()))  # one request per click of each session
+    writers = report["writers"]
+    assert writers["requests_unvouched"] == requests(anonymous) * (2 if "balancer" in vouched else 1)
+    assert writers["requests_bad_key"] == requests(wrong_key) and writers["clicks_dropped"] == 0
+    assert report["requests_not_logged"] == writers["requests_unvouched"] + writers["requests_bad_key"]
+    # the app's clicks are all there, with the client id it sent and the key's fingerprint as source
+    sent = pd.concat([honest] + [f for f, _ in vouched.values()], ignore_index=True)
+    assert len(logged) == len(sent)
+    merged = sent.merge(logged, on=["session_id", "talk_id", "timestamp"], suffixes=("", "_logged"))
+    assert len(merged) == len(sent) and (merged["client_id"] == merged["client_id_logged"]).all()
+    sources = {v for p in segments(tmp_path / "log") for v in pq.read_table(p).column("source").to_pylist()}
+    assert sources == {em.key_source("the-app-key")}
+    assert "the-app-key" not in server.log_path.read_text()
+    # the screen: every scripted shape set aside by its rule, the honest sessions kept (but the one replayed)
+    kept, screened = screen(logged)
+    reasons = {s: rule for rule, ids in screened["examples"].items() for s in ids}  # up to 5 per rule
+    for shape, (frame, rule) in vouched.items():
+        ids = set(frame["session_id"])
+        assert not kept["session_id"].isin(ids).any(), shape
+        assert screened["set_aside"][rule] >= min(len(ids), 5), (shape, screened["set_aside"])
+        assert all(reasons.get(s, rule) == rule for s in ids), shape
+    honest_kept = set(kept["session_id"]) & set(honest["session_id"])
+    assert honest_kept == set(honest["session_id"]) - {"real-0"}  # the original of the replayed session goes too
+    assert screened["set_aside"]["sessions"] == sum(f["session_id"].nunique() for f, _ in vouched.values()) + 1
+    assert "T0079" in screened["talks"]["carried_talk"] and "T0076" in screened["talks"].get("short_session_talk",
+                                                                                             ["T0076"])

@@ -5,6 +5,8 @@ own clicks arrive (every request carries the session so far; :mod:`gtcrec.live.c
 :func:`adapt` turns the clicks observed since the catalog went live into a better model, if they hold
 one:
 
+0. the logged sessions are screened (:func:`gtcrec.live.screen.screen`): scripted-looking sessions,
+   and a client's sessions past its bound, are set aside and counted, by rule;
 1. the clicks go through the ETL of notebook 01 with the served vocabulary and are split by time:
    the newest sessions (:data:`VALID_FRAC`, at most :data:`MAX_CHOOSE_SESSIONS`) to choose, the
    earlier ones to fit;
@@ -29,7 +31,9 @@ one:
 3. every candidate and the version being served are scored on the newest sessions (recall@10 of each
    next click given the clicks before it, clicked talks excluded); the best wins, the simpler one on a
    tie. A winner that does not beat what is served by more than :data:`GUARD_Z` standard errors of the
-   paired difference (click by click) is not published;
+   paired difference (click by click) is not published; nor is one that puts a talk into far more of
+   those answers than the version served does, beyond what the talk's support from distinct clients
+   justifies (:func:`exposure_check`): the next best candidate is then tried;
 4. the winner is fitted again on every observed session (the newest are the most telling) with the
    settings chosen: the closed form always, a fine-tune when ``budget_s`` still has room for its epochs
    on all of them (else it goes as measured), and published as the next version through the swap's
@@ -75,6 +79,8 @@ WARM_COOCCURRENCE_WEIGHTS = (0.1, 0.25, 0.5, 1.0)  # a trained model already hol
 WARM_GUARD_Z = 1.0  # a finished event's validation split is large: a whole standard error
 EPOCHS_ALL, LR_ALL, BATCH_SIZE_ALL = 5, 1e-3, 64  # from scratch: notebook 03's epochs, smaller steps
 LIVE_FILE = "gtcrec_live.json"
+EXPOSURE_SLACK = 0.05  # a candidate may add this share of the top-10 answers to any talk ...
+EXPOSURE_PER_SUPPORT = 4.0  # ... plus this many times the share of distinct clients who clicked it
 
 Log = Callable[[str], None]
 
@@ -141,6 +147,31 @@ def hits(model, prefixes, targets, k: int = 10) -> np.ndarray:
                                               exclude=prefixes, per_session=True)[f"recall@{k}"], dtype=np.float64)
 
 
+def exposure(model, prefixes, k: int = 10) -> np.ndarray:
+    """Per code: the share of ``prefixes`` whose top-``k`` answer (clicked talks excluded) holds it."""
+    from gtcrec import model as gm
+
+    scores = gm.score_sessions(model, prefixes)
+    for row, prefix in enumerate(prefixes):
+        scores[row, np.asarray(prefix, dtype=np.int64)] = -np.inf
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    return np.bincount(top.ravel(), minlength=scores.shape[1]) / max(1, len(prefixes))
+
+
+def exposure_check(candidate: np.ndarray, serving: np.ndarray, support: np.ndarray,
+                   slack: float = EXPOSURE_SLACK, per_support: float = EXPOSURE_PER_SUPPORT) -> tuple[bool, dict]:
+    """Whether a candidate's exposure (:func:`exposure`) rises above the version served's by at most
+    ``slack + per_support * support`` for every talk (``support``: per code, the share of distinct
+    clients of the kept sessions who clicked it). Returns ``(ok, the talk that rose most beyond its
+    allowance: code, exposure before and after, support)``."""
+    rise = np.asarray(candidate) - np.asarray(serving)
+    over = rise - (slack + per_support * np.asarray(support))
+    worst = int(np.argmax(over))
+    return bool(over[worst] <= 0), {"code": worst, "serving": round(float(serving[worst]), 4),
+                                    "candidate": round(float(candidate[worst]), 4),
+                                    "support": round(float(support[worst]), 4), "over": round(float(over[worst]), 4)}
+
+
 def recall_at(model, prefixes, targets, k: int = 10) -> float:
     per_click = hits(model, prefixes, targets, k)
     return float(per_click.mean()) if len(per_click) else float("nan")
@@ -160,7 +191,9 @@ def beats(candidate: np.ndarray, serving: np.ndarray, z: float = GUARD_Z) -> tup
 
 
 def click_counts(sessions: Sequence[np.ndarray], n_codes: int) -> np.ndarray:
-    counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions]) if sessions
+    """Per code: the number of sessions that clicked it (a talk counts once per session, however often
+    it was clicked there)."""
+    counts = np.bincount(np.concatenate([np.unique(np.asarray(s, dtype=np.int64)) for s in sessions]) if sessions
                          else np.zeros(0, np.int64), minlength=n_codes).astype(np.float64)
     counts[:RESERVED] = 0
     return counts
@@ -368,6 +401,7 @@ class Adaptation:
     settings: dict
     counts: dict
     seconds: dict = field(default_factory=dict)
+    screened: dict = field(default_factory=dict)  # what :func:`gtcrec.live.screen.screen` set aside, and why
     curves: dict = field(default_factory=dict)  # recall@10 on the newest sessions after each fine-tune epoch
     model: object = None
     popularity: list[float] | None = None
@@ -384,31 +418,46 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
           epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE, epochs_all: int = EPOCHS_ALL,
           lr_all: float = LR_ALL, batch_size_all: int = BATCH_SIZE_ALL, seed: int = 42,
           budget_s: float | None = 45.0,
-          log: Log | None = None) -> Adaptation:
+          log: Log | None = None, defend: bool = True) -> Adaptation:
     """Choose and fit what the observed ``clicks`` teach (see the module docstring).
 
     ``serving_model``: the eager model of the version being served (the guard); ``base_model``: the
     swapped model every candidate starts from (often the same); ``catalog``: the served catalog (its
     order is the vocabulary); ``budget_s``: seconds for the training of both fine-tunes (each stops
-    before an epoch that would pass it) and the winner's refit (skipped when it would pass them)."""
+    before an epoch that would pass it) and the winner's refit (skipped when it would pass them).
+    ``defend=False`` learns from every click as given (no screening, no exposure check): what
+    ``benchmarks/live.py --attack`` compares with."""
     from gtcrec import model as gm
+    from gtcrec.live.screen import clients_of, distinct_clients, screen
 
     log = log or _quiet
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="gtcrec-adapt-"))
     t0 = time.perf_counter()
     max_len = int(base_model.max_sequence_length)
+    clicks, screened = screen(clicks) if defend else (clicks, {})
+    if screened and (screened["set_aside"]["sessions"] or screened["clicks_removed"]):
+        log(f"set aside {screened['set_aside']['sessions']} of {screened['sessions']} sessions "
+            f"({ {k: v for k, v in screened['set_aside'].items() if v and k not in ('sessions', 'clients')} }), "
+            f"talks {screened['talks']}")
     n_sessions = max(1, clicks["session_id"].nunique())
     observed = observe(clicks, catalog, work_dir, max_len, min(VALID_FRAC, MAX_CHOOSE_SESSIONS / n_sessions))
     n_codes = gm.n_codes(base_model)
     seconds = {"observe": time.perf_counter() - t0}
     if len(observed.sessions) < MIN_SESSIONS or not observed.choose:
         return Adaptation({}, SERVING, False, f"{len(observed.sessions)} observed sessions of 2+ clicks, fewer than "
-                          f"{MIN_SESSIONS}: nothing to learn from yet", {}, observed.counts, seconds)
+                          f"{MIN_SESSIONS}: nothing to learn from yet", {}, observed.counts, seconds, screened)
     choose = every_position(observed.choose)
     if len(choose[1]) < MIN_CHOOSE_CLICKS:
         return Adaptation({}, SERVING, False, f"{len(choose[1])} clicks in the newest {len(observed.choose)} sessions to "
                           f"choose on, fewer than {MIN_CHOOSE_CLICKS}: too few to tell the candidates apart yet", {},
-                          observed.counts, seconds)
+                          observed.counts, seconds, screened)
+    support = np.zeros(n_codes)  # per code: the share of distinct clients (of the sessions kept) who clicked it
+    clients = distinct_clients(clicks)
+    position = {str(t): RESERVED + i for i, t in enumerate(catalog["talk_id"].astype(str))}
+    for talk, n in clients.items():
+        if str(talk) in position:
+            support[position[str(talk)]] = n
+    support /= max(1, clients_of(clicks).nunique())
     fit_counts = click_counts(observed.fit, n_codes)
     per_click = {SERVING: hits(serving_model, *choose)}
     started = time.perf_counter()
@@ -440,19 +489,35 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
         f"{scores[SCRATCH]:.4f} ({tuned[SCRATCH].fit_epochs} epochs), in {seconds['fine_tune']:.1f} s")
 
     order = [SERVING, CLOSED_FORM, FINE_TUNE, SCRATCH]  # simplest first: a tie goes to the simpler
-    chosen = max(order, key=lambda name: (scores[name], -order.index(name)))
-    wins, t = beats(per_click[chosen], per_click[SERVING])
+    ranked = sorted(order, key=lambda name: (-scores[name], order.index(name)))
+    models = {CLOSED_FORM: best_closed, **tuned}
+    served_exposure, refused = None, {}
+    for chosen in ranked:  # the best candidate that beats the version served and passes the exposure check
+        wins, t = beats(per_click[chosen], per_click[SERVING])
+        if chosen == SERVING or not wins or not defend:
+            break
+        served_exposure = exposure(serving_model, choose[0]) if served_exposure is None else served_exposure
+        fair, worst = exposure_check(exposure(models[chosen], choose[0]), served_exposure, support)
+        if fair:
+            break
+        worst["talk_id"] = str(catalog["talk_id"].iloc[worst["code"] - RESERVED]) if worst["code"] >= RESERVED else ""
+        refused[chosen] = worst
+        log(f"{chosen} refused: it puts talk {worst['talk_id']} into {worst['candidate']:.1%} of the answers "
+            f"(served: {worst['serving']:.1%}) with the support of {worst['support']:.1%} of the clients")
+    else:
+        chosen, wins, t = SERVING, False, 0.0
     settings = {"popularity_weight": best_w, "cooccurrence_weight": best_a,
                 "epochs": tuned[chosen].fit_epochs if chosen in tuned else None,
                 "lr": recipes[chosen][2] if chosen in recipes else None,
                 "batch_size": recipes[chosen][3] if chosen in recipes else None,
-                "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3)}
-    if not wins:
-        why = ("no candidate scores above" if chosen == SERVING else
+                "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3), "exposure_refused": refused}
+    if not wins or chosen == SERVING:
+        why = ("no candidate scores above" if chosen == SERVING and not refused else
+               "every candidate above it was refused for its exposure, against" if chosen == SERVING else
                f"{chosen} ({scores[chosen]:.4f}) is not {GUARD_Z:g} standard error above")
         return Adaptation(scores, chosen, False, f"{why} the version served ({scores[SERVING]:.4f}) on the newest "
                           f"{len(observed.choose)} sessions ({len(choose[1])} clicks); it keeps serving",
-                          settings, observed.counts, seconds, curves)
+                          settings, observed.counts, seconds, screened, curves)
     # the winner fitted again on every observed session, the newest too, as it was chosen (the closed form
     # always; a fine-tune when the budget has room for its epochs on all the sessions). Measured at 50 %:
     # on the default-size event 0.339 -> 0.353 for 35 s more (the default budget skips it), on the real
@@ -474,7 +539,8 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
                       f"{scores[SERVING]:.4f} on the newest {len(observed.choose)} sessions ({t:.1f} standard "
-                      "errors)", settings, observed.counts, seconds, curves, final, all_counts[RESERVED:].tolist())
+                      "errors)", settings, observed.counts, seconds, screened, curves, final,
+                      all_counts[RESERVED:].tolist())
 
 
 def _dataset(folders: Sequence[Path], model):

@@ -13,6 +13,11 @@ text) or lacks one of the three columns is skipped, and a row with an empty id, 
 ``catalog_ids`` is given) or a timestamp that is missing or cannot be read is dropped; both are
 counted in the report with a message that names the file.
 
+The served model logs only the requests the app vouched for (the logging key), with the client id
+the app sent (``client_id``) and which key vouched (``source``). The reader keeps ``client_id`` (empty
+for files without it: each such session is then its own client), which the cycle's screening uses
+(:mod:`gtcrec.live.screen`).
+
 Every request carries its session so far, so the log holds the same click many times: the clicks
 are deduplicated by (session_id, talk_id, timestamp). Unlike :func:`gtcrec.data.load_clicks`,
 sessions with a single click are kept: during the event, a session that has one click so far is a
@@ -106,6 +111,9 @@ def _arrow_timestamps(column) -> tuple[np.ndarray, str]:
             f"timestamp column of type {column.type} (expected timestamps, ISO-8601 text or int64 milliseconds)")
 
 
+CLIENT_COLUMN = "client_id"  # optional: the client the app vouched for (empty when a file has none)
+
+
 def _read_parquet(path: Path):
     import pyarrow.parquet as pq
 
@@ -116,13 +124,16 @@ def _read_parquet(path: Path):
     missing = [c for c in CLICK_COLUMNS if c not in names]
     if missing:
         raise _Skip(f"lacks column(s) {', '.join(missing)} (found: {', '.join(names) or 'none'})")
+    columns = CLICK_COLUMNS + ([CLIENT_COLUMN] if CLIENT_COLUMN in names else [])
     try:
-        table = pq.read_table(path, columns=CLICK_COLUMNS)
+        table = pq.read_table(path, columns=columns)
     except Exception as exc:  # noqa: BLE001
         raise _Skip(f"unreadable parquet file ({type(exc).__name__}: {exc})") from None
-    column = {name: table.column(name).combine_chunks() for name in CLICK_COLUMNS}
+    column = {name: table.column(name).combine_chunks() for name in columns}
     ts, note = _arrow_timestamps(column["timestamp"])
-    return _arrow_ids(column["session_id"]), _arrow_ids(column["talk_id"]), ts, note
+    clients = (_arrow_ids(column[CLIENT_COLUMN]) if CLIENT_COLUMN in column
+               else np.full(len(ts), "", dtype=object))
+    return _arrow_ids(column["session_id"]), _arrow_ids(column["talk_id"]), ts, note, clients
 
 
 def _read_csv(path: Path):
@@ -134,8 +145,10 @@ def _read_csv(path: Path):
     missing = [c for c in CLICK_COLUMNS if c not in frame.columns]
     if missing:
         raise _Skip(f"lacks column(s) {', '.join(missing)} (found: {', '.join(frame.columns) or 'none'})")
+    clients = (_texts(frame[CLIENT_COLUMN].tolist()) if CLIENT_COLUMN in frame.columns
+               else np.full(len(frame), "", dtype=object))
     return (_texts(frame["session_id"].tolist()), _texts(frame["talk_id"].tolist()),
-            _text_timestamps(frame["timestamp"].tolist()), "")
+            _text_timestamps(frame["timestamp"].tolist()), "", clients)
 
 
 def click_files(folder) -> list[Path]:
@@ -166,8 +179,8 @@ def read_click_log(folder, catalog_ids: Iterable[str] | None = None, since=None)
     ``since``: keep clicks with ``timestamp >= since`` (a pandas Timestamp, datetime or text, naive
     meaning UTC; or epoch milliseconds).
 
-    Returns ``(clicks, report)``: clicks has session_id and talk_id (str) and timestamp
-    (datetime64[ns], UTC), deduplicated, in the click order of training and serving
+    Returns ``(clicks, report)``: clicks has session_id and talk_id (str), timestamp
+    (datetime64[ns], UTC) and client_id (str, '' when the file has none), deduplicated, in the click order of training and serving
     (:mod:`gtcrec.order`: by session id text, then time, then talk id text). The report:
     ``files_read`` and ``files_skipped`` (name -> reason), ``rows_read``, ``rows_dropped`` (reason ->
     count) and ``rows_dropped_by_file``, ``rows_before_since``, ``duplicates_removed``, ``clicks``,
@@ -190,7 +203,7 @@ def read_click_log(folder, catalog_ids: Iterable[str] | None = None, since=None)
             if path.stat().st_size == 0:
                 raise _Skip("empty file (0 bytes)")
             reader = _read_csv if path.suffix.lower() == ".csv" else _read_parquet
-            sessions, talks, ts, note = reader(path)
+            sessions, talks, ts, note, clients = reader(path)
         except _Skip as skip:
             files_skipped[path.name] = str(skip)
             messages.append(f"{path.name}: skipped: {skip}")
@@ -227,12 +240,14 @@ def read_click_log(folder, catalog_ids: Iterable[str] | None = None, since=None)
             early = keep & (ts < since_ns)
             rows_before += int(early.sum())
             keep &= ~early
-        parts.append((sessions[keep], talks[keep], ts[keep]))
+        parts.append((sessions[keep], talks[keep], ts[keep], clients[keep]))
 
     sessions = np.concatenate([p[0] for p in parts]) if parts else np.array([], dtype=object)
     talks = np.concatenate([p[1] for p in parts]) if parts else np.array([], dtype=object)
     ts = np.concatenate([p[2] for p in parts]) if parts else np.array([], dtype=np.int64)
-    frame = pd.DataFrame({"session_id": sessions.astype(object), "talk_id": talks.astype(object), "timestamp": ts})
+    clients = np.concatenate([p[3] for p in parts]) if parts else np.array([], dtype=object)
+    frame = pd.DataFrame({"session_id": sessions.astype(object), "talk_id": talks.astype(object), "timestamp": ts,
+                          CLIENT_COLUMN: clients.astype(object)})
     before = len(frame)
     frame = frame.drop_duplicates(CLICK_COLUMNS, ignore_index=True)
     duplicates = before - len(frame)
@@ -259,13 +274,14 @@ def read_click_log(folder, catalog_ids: Iterable[str] | None = None, since=None)
         "writers": writers,
         "writers_dropped_clicks": writers["clicks_dropped"],
         "writers_lost_clicks": writers["clicks_lost"],
+        "requests_not_logged": writers["requests_unvouched"] + writers["requests_bad_key"],
         "messages": messages + writers["messages"],
     }
     return frame, report
 
 
 COUNTERS = ("clicks_queued", "clicks_logged", "clicks_dropped", "requests_dropped", "clicks_lost", "segments",
-            "write_errors")
+            "write_errors", "requests_unvouched", "clicks_unvouched", "requests_bad_key", "clicks_bad_key")
 
 
 def log_stats(folder) -> dict:
@@ -273,7 +289,7 @@ def log_stats(folder) -> dict:
 
     Returns ``writers`` (how many), ``open`` (those not closed yet: still serving, or stopped without
     a finalize), the sums of ``clicks_queued``, ``clicks_logged``, ``clicks_dropped``,
-    ``requests_dropped``, ``clicks_lost``, ``segments``, ``write_errors``, ``by_writer`` (prefix ->
+    ``requests_dropped``, ``clicks_lost``, ``segments``, ``write_errors``, ``requests_unvouched`` / ``clicks_unvouched`` (no logging key) and ``requests_bad_key`` / ``clicks_bad_key`` (another key), ``by_writer`` (prefix ->
     its file) and ``messages`` (stats files that could not be read)."""
     out: dict[str, Any] = {"writers": 0, "open": 0, **{c: 0 for c in COUNTERS}, "by_writer": {}, "messages": []}
     for path in sorted(Path(folder).glob(f"{SEGMENT_PREFIX}*{STATS_SUFFIX}")):

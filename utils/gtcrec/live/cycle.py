@@ -15,7 +15,8 @@ A cycle (:func:`run_cycle`):
 
 Nothing is written before step 5, so a cycle killed earlier leaves the server, the repository and the
 log as they were, and the next cycle starts afresh. Every cycle, published or not, is recorded in
-``gtcrec_live.json`` (:func:`gtcrec.live.adapt.read_cycles`); ``gtcrec-adapt --status`` shows them.
+``gtcrec_live.json`` with what it set aside (``screened``: sessions, clients and talks, by rule) and the
+candidates its guard refused for their exposure (``settings.exposure_refused``) (:func:`gtcrec.live.adapt.read_cycles`); ``gtcrec-adapt --status`` shows them.
 
     gtcrec-adapt --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR --click-log DIR
                  [--catalog FILE] [--cache DIR] [--every N | --every-seconds S] [--cycles M]
@@ -170,7 +171,10 @@ def _status(repository, model_name: str) -> list[dict]:
                      "serving_recall@10": (c.get("scores") or {}).get("serving"),
                      "chosen_recall@10": (c.get("scores") or {}).get(c.get("chosen")),
                      "published": c.get("published", False), "version": c.get("version", c.get("serving_before")),
-                     "seconds": c.get("seconds"), "reason": c.get("reason") or c.get("error")})
+                     "seconds": c.get("seconds"), "reason": c.get("reason") or c.get("error"),
+                     "set_aside": (c.get("screened") or {}).get("set_aside"),
+                     "talks_set_aside": (c.get("screened") or {}).get("talks"),
+                     "exposure_refused": (c.get("settings") or {}).get("exposure_refused")})
     return rows
 
 
@@ -207,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{r['time']}: {r['clicks']} clicks, {r['sessions']} sessions; {r['chosen']} "
                 f"{r['chosen_recall@10']} vs serving {r['serving_recall@10']}; "
                 f"{'published as' if r['published'] else 'kept'} version {r['version']} ({r['seconds']} s)")
+            aside = r["set_aside"] or {}
+            log(f"  set aside: {aside.get('sessions', 0)} sessions, {aside.get('clients', 0)} clients "
+                f"({', '.join(f'{k} {v}' for k, v in aside.items() if v and k not in ('sessions', 'clients')) or 'none'})"
+                f"; talks {r['talks_set_aside'] or 'none'}; refused for exposure: {r['exposure_refused'] or 'none'}")
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if not (args.url and args.model_dir and args.click_log):

@@ -18,6 +18,13 @@ Where the key comes from (:func:`read_key`), in this order:
 The project's own control tools (``gtcrec-swap``, the healing watcher of ``gtcrec-serve``, the fleet
 swap) send it through :class:`ControlClient`. The key is never printed: :func:`redact` hides it in
 anything shown (a server's command line, error messages).
+
+The **logging key** (:func:`read_log_key`) is the second secret: the deploying app sends it with each
+request it vouches for (the Triton request parameter ``gtcrec_log_key``, with the attendee's id in
+``gtcrec_client_id``), and only those requests reach the click log of a server started with one. It
+comes from ``--log-key-file`` (created with a new key, mode 0600, when absent), ``$GTCREC_LOG_KEY`` or
+the file named by ``$GTCREC_LOG_KEY_FILE``; there is no default file: a server that logs clicks is told
+which key to accept. It is never printed either.
 """
 from __future__ import annotations
 
@@ -40,8 +47,16 @@ OPEN_METHODS = frozenset({"infer", "async_infer", "start_stream", "stop_stream",
                           "get_model_metadata", "close"})
 
 
+ENV_LOG_KEY = "GTCREC_LOG_KEY"
+ENV_LOG_KEY_FILE = "GTCREC_LOG_KEY_FILE"
+
+
 class ControlKeyError(RuntimeError):
     """No usable control key (a missing or empty key file, a malformed key)."""
+
+
+class LogKeyError(ControlKeyError):
+    """No usable logging key (a missing or empty key file, a key of characters it cannot hold)."""
 
 
 def default_key_file() -> Path:
@@ -49,22 +64,29 @@ def default_key_file() -> Path:
     return Path(base) / "gtcrec" / "control.key"
 
 
-def _check(key: str, source: str) -> str:
+def _check(key: str, source: str, what: str = "control key") -> str:
+    error = LogKeyError if what == "logging key" else ControlKeyError
     key = key.strip()
     if not key:
-        raise ControlKeyError(f"the control key from {source} is empty")
-    # Triton parses "group,group:key=value": the value must not hold those separators or spaces
-    bad = sorted({c for c in key if c in ",:=" or c.isspace() or not c.isprintable()})
+        raise error(f"the {what} from {source} is empty")
+    # Triton parses "group,group:key=value": the value must not hold those separators or spaces; a
+    # logging key travels as a request parameter and a header: printable ASCII only
+    ascii_only = what == "logging key"
+    bad = sorted({c for c in key if c in ",:=" or c.isspace() or not c.isprintable() or (ascii_only and not c.isascii())})
     if bad:
-        raise ControlKeyError(f"the control key from {source} holds characters Triton cannot take: {bad}")
+        raise error(f"the {what} from {source} holds characters it cannot take: {bad} (use letters, digits, "
+                    "'-' and '_', as a new key does)")
     return key
 
 
-def _read_file(path: Path, source: str) -> str:
+def _read_file(path: Path, source: str, what: str = "control key") -> str:
     try:
-        return _check(path.read_text(), source)
+        return _check(path.read_text(), source, what)
     except FileNotFoundError:
-        raise ControlKeyError(f"{source}: no such file") from None
+        raise (LogKeyError if what == "logging key" else ControlKeyError)(f"{source}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise (LogKeyError if what == "logging key" else ControlKeyError)(
+            f"{source}: not text ({exc.reason})") from None
 
 
 def read_key(key: str | None = None) -> str | None:
@@ -87,12 +109,12 @@ def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
-def ensure_key_file(path: str | os.PathLike | None = None) -> Path:
+def ensure_key_file(path: str | os.PathLike | None = None, what: str = "control key") -> Path:
     """The key file at ``path`` (default :func:`default_key_file`), created with a new key and mode
     0600 when absent. An existing file is kept (and checked)."""
     path = Path(path) if path is not None else default_key_file()
     if path.is_file():
-        _read_file(path, str(path))
+        _read_file(path, str(path), what)
         return path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
@@ -119,6 +141,30 @@ def key_for_command(key_file: str | os.PathLike | None = None, create: bool = Fa
         path = ensure_key_file()
         return _read_file(path, str(path)), str(path)
     return None, "nowhere"
+
+
+def read_log_key(key_file: str | os.PathLike | None = None, create: bool = False) -> tuple[str | None, str]:
+    """The logging key and where it came from (to print; never the key itself): ``key_file`` (made with a
+    new key, mode 0600, when absent and ``create``), else ``$GTCREC_LOG_KEY``, else the file named by
+    ``$GTCREC_LOG_KEY_FILE``; ``(None, "nowhere")`` when none is set. A key of characters it cannot hold
+    raises :class:`LogKeyError` with the reason."""
+    what = "logging key"
+    if key_file is not None:
+        path = Path(key_file)
+        if create:
+            ensure_key_file(path, what)
+        return _read_file(path, str(path), what), str(path)
+    if os.environ.get(ENV_LOG_KEY):
+        return _check(os.environ[ENV_LOG_KEY], f"${ENV_LOG_KEY}", what), f"${ENV_LOG_KEY}"
+    if os.environ.get(ENV_LOG_KEY_FILE):
+        path = Path(os.environ[ENV_LOG_KEY_FILE])
+        return _read_file(path, f"${ENV_LOG_KEY_FILE} ({path})", what), str(path)
+    return None, "nowhere"
+
+
+def check_log_key(key: str, source: str = "the argument") -> str:
+    """``key`` stripped, or :class:`LogKeyError` saying why it cannot be a logging key."""
+    return _check(key, source, "logging key")
 
 
 def server_args(key: str) -> list[str]:

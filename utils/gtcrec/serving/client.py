@@ -4,6 +4,10 @@ Works with ``tritonclient.http`` and ``tritonclient.grpc`` clients. The request 
 ``gtcrec.serving.operators``: ``session_id`` and ``talk_id`` as BYTES, ``timestamp`` as INT64
 epoch milliseconds (datetime64 and ISO-8601 text are converted; naive times are taken as UTC;
 numbers are taken as milliseconds already).
+
+A server with a click log logs only the requests the app vouches for: :func:`log_parameters` builds
+the Triton request parameters that carry the logging key and the attendee's id (``parameters=`` of
+tritonclient's ``infer``). Probes, load tests and watchers send none and are never logged.
 """
 from __future__ import annotations
 
@@ -50,6 +54,14 @@ def request_arrays(clicks: pd.DataFrame) -> dict[str, np.ndarray]:
         "talk_id": _bytes_array(clicks["talk_id"].to_numpy()),
         "timestamp": timestamps_ms(clicks["timestamp"]),
     }
+
+
+def log_parameters(log_key: str | None, client_id: str = "") -> dict | None:
+    """The request parameters that make a logging server log a request: the logging key and the
+    client (attendee) id the app answers for. None without a key: the request is answered, not logged."""
+    from gtcrec.serving.executor_model import CLIENT_PARAMETER, LOG_KEY_PARAMETER
+
+    return {LOG_KEY_PARAMETER: log_key, CLIENT_PARAMETER: str(client_id)} if log_key else None
 
 
 def _module(client):
@@ -123,8 +135,10 @@ def infer_with_retry(client, model_name: str, inputs: list, retries: int = 1, **
 
 
 def infer_arrays(client, arrays: dict[str, np.ndarray], model_name: str = DEFAULT_MODEL_NAME,
-                 model_version: str = "", batched: bool = False, retries: int = 1) -> dict[str, np.ndarray]:
+                 model_version: str = "", batched: bool = False, retries: int = 1,
+                 parameters: dict | None = None) -> dict[str, np.ndarray]:
     """Send request arrays; return the answer arrays (session_ids, talk_ids, scores).
+    ``parameters``: Triton request parameters (:func:`log_parameters` for a request the app vouches for).
 
     ``batched``: the model was exported with dynamic batching (the batch dimension of 1 is added
     to the request and removed from the answer). ``retries``: times the request is sent again
@@ -132,7 +146,7 @@ def infer_arrays(client, arrays: dict[str, np.ndarray], model_name: str = DEFAUL
     mod = _module(client)
     protocol = "grpc" if mod.__name__.endswith("grpc") else "http"
     result = infer_with_retry(client, model_name, make_inputs(arrays, protocol, batched), retries=retries,
-                              model_version=model_version, outputs=make_outputs(protocol))
+                              model_version=model_version, outputs=make_outputs(protocol), parameters=parameters)
     out = {name: result.as_numpy(name) for name in OUTPUTS}
     return {name: arr[0] for name, arr in out.items()} if batched else out
 

@@ -47,10 +47,20 @@ several servers can share one folder. ``finalize`` (Triton unloads the version o
 what is still queued. A folder that cannot be written, or a bad setting, makes the load fail.
 ``gtcrec.live.read_click_log`` reads the folder back.
 
+Only clicks the deploying app vouches for are logged: the server is given a logging key
+(``$GTCREC_LOG_KEY``; no key, or a key that cannot be one, makes the load fail), and a request is
+logged only when its Triton request parameters (``request.parameters()``, a JSON object) hold that key
+in ``gtcrec_log_key``; ``gtcrec_client_id`` names the attendee or client the app answers for. Every
+other request is answered as usual and never logged: it is counted (``requests_unvouched`` without a
+key, ``requests_bad_key`` with another one). Each logged click records its ``client_id`` and its
+``source`` (``key-`` and 8 hex digits of the key's SHA-256: which key vouched, never the key).
+
 The file imports nothing from ``gtcrec`` (a self-contained export runs without it) and can be
 imported outside Triton (for ``lean_chain`` / ``run_chain`` / ``ClickLog``).
 """
 import atexit
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -203,6 +213,10 @@ CLICK_LOG_SECONDS = 10.0
 CLICK_LOG_RECORDS = 100_000
 CLICK_LOG_QUEUE = 10_000  # answered requests waiting for the writer; more are dropped and counted
 CLICK_LOG_INPUTS = ("session_id", "talk_id", "timestamp")
+LOG_KEY_ENV = "GTCREC_LOG_KEY"  # the key a request must carry to be logged (set by the server's starter)
+LOG_KEY_PARAMETER = "gtcrec_log_key"  # request parameters: the logging key ...
+CLIENT_PARAMETER = "gtcrec_client_id"  # ... and the attendee / client id the app answers for
+MAX_CLIENT_ID = 128  # characters of a client id kept
 SEGMENT_PREFIX = "clicks-"  # segments: clicks-<prefix>-<seq:06d>.parquet
 STATS_SUFFIX = ".stats.json"  # the writer's counters: clicks-<prefix>.stats.json
 _STOP = object()
@@ -226,6 +240,24 @@ def click_log_prefix(instance: str, version, host: str | None = None, pid: int |
     parts = [host or socket.gethostname(), str(os.getpid() if pid is None else pid), str(instance),
              f"v{version}", token or secrets.token_hex(3)]
     return "-".join(re.sub(r"[^A-Za-z0-9_.-]", "_", part) or "_" for part in parts).lstrip(".")
+
+
+def key_source(key: str) -> str:
+    """What the log records as the source of a vouched click: a fingerprint of the key, never the key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def checked_log_key(key) -> str:
+    """``key`` stripped, or ValueError saying why it cannot be a logging key (printable ASCII without
+    spaces or ``, : =``; :func:`gtcrec.serving.access.check_log_key` applies the same rule at start)."""
+    key = str(key or "").strip()
+    if not key:
+        raise ValueError(f"the click log needs a logging key (${LOG_KEY_ENV}): requests are logged only when they "
+                         "carry it")
+    bad = sorted({c for c in key if c in ",:=" or c.isspace() or not c.isprintable() or not c.isascii()})
+    if bad:
+        raise ValueError(f"the logging key holds characters it cannot take: {bad}")
+    return key
 
 
 def _close_open_logs() -> None:  # at interpreter exit: a stub that exits without finalize still flushes
@@ -264,7 +296,8 @@ class ClickLog:
 
     def __init__(self, folder, prefix: str, max_records: int = CLICK_LOG_RECORDS,
                  max_seconds: float = CLICK_LOG_SECONDS, queue_size: int = CLICK_LOG_QUEUE,
-                 model_version: int = 0, meta: dict | None = None, poll_seconds: float = 1.0):
+                 model_version: int = 0, meta: dict | None = None, poll_seconds: float = 1.0,
+                 key: str | None = None):
         # the writing path runs once now (at load time, before the version is ready): its first run
         # imports modules (pyarrow.parquet, pandas for object arrays) while holding the GIL, which in
         # the writer thread would hold up the requests for about a second; no pyarrow fails the load
@@ -273,7 +306,9 @@ class ClickLog:
 
         self.model_version = int(model_version)
         one = np.array([b"x"], dtype=object)
-        pq.write_table(self._table(one, one, np.zeros(1, np.int64), np.zeros(1)), pa.BufferOutputStream())
+        pq.write_table(self._table(one, one, np.zeros(1, np.int64), np.zeros(1), one), pa.BufferOutputStream())
+        self._key = None if key is None else checked_log_key(key).encode()
+        self.source = "" if key is None else key_source(self._key.decode())
 
         if int(max_records) < 1 or not float(max_seconds) > 0 or int(queue_size) < 1:
             raise ValueError(f"click log: max_records ({max_records}) and queue_size ({queue_size}) must be >= 1 "
@@ -295,22 +330,60 @@ class ClickLog:
         self.requests_dropped = self.clicks_dropped = 0
         self.clicks_logged = self.segments = 0
         self.write_errors = self.clicks_lost = 0
+        self.requests_unvouched = self.clicks_unvouched = 0  # no logging key: answered, never logged
+        self.requests_bad_key = self.clicks_bad_key = 0  # another key: answered, never logged
         self._write_stats(raise_errors=True)  # a folder that cannot be written fails here, loudly
         self._thread = threading.Thread(target=self._run, name=f"gtcrec-click-log-{prefix}", daemon=True)
         self._thread.start()
         _OPEN_LOGS.add(self)
 
     # -- the request path ---------------------------------------------------------------------
-    def put(self, session_id, talk_id, timestamp, logged_at: float | None = None) -> bool:
-        """Queue the clicks of one answered request (copies of the arrays). False when they were dropped
-        (queue full, log closed, arrays of different lengths); never raises, never waits."""
+    def vouched(self, parameters) -> "str | None":
+        """The client id of a request whose parameters (the JSON text of ``request.parameters()``, or a
+        dict) carry this log's key; None otherwise (not to be logged). Never raises."""
+        try:
+            if isinstance(parameters, (str, bytes)):
+                parameters = json.loads(parameters or "{}")
+            sent = parameters.get(LOG_KEY_PARAMETER) if isinstance(parameters, dict) else None
+            if self._key is None or not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), self._key):
+                return None
+            client = parameters.get(CLIENT_PARAMETER, "")
+            return str(client if isinstance(client, (str, int)) else "")[:MAX_CLIENT_ID]
+        except Exception:  # noqa: BLE001 - unparseable parameters: not vouched for
+            return None
+
+    def put_request(self, parameters, session_id, talk_id, timestamp) -> bool:
+        """:meth:`put` the clicks of an answered request when its parameters carry the key (see
+        :meth:`vouched`); otherwise count them (``requests_unvouched`` / ``requests_bad_key``). Never
+        raises, never waits."""
+        client = self.vouched(parameters)
+        if client is not None:
+            return self.put(session_id, talk_id, timestamp, client_id=client)
+        try:
+            n = int(np.size(timestamp))
+            has_key = LOG_KEY_PARAMETER in (json.loads(parameters or "{}") if isinstance(parameters, (str, bytes))
+                                            else parameters)
+        except Exception:  # noqa: BLE001
+            n, has_key = 0, False
+        with self._lock:
+            if has_key:
+                self.requests_bad_key += 1
+                self.clicks_bad_key += n
+            else:
+                self.requests_unvouched += 1
+                self.clicks_unvouched += n
+        return False
+
+    def put(self, session_id, talk_id, timestamp, logged_at: float | None = None, client_id: str = "") -> bool:
+        """Queue the clicks of one answered request (copies of the arrays), from ``client_id``. False when
+        they were dropped (queue full, log closed, arrays of different lengths); never raises, never waits."""
         n = 0
         try:
             ts = np.array(timestamp, dtype=np.int64, copy=True).reshape(-1)
             n = len(ts)
             record = (np.array(session_id, dtype=object, copy=True).reshape(-1),
                       np.array(talk_id, dtype=object, copy=True).reshape(-1), ts,
-                      time.time() if logged_at is None else float(logged_at))
+                      time.time() if logged_at is None else float(logged_at), str(client_id))
             ok = len(record[0]) == len(record[1]) == n
             with self._lock:
                 if ok and not self._closed:
@@ -394,17 +467,19 @@ class ClickLog:
             times = np.concatenate([r[2] for r in pending])
             logged = np.concatenate([np.broadcast_to(np.asarray(r[3], dtype=np.float64), (len(r[2]),))
                                      for r in pending])
+            clients = np.concatenate([np.broadcast_to(np.asarray(r[4], dtype=object), (len(r[2]),))
+                                      for r in pending])
         except Exception as exc:  # noqa: BLE001 - never keep (and retry) what cannot be written
             lost = sum(len(r[2]) for r in pending)
             self.write_errors += 1
             self.clicks_lost += lost
             self._report(f"could not gather {lost} clicks ({type(exc).__name__}: {exc}); lost")
             return [], 0
-        self._write_segment(sessions[:n], talks[:n], times[:n], logged[:n])
+        self._write_segment(sessions[:n], talks[:n], times[:n], logged[:n], clients[:n])
         rest = len(times) - n
         if not rest:
             return [], 0
-        return [(sessions[n:], talks[n:], times[n:], logged[n:])], rest
+        return [(sessions[n:], talks[n:], times[n:], logged[n:], clients[n:])], rest
 
     @staticmethod
     def _strings(values):
@@ -416,7 +491,7 @@ class ClickLog:
             return pa.array([v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
                              for v in values], type=pa.string())
 
-    def _table(self, sessions, talks, times, logged):
+    def _table(self, sessions, talks, times, logged, clients):
         import pyarrow as pa
 
         return pa.table({
@@ -425,6 +500,8 @@ class ClickLog:
             "timestamp": pa.array(times, type=pa.timestamp("ms", tz="UTC")),
             "logged_at": pa.array(logged, type=pa.float64()),
             "model_version": pa.array(np.full(len(times), self.model_version, dtype=np.int64)),
+            "client_id": self._strings(clients),
+            "source": pa.array([getattr(self, "source", "")] * len(times), type=pa.string()),
         })
 
     def _write_file(self, table, path: Path) -> None:
@@ -435,12 +512,12 @@ class ClickLog:
             f.flush()
             os.fsync(f.fileno())
 
-    def _write_segment(self, sessions, talks, times, logged) -> bool:
+    def _write_segment(self, sessions, talks, times, logged, clients) -> bool:
         """One segment under its final name, or nothing there (the error printed and counted)."""
         name = segment_name(self.prefix, self._seq)
         tmp = self.folder / f".{name}.tmp"
         try:
-            self._write_file(self._table(sessions, talks, times, logged), tmp)
+            self._write_file(self._table(sessions, talks, times, logged, clients), tmp)
             os.replace(tmp, self.folder / name)
         except Exception as exc:  # noqa: BLE001 - counted, never raised into the requests
             self.write_errors += 1
@@ -474,7 +551,9 @@ class ClickLog:
                 "clicks_logged": self.clicks_logged, "segments": self.segments,
                 "requests_dropped": self.requests_dropped, "clicks_dropped": self.clicks_dropped,
                 "write_errors": self.write_errors, "clicks_lost": self.clicks_lost,
-                "max_records": self.max_records, "max_seconds": self.max_seconds, "queue_size": self.queue_size}
+                "requests_unvouched": self.requests_unvouched, "clicks_unvouched": self.clicks_unvouched,
+                "requests_bad_key": self.requests_bad_key, "clicks_bad_key": self.clicks_bad_key,
+                "source": self.source, "max_records": self.max_records, "max_seconds": self.max_seconds, "queue_size": self.queue_size}
 
     def _write_stats(self, closed: bool = False, raise_errors: bool = False) -> None:
         doc = self.stats()
@@ -535,9 +614,10 @@ def click_log_from_env(instance: str, version, environ=None, **kwargs) -> "Click
         return None
     seconds = _env_number(environ, CLICK_LOG_SECONDS_ENV, float, CLICK_LOG_SECONDS)
     records = _env_number(environ, CLICK_LOG_RECORDS_ENV, int, CLICK_LOG_RECORDS)
+    key = checked_log_key(environ.get(LOG_KEY_ENV))  # no key, or one it cannot be: the load fails
     meta = {"host": socket.gethostname(), "pid": os.getpid(), "instance": str(instance), "version": str(version)}
     return ClickLog(folder, click_log_prefix(instance, version), max_records=records, max_seconds=seconds,
-                    model_version=int(version) if str(version).isdigit() else 0, meta=meta, **kwargs)
+                    model_version=int(version) if str(version).isdigit() else 0, meta=meta, key=key, **kwargs)
 
 
 def _model_repository(args):
@@ -640,23 +720,23 @@ class TritonPythonModel:
                             .astype(dtype, copy=False))
             for name, dtype in self.outputs])
 
-    def _log(self, arrays=None, request=None):
-        """Queue the clicks of an answered request (its arrays, or read from ``request``); never fails,
-        never waits."""
+    def _log(self, request, arrays=None):
+        """Queue the clicks of an answered request (its arrays, or read from ``request``) when its
+        parameters carry the logging key, else count them; never fails, never waits."""
         log = self.click_log
         if log is None:
             return
         try:
             if arrays is None:
                 arrays = self._arrays(request)
-            log.put(arrays["session_id"], arrays["talk_id"], arrays["timestamp"])
+            log.put_request(request.parameters(), arrays["session_id"], arrays["talk_id"], arrays["timestamp"])
         except Exception:  # noqa: BLE001 - an answered request never fails because of its log
             log.requests_dropped += 1
 
     def _lean(self, request):
         arrays = self._arrays(request)
         response = self._response(run_chain(self.chain, arrays))
-        self._log(arrays)
+        self._log(request, arrays)
         return response
 
     def _merlin(self, request):
@@ -667,7 +747,7 @@ class TritonPythonModel:
         inputs = triton_request_to_tensor_table(request, self.ensemble.input_schema)
         outputs = self.ensemble.transform(inputs, runtime=TritonExecutorRuntime())
         response = tensor_table_to_triton_response(outputs, self.ensemble.output_schema)
-        self._log(request=request)
+        self._log(request)
         return response
 
     @staticmethod
@@ -703,7 +783,7 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001
                 responses.append(self._failure(exc))
                 continue
-            self._log(arrays_of[j])
+            self._log(requests[j], arrays_of[j])
         return responses
 
     def execute(self, requests):

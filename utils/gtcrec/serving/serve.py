@@ -3,7 +3,7 @@
     gtcrec-serve [REPOSITORY] [--artifacts-dir artifacts] [--model-name executor_model]
                  [--http-port 8000] [--grpc-port 8001] [--tritonserver PATH] [--log FILE]
                  [--reset] [--no-heal] [--control-key-file FILE]
-                 [--click-log DIR [--click-log-seconds S]]
+                 [--click-log DIR --log-key-file FILE [--click-log-seconds S]]
 
 Starts ``tritonserver`` (:class:`gtcrec.serving.server.TritonServer`: the bundled copy or a given
 one) on loopback, in explicit model control on ``REPOSITORY``, loads the served model, prints the
@@ -33,9 +33,14 @@ drops no request of the healthy instance. It does not heal while ``gtcrec-swap``
 folder's lock (that swap loads a new copy anyway), nor when the newest version folder is not the
 one served (a load would serve that folder).
 
-Click log (``--click-log DIR``): the model's instances write the clicks of every request they
+Click log (``--click-log DIR``): the model's instances write the clicks of the requests they
 answered into parquet segments in ``DIR`` (a new segment every ``--click-log-seconds``, default 10,
 while clicks come; the rest when the server stops). :func:`gtcrec.live.read_click_log` reads them.
+Only requests that carry the logging key are logged (the app sends it as the request parameter
+``gtcrec_log_key``, with the attendee's id in ``gtcrec_client_id``); every other request is answered
+and counted, never logged. The key comes from ``--log-key-file FILE`` (created with a new key, mode
+0600, when missing), ``$GTCREC_LOG_KEY`` or ``$GTCREC_LOG_KEY_FILE``; ``--click-log`` without one, or
+with a key it cannot use, refuses to start and says why. The key is never printed.
 
 Exit status: 0 stopped by Ctrl-C / SIGTERM; 1 the server failed to start or died; 2 bad
 arguments or no repository.
@@ -307,6 +312,10 @@ def _parser() -> argparse.ArgumentParser:
                         "instances (default: %(default)s)")
     parser.add_argument("--click-log", metavar="DIR", help="log the clicks of every answered request into parquet "
                         "segments in DIR (created); read them with gtcrec.live.read_click_log")
+    parser.add_argument("--log-key-file", metavar="FILE", help="with --click-log: the key the app sends with each "
+                        "request it vouches for (request parameter gtcrec_log_key); only those are logged. Created "
+                        "with a new key, readable by you only, when missing (else $GTCREC_LOG_KEY or "
+                        "$GTCREC_LOG_KEY_FILE)")
     parser.add_argument("--click-log-seconds", type=float, metavar="S", help="a new click log segment at least "
                         "every S seconds while clicks come (default: 10)")
     return parser
@@ -326,6 +335,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--reset copies notebook 05's export; it does not apply to a REPOSITORY given")
     if args.click_log_seconds is not None and (args.click_log is None or not args.click_log_seconds > 0):
         parser.error("--click-log-seconds needs --click-log and a number > 0")
+    if args.log_key_file is not None and args.click_log is None:
+        parser.error("--log-key-file needs --click-log")
+    try:
+        log_key, log_key_source = (access.read_log_key(args.log_key_file, create=True) if args.click_log
+                                   else (None, "nowhere"))
+    except (access.LogKeyError, OSError) as exc:
+        print(f"gtcrec-serve: {exc}", file=sys.stderr)
+        return 2
+    if args.click_log is not None and log_key is None:
+        parser.error("--click-log logs only the requests the app vouches for, and needs the key they carry: pass "
+                     "--log-key-file FILE (created with a new key, mode 0600, when missing; give the same key to the "
+                     f"app), or set ${access.ENV_LOG_KEY_FILE} / ${access.ENV_LOG_KEY}")
     try:
         repo = (Path(args.repository) if args.repository
                 else artifacts_repository(args.artifacts_dir, args.model_name, reset=args.reset, log=log))
@@ -347,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   http_port=args.http_port or None, grpc_port=args.grpc_port or None,
                                   host="127.0.0.1", log_path=args.log, startup_timeout=args.startup_timeout,
                                   tritonserver=args.tritonserver, control_key=key, click_log=args.click_log,
-                                  click_log_seconds=args.click_log_seconds)
+                                  click_log_seconds=args.click_log_seconds,
+                                  log_key=log_key if args.click_log is not None else None)
             log(f"starting {server.binary.executable} ({server.binary.source}) on {repo}; log {server.log_path}")
             server.start()
         except (TritonServerError, PortInUseError, ValueError) as exc:
@@ -366,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server.click_log is not None:
             every = server.click_log_seconds or CLICK_LOG_SECONDS
             log(f"logging clicks to {server.click_log} (parquet segments clicks-*.parquet, a new one every "
-                f"{every:g} s while clicks come; read with gtcrec.live.read_click_log)")
+                f"{every:g} s while clicks come; read with gtcrec.live.read_click_log): only requests that carry "
+                f"the logging key in {log_key_source} (request parameter gtcrec_log_key); others are answered "
+                "and counted, never logged")
         log(f"swap a catalog: gtcrec-swap NEW_CATALOG --repository {repo} --url {server.grpc_url} "
             f"--model-name {args.model_name} --model-dir {_model_dir(args.artifacts_dir)}")
         if not args.no_heal:

@@ -26,7 +26,7 @@ from gtcrec.serving import access
 from gtcrec.serving.binary import (ENV_BINARY, PortInUseError, TritonBinary,  # noqa: F401 (re-exported)
                                    TritonServerError, find_tritonserver)
 # the click log's settings: the executor (which cannot import gtcrec) reads them from its environment
-from gtcrec.serving.executor_model import CLICK_LOG_ENV, CLICK_LOG_RECORDS_ENV, CLICK_LOG_SECONDS_ENV
+from gtcrec.serving.executor_model import CLICK_LOG_ENV, CLICK_LOG_RECORDS_ENV, CLICK_LOG_SECONDS_ENV, LOG_KEY_ENV
 from gtcrec.serving.process import LocalService, port_open
 
 
@@ -174,6 +174,11 @@ class TritonServer(LocalService):
         :func:`gtcrec.live.read_click_log`): the child gets ``$GTCREC_CLICK_LOG`` (absolute path), and
         ``click_log_seconds`` / ``click_log_records`` (segment rotation) when given. ``None``: no click
         log, even if this process's environment has those variables (they are not passed on).
+    log_key: with ``click_log``, the logging key a request must carry (request parameter
+        ``gtcrec_log_key``) to be logged; the child gets it as ``$GTCREC_LOG_KEY``. ``None`` takes
+        :func:`gtcrec.serving.access.read_log_key` or, when there is none, a new random key that only this
+        object knows (:attr:`log_key`: what the app, a replay or a test sends). A key of characters it
+        cannot hold raises :class:`gtcrec.serving.access.LogKeyError`.
 
     Close your clients before :meth:`stop`: an open keep-alive connection delays Triton's exit.
     """
@@ -190,7 +195,7 @@ class TritonServer(LocalService):
                  exit_timeout: int = 10, stop_timeout: float = 15.0,
                  extra_args: Sequence[str] = (), control_key: str | None = None,
                  click_log: str | os.PathLike | None = None, click_log_seconds: float | None = None,
-                 click_log_records: int | None = None):
+                 click_log_records: int | None = None, log_key: str | None = None):
         if model_control not in ("explicit", "none"):
             raise ValueError("model_control must be 'explicit' or 'none'")
         repos = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
@@ -232,6 +237,10 @@ class TritonServer(LocalService):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         self.click_log_seconds = None if click_log_seconds is None else float(click_log_seconds)
         self.click_log_records = None if click_log_records is None else int(click_log_records)
+        self.log_key = None
+        if self.click_log is not None:
+            self.log_key = (access.check_log_key(log_key) if log_key is not None
+                            else access.read_log_key()[0] or access.new_key())
         self.startup_seconds: float | None = None
 
     def command(self) -> list[str]:
@@ -276,7 +285,7 @@ class TritonServer(LocalService):
         if self.click_log is None:
             return {}
         self.click_log.mkdir(parents=True, exist_ok=True)
-        env = {CLICK_LOG_ENV: str(self.click_log)}
+        env = {CLICK_LOG_ENV: str(self.click_log), LOG_KEY_ENV: self.log_key}
         if self.click_log_seconds is not None:
             env[CLICK_LOG_SECONDS_ENV] = repr(self.click_log_seconds)
         if self.click_log_records is not None:
@@ -290,7 +299,7 @@ class TritonServer(LocalService):
         self._choose_ports()
         env = dict(os.environ)
         env.update(self.binary.env)
-        for name in (CLICK_LOG_ENV, CLICK_LOG_SECONDS_ENV, CLICK_LOG_RECORDS_ENV):
+        for name in (CLICK_LOG_ENV, CLICK_LOG_SECONDS_ENV, CLICK_LOG_RECORDS_ENV, LOG_KEY_ENV):
             env.pop(name, None)  # only what this object says
         env.update(self.click_log_env())
         self.startup_seconds = self._launch(self.command(), env)
