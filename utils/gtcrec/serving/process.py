@@ -42,9 +42,25 @@ def _tail(path: Path, n_lines: int = 40) -> str:
     return "\n".join(lines[-n_lines:])
 
 
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (non-zombie) processes of process group ``pgid`` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 def stop_process_group(proc: subprocess.Popen, soft: int = signal.SIGTERM, timeout: float = 10.0) -> int:
     """Stop a child started in its own process group: ``soft`` (a signal), up to ``timeout`` seconds to
-    exit, then SIGKILL to whatever is left of the group (a server and its helpers). Returns the exit code."""
+    exit, then SIGKILL to whatever is left of the group (a server and its helpers), and wait (at most
+    ``timeout`` seconds more) until none of the group is alive: on a loaded machine a killed python-backend
+    stub can outlive its server by a moment, and a caller that checks at once would find it. Returns the
+    child's exit code."""
     if proc.poll() is None:
         try:
             proc.send_signal(soft)
@@ -55,7 +71,11 @@ def stop_process_group(proc: subprocess.Popen, soft: int = signal.SIGTERM, timeo
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    return proc.wait()
+    code = proc.wait()
+    deadline = time.monotonic() + timeout
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return code
 
 
 def port_open(host: str, port: int) -> bool:
