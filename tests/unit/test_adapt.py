@@ -90,7 +90,7 @@ def test_closed_form_uses_only_per_talk_parts_and_the_same_graph(world):
     assert check["max_score_diff"] < 1e-3
 
 
-def test_adapt_learns_what_the_text_cannot_show_and_serves_it(world):
+def test_adapt_learns_what_the_text_cannot_show_and_serves_it(world, precision):  # fine-tunes: both precisions
     model, follow, ids = world["model"], world["follow"], world["ids"]
     clicks = as_clicks(paired_sessions(240, seed=2, follow=follow), ids)
     result = adapt.adapt(model, model, clicks, world["catalog"], world["tmp"] / "a", epochs=3, budget_s=None)
