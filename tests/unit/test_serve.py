@@ -257,8 +257,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(world):
-    s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1"],
-               cwd=world["root"])
+    s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1",
+                "--log-key-file", world["root"] / "log.key"], cwd=world["root"])
     try:
         s.wait_for("Ctrl-C or SIGTERM stops it")
         yield s
@@ -346,6 +346,11 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     body, path = readme_request()
     answer = post(url + path, body)
     assert answer["model_version"] == "1"
+    # the logging key: made by --log-key-file, readable by its owner only, never printed; the app sends it
+    assert (world["root"] / "log.key").stat().st_mode & 0o777 == 0o600
+    assert log_key(world) not in "\n".join(served.lines)
+    vouched = {**body, "parameters": {"gtcrec_log_key": log_key(world), "gtcrec_client_id": "readme-app"}}
+    assert outputs(post(url + path, vouched))["talk_ids"].tolist() == outputs(answer)["talk_ids"].tolist()
     assert_answer_equals(answer, lean_transform(world["ensemble_v1"], request_arrays(body)))
     assert set(outputs(answer)["talk_ids"].ravel()) <= set(world["old"]["talk_id"])
 
@@ -377,7 +382,9 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     assert len(v1) == 2 and all(doc["closed"] and doc["clicks_dropped"] == 0 for doc in v1), v1
     logged = pd.concat([pd.read_parquet(f) for f in sorted(click_log.glob("clicks-*.parquet"))], ignore_index=True)
     readme_clicks = clicks_of(request_arrays(body))
-    assert readme_clicks <= clicks_of(logged[logged["model_version"] == 1])
+    assert readme_clicks <= clicks_of(logged[logged["model_version"] == 1])  # the copy the app vouched for
+    assert set(logged.loc[logged["model_version"] == 1, "client_id"]) == {"readme-app"}
+    assert sum(doc["requests_unvouched"] for doc in v1) >= 2  # the README's own request, sent twice without the key
 
     fall_ids = world["new"]["talk_id"].tolist()
     fall_body = json.loads(json.dumps(body))
@@ -421,7 +428,7 @@ def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world,
         session = pd.DataFrame({"session_id": f"live-{i}", "talk_id": [fall[j] for j in walk],
                                 "timestamp": np.int64(1_730_000_000_000) + 600_000 * i + 60_000 * np.arange(4)})
         for t in range(1, 5):  # each request carries the session so far
-            cl.infer_arrays(client, cl.request_arrays(session.head(t)))
+            cl.infer_arrays(client, cl.request_arrays(session.head(t)), parameters=cl.log_parameters(log_key(world)))
     client.close()
     time.sleep(2.5)  # the log writes a segment every second
     before = {f.name: f.stat().st_size for f in click_log.iterdir()}
@@ -455,6 +462,11 @@ def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world,
 
 # ------------------------------------------------------------------------------------------------ healing
 
+def log_key(world) -> str:
+    """The logging key gtcrec-serve made (--log-key-file): what the app sends with the clicks it vouches for."""
+    return (world["root"] / "log.key").read_text().strip()
+
+
 def probe(world) -> dict[str, np.ndarray]:
     fall = world["new"]["talk_id"].tolist()
     clicks = pd.DataFrame({"session_id": ["a", "a", "b", "b", "b"], "talk_id": [fall[1], fall[4], fall[9], fall[2], fall[7]],
@@ -476,7 +488,7 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
     assert sorted(stubs) == [f"{NAME}_0_0", f"{NAME}_0_1"], stubs
     request = probe(world)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
-    want = cl.infer_arrays(client, request)
+    want = cl.infer_arrays(client, request, parameters=cl.log_parameters(log_key(world), "probe-app"))
     for _ in range(20):  # both instances answer alike before the kill
         got = cl.infer_arrays(client, request, retries=0)
         np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
