@@ -488,9 +488,10 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
     assert sorted(stubs) == [f"{NAME}_0_0", f"{NAME}_0_1"], stubs
     request = probe(world)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
-    want = cl.infer_arrays(client, request, parameters=cl.log_parameters(log_key(world), "probe-app"))
+    app = cl.log_parameters(log_key(world), "probe-app")  # the app vouches: every answered click is logged
+    want = cl.infer_arrays(client, request, parameters=app)
     for _ in range(20):  # both instances answer alike before the kill
-        got = cl.infer_arrays(client, request, retries=0)
+        got = cl.infer_arrays(client, request, retries=0, parameters=app)
         np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
     mark = len(served.lines)
     victim = stubs[f"{NAME}_0_1"]
@@ -501,7 +502,7 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
         for retries in (1, 0):  # helpers, then a plain request
             sent = time.monotonic()
             try:
-                got = cl.infer_arrays(client, request, retries=retries)
+                got = cl.infer_arrays(client, request, retries=retries, parameters=app)
                 ok = bool(np.array_equal(got["talk_ids"], want["talk_ids"])
                           and np.allclose(got["scores"], want["scores"], rtol=1e-5, equal_nan=True))
                 error = "" if ok else "wrong answer"
