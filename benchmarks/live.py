@@ -257,11 +257,13 @@ def attack(served, catalog, clicks, fraction: float, spam_share: float, shapes, 
         row = {"run": name, "published": result.publish, "chosen": result.chosen, "target_share": share,
                "recall@10": recall, "set_aside_sessions": aside.get("sessions"), "set_aside": aside,
                "talks": (result.screened or {}).get("talks"), "exposure_refused":
-               result.settings.get("exposure_refused"), "seconds": round(time.perf_counter() - started, 1)}
+               result.settings.get("exposure_refused"), "choose_capped": result.settings.get("choose_capped"),
+               "seconds": round(time.perf_counter() - started, 1)}
         log(f"{name}: target in {share:.1%} of the later top 10, recall@10 {recall:.4f} ({result.chosen}, "
             f"{'published' if result.publish else 'kept'}); set aside {aside.get('sessions')} sessions "
             f"{ {k: v for k, v in aside.items() if v and k not in ('sessions', 'clients')} }, talks "
-            f"{(result.screened or {}).get('talks')}; refused {row['exposure_refused'] or '-'} ({row['seconds']} s)")
+            f"{(result.screened or {}).get('talks')}; refused {row['exposure_refused'] or '-'}; clicks left out of the "
+            f"choice {row['choose_capped'] or '-'} ({row['seconds']} s)")
         return row
 
     log(f"{n_obs} honest sessions observed, {len(later_sessions)} later sessions ({len(targets)} clicks) answered; "
