@@ -257,7 +257,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(world):
-    s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1"],
+    s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1",
+                "--log-key-file", world["root"] / "log.key"],
                cwd=world["root"])
     try:
         s.wait_for("Ctrl-C or SIGTERM stops it")
@@ -346,6 +347,9 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     body, path = readme_request()
     answer = post(url + path, body)
     assert answer["model_version"] == "1"
+    # the same request as the app sends it (KServe v2 request parameters: its logging key, a client id):
+    # the only one of the two that is logged
+    assert post(url + path, {**body, "parameters": cl.log_parameters(app_key(world), "readme")})["model_version"] == "1"
     assert_answer_equals(answer, lean_transform(world["ensemble_v1"], request_arrays(body)))
     assert set(outputs(answer)["talk_ids"].ravel()) <= set(world["old"]["talk_id"])
 
@@ -378,6 +382,7 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     logged = pd.concat([pd.read_parquet(f) for f in sorted(click_log.glob("clicks-*.parquet"))], ignore_index=True)
     readme_clicks = clicks_of(request_arrays(body))
     assert readme_clicks <= clicks_of(logged[logged["model_version"] == 1])
+    assert set(logged["client_id"]) == {"readme"}  # the anonymous request: answered, not logged
 
     fall_ids = world["new"]["talk_id"].tolist()
     fall_body = json.loads(json.dumps(body))
@@ -414,14 +419,15 @@ def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world,
     follow = np.random.default_rng(3).permutation(len(fall))
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
     rng = np.random.default_rng(4)
-    for i in range(200):  # the newest 40 choose: 120 clicks (adapt.MIN_CHOOSE_CLICKS is 100)
+    app = cl.log_parameters(app_key(world), "")  # the app's clicks (each session its own client)
+    for i in range(260):  # the newest 52 choose (some set aside as repeated walks): 100+ clicks (MIN_CHOOSE_CLICKS)
         walk = [int(rng.integers(len(fall)))]
         for _ in range(3):
             walk.append(int(follow[walk[-1]]))
         session = pd.DataFrame({"session_id": f"live-{i}", "talk_id": [fall[j] for j in walk],
                                 "timestamp": np.int64(1_730_000_000_000) + 600_000 * i + 60_000 * np.arange(4)})
         for t in range(1, 5):  # each request carries the session so far
-            cl.infer_arrays(client, cl.request_arrays(session.head(t)))
+            cl.infer_arrays(client, cl.request_arrays(session.head(t)), parameters=app)
     client.close()
     time.sleep(2.5)  # the log writes a segment every second
     before = {f.name: f.stat().st_size for f in click_log.iterdir()}
@@ -455,6 +461,13 @@ def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world,
 
 # ------------------------------------------------------------------------------------------------ healing
 
+def app_key(world) -> str:
+    """The logging key gtcrec-serve created for the app (--log-key-file)."""
+    from gtcrec.serving import access
+
+    return access.read_log_key(world["root"] / "log.key")[0]
+
+
 def probe(world) -> dict[str, np.ndarray]:
     fall = world["new"]["talk_id"].tolist()
     clicks = pd.DataFrame({"session_id": ["a", "a", "b", "b", "b"], "talk_id": [fall[1], fall[4], fall[9], fall[2], fall[7]],
@@ -476,9 +489,10 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
     assert sorted(stubs) == [f"{NAME}_0_0", f"{NAME}_0_1"], stubs
     request = probe(world)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
-    want = cl.infer_arrays(client, request)
+    app = cl.log_parameters(app_key(world), "healing-client")  # the app asks: its clicks are logged
+    want = cl.infer_arrays(client, request, parameters=app)
     for _ in range(20):  # both instances answer alike before the kill
-        got = cl.infer_arrays(client, request, retries=0)
+        got = cl.infer_arrays(client, request, retries=0, parameters=app)
         np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
     mark = len(served.lines)
     victim = stubs[f"{NAME}_0_1"]
@@ -489,7 +503,7 @@ def test_a_killed_stub_is_healed_while_a_client_keeps_asking(world, served, tmp_
         for retries in (1, 0):  # helpers, then a plain request
             sent = time.monotonic()
             try:
-                got = cl.infer_arrays(client, request, retries=retries)
+                got = cl.infer_arrays(client, request, retries=retries, parameters=app)
                 ok = bool(np.array_equal(got["talk_ids"], want["talk_ids"])
                           and np.allclose(got["scores"], want["scores"], rtol=1e-5, equal_nan=True))
                 error = "" if ok else "wrong answer"
