@@ -5,8 +5,9 @@
 Builds a tiny world in a temporary folder (an 80-talk vocabulary, a traced embedding-sum top-k model,
 the lean executor), starts TWO real Triton servers on the same repository, one with
 ``click_log=`` and one without, and sends the same one-session requests (the growing prefixes of
-generated sessions, as a live site sends them) to both in ONE run, alternating server and order
-every round, one gRPC client each. Prints the p50 / p90 / p99 of each and the ratio of the p50s,
+generated sessions, as a live site sends them, with the app's logging key and a client id, so the
+logging server logs them) to both in ONE run, alternating server and order every round, one gRPC
+client each. Prints the p50 / p90 / p99 of each and the ratio of the p50s,
 and what the log holds at the end (read back with ``gtcrec.live.read_click_log``).
 """
 from __future__ import annotations
@@ -72,12 +73,14 @@ def main() -> None:
         for server in servers.values():
             server.start()
         clients = {name: s.grpc_client() for name, s in servers.items()}
+        # what the app sends: its logging key and an attendee id, to both (the one without a log ignores them)
+        parameters = cl.log_parameters(servers["on"].log_key, "attendee-1")
         sent = {"on": 0, "off": 0}
         for i in range(args.warmup + args.requests):
             order = ("on", "off") if i % 2 == 0 else ("off", "on")
             for name in order:
                 started = time.perf_counter()
-                clients[name].infer("rec", inputs[i % len(inputs)], outputs=outputs)
+                clients[name].infer("rec", inputs[i % len(inputs)], outputs=outputs, parameters=parameters)
                 if i >= args.warmup:
                     times[name].append((time.perf_counter() - started) * 1e3)
                 sent[name] += len(requests[i % len(requests)]["talk_id"])

@@ -139,22 +139,42 @@ SHAPES = {
     "long scripted": "ten popular talks in a random order, the target after every third",
     "replayed real sessions": "observed real sessions copied under new ids, the target inserted at random",
     "pair, one client": "the varied pair, every session from one client id",
+    "popular mix": "the target and 2-4 of the 30 most popular talks, drawn per session, in a random order",
+    "text neighbours": "the target and 2-4 of its 10 most text-similar talks, drawn per session, in a random order",
+    "mixed": "each session one of: popular mix, text neighbours, replayed real session, varied pair",
+    "popular mix, spread": "the popular mix, its sessions starting among the honest ones rather than in a burst",
+    "mixed, spread": "the mixed shapes, their sessions starting among the honest ones",
+    "popular mix, late": "the popular mix, in a burst after the honest sessions, just before the cycle",
+    "mixed, late": "the mixed shapes, in a burst after the honest sessions, just before the cycle",
 }
+HUMAN = ("popular mix", "text neighbours", "mixed")  # shapes with human-like timing (30 s to 4 min between clicks)
 
 
-def spam_sessions(shape: str, n: int, target: str, popular: list[str], real, start, seed: int):
+def spam_sessions(shape: str, n: int, target: str, popular: list[str], real, start, seed: int,
+                  neighbours: list[str] = ()):
     """``n`` scripted sessions of ``shape`` (:data:`SHAPES`) pushing ``target``, as clicks (session_id,
-    talk_id, timestamp, client_id) one minute apart from ``start``."""
+    talk_id, timestamp, client_id): one minute apart from ``start``, 30 s between clicks; the shapes of
+    :data:`HUMAN` with 30 s to 4 min between clicks, a few minutes between sessions or, spread, each
+    session starting at a random honest session's start (``real``), or, late, in a burst after the
+    honest sessions (the newest a cycle sees: it chooses on them). ``neighbours``: the talks most
+    text-similar to the target."""
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(seed)
     real_sessions = [g["talk_id"].tolist() for _, g in real.groupby("session_id", sort=False)]
+    real_starts = real.groupby("session_id")["timestamp"].min().to_numpy()
+    base = shape.removesuffix(", spread").removesuffix(", late")
+    if shape.endswith(", late"):  # a burst after the honest sessions: the newest a cycle sees
+        start = pd.Timestamp(real_starts.max()) + pd.Timedelta(minutes=1)
+    human_starts = np.cumsum(np.random.default_rng([seed, 1]).integers(60, 300, n)) - 60  # minutes apart
     rows = []
     for i in range(n):
+        kind = (["popular mix", "text neighbours", "replayed real sessions", "pair, varied partner"][int(rng.integers(4))]
+                if base == "mixed" else base)
         if shape == "pair":
             talks = [popular[0], target]
-        elif shape in ("pair, varied partner", "pair, one client"):
+        elif kind in ("pair, varied partner", "pair, one client"):
             talks = [popular[int(rng.integers(min(20, len(popular))))], target]
         elif shape == "single-talk flood":
             talks = [target] * 3
@@ -162,16 +182,39 @@ def spam_sessions(shape: str, n: int, target: str, popular: list[str], real, sta
             talks = []
             for j, talk in enumerate(rng.permutation(popular[:10])):
                 talks += [talk] + ([target] if j % 3 == 2 else [])
-        elif shape == "replayed real sessions":
+        elif kind == "replayed real sessions":
             talks = list(real_sessions[int(rng.integers(len(real_sessions)))])
             talks.insert(int(rng.integers(len(talks) + 1)), target)
+        elif kind in ("popular mix", "text neighbours"):
+            pool = [t for t in (popular[:30] if kind == "popular mix" else neighbours) if t != target]
+            talks = list(rng.permutation([target, *rng.choice(pool, int(rng.integers(2, 5)), replace=False)]))
         else:
             raise ValueError(f"unknown shape {shape!r}")
         client = "spammer" if shape == "pair, one client" else f"spam-{i}"
-        t0 = pd.Timestamp(start) + pd.Timedelta(minutes=i)
-        rows += [{"session_id": f"spam-{i}", "talk_id": t, "timestamp": t0 + pd.Timedelta(seconds=30 * j),
-                  "client_id": client} for j, t in enumerate(talks)]
+        if shape.endswith(", spread"):
+            t0 = pd.Timestamp(real_starts[int(rng.integers(len(real_starts)))]) + pd.Timedelta(seconds=int(rng.integers(60)))
+        elif base in HUMAN:
+            t0 = pd.Timestamp(start) + pd.Timedelta(seconds=int(human_starts[i]))
+        else:
+            t0 = pd.Timestamp(start) + pd.Timedelta(minutes=i)
+        gaps = (np.cumsum(rng.integers(30, 240, len(talks))) - 30 if base in HUMAN else 30 * np.arange(len(talks)))
+        rows += [{"session_id": f"spam-{i}", "talk_id": str(t), "timestamp": t0 + pd.Timedelta(seconds=int(g)),
+                  "client_id": client} for t, g in zip(talks, gaps)]
     return pd.DataFrame(rows)
+
+
+def text_neighbours(model, catalog, target: str, k: int = 10) -> list[str]:
+    """The ``k`` talks of ``catalog`` whose text rows (the served model's table) are nearest ``target``'s."""
+    import numpy as np
+
+    from gtcrec import model as gm
+    from gtcrec.layout import RESERVED
+
+    table = gm.text_table(model).float().cpu().numpy()[RESERVED:RESERVED + len(catalog)]
+    table = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    talks = catalog["talk_id"].astype(str).tolist()
+    sim = table @ table[talks.index(target)]
+    return [talks[i] for i in np.argsort(-sim) if talks[i] != target][:k]
 
 
 def attack(served, catalog, clicks, fraction: float, spam_share: float, shapes, work: Path,
@@ -214,21 +257,24 @@ def attack(served, catalog, clicks, fraction: float, spam_share: float, shapes, 
         row = {"run": name, "published": result.publish, "chosen": result.chosen, "target_share": share,
                "recall@10": recall, "set_aside_sessions": aside.get("sessions"), "set_aside": aside,
                "talks": (result.screened or {}).get("talks"), "exposure_refused":
-               result.settings.get("exposure_refused"), "seconds": round(time.perf_counter() - started, 1)}
+               result.settings.get("exposure_refused"), "choose_capped": result.settings.get("choose_capped"),
+               "seconds": round(time.perf_counter() - started, 1)}
         log(f"{name}: target in {share:.1%} of the later top 10, recall@10 {recall:.4f} ({result.chosen}, "
             f"{'published' if result.publish else 'kept'}); set aside {aside.get('sessions')} sessions "
             f"{ {k: v for k, v in aside.items() if v and k not in ('sessions', 'clients')} }, talks "
-            f"{(result.screened or {}).get('talks')}; refused {row['exposure_refused'] or '-'} ({row['seconds']} s)")
+            f"{(result.screened or {}).get('talks')}; refused {row['exposure_refused'] or '-'}; clicks left out of the "
+            f"choice {row['choose_capped'] or '-'} ({row['seconds']} s)")
         return row
 
     log(f"{n_obs} honest sessions observed, {len(later_sessions)} later sessions ({len(targets)} clicks) answered; "
         f"target {target} ({counts.get(target, 0)} real clicks in the whole event); spam {n_spam} sessions per shape")
+    neighbours = text_neighbours(served, catalog, target)
     rows = [one_cycle("no spam", honest)]
     keep = rng.permutation(honest["session_id"].unique())[: int(round(0.98 * honest["session_id"].nunique()))]
     rows.append(one_cycle("no spam, 2 % of the sessions left out", honest[honest["session_id"].isin(set(keep))]))
     base = rows[0]
     for i, shape in enumerate(shapes):
-        spam = spam_sessions(shape, n_spam, target, popular, honest, start, seed + i)
+        spam = spam_sessions(shape, n_spam, target, popular, honest, start, seed + i, neighbours)
         logged = pd.concat([honest, spam], ignore_index=True)
         rows.append(one_cycle(shape, logged))
         if shape == "pair":

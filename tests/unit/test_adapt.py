@@ -63,6 +63,13 @@ def test_positions_counts_and_the_guard():
     assert adapt.beats(lucky, many) == (False, pytest.approx(1 / np.sqrt(21)))
     assert not adapt.beats(np.r_[np.ones(61), np.zeros(39)], many, z=1.0)[0]  # one click alone: 1 SE
     assert not adapt.beats(np.zeros(100), many)[0]
+    # the clicks that choose: no talk beyond its bound (3 % of them, at least 4), the first ones kept
+    sessions = [np.array([10 + i % 50, 9]) for i in range(150)]  # talk 9 is every session's second click
+    prefixes, targets = adapt.every_position(sessions)
+    kept_prefixes, kept, dropped = adapt.bound_choice(prefixes, targets)
+    assert dropped == {9: 146} and kept.tolist() == [9] * 4 and [p.tolist() for p in kept_prefixes] == [[10], [11], [12], [13]]
+    spread = [np.array([10 + i, 11 + i]) for i in range(150)]  # every talk at most once: nothing left out
+    assert adapt.bound_choice(*adapt.every_position(spread))[2] == {}
 
 
 def test_closed_form_uses_only_per_talk_parts_and_the_same_graph(world):

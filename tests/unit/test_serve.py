@@ -421,14 +421,15 @@ def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world,
     follow = np.random.default_rng(3).permutation(len(fall))
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
     rng = np.random.default_rng(4)
-    for i in range(200):  # the newest 40 choose: 120 clicks (adapt.MIN_CHOOSE_CLICKS is 100)
+    app = cl.log_parameters(log_key(world), "")  # the app's clicks (each session its own client)
+    for i in range(260):  # the newest 52 choose (some set aside as repeated walks): 100+ clicks (MIN_CHOOSE_CLICKS)
         walk = [int(rng.integers(len(fall)))]
         for _ in range(3):
             walk.append(int(follow[walk[-1]]))
         session = pd.DataFrame({"session_id": f"live-{i}", "talk_id": [fall[j] for j in walk],
                                 "timestamp": np.int64(1_730_000_000_000) + 600_000 * i + 60_000 * np.arange(4)})
         for t in range(1, 5):  # each request carries the session so far
-            cl.infer_arrays(client, cl.request_arrays(session.head(t)), parameters=cl.log_parameters(log_key(world)))
+            cl.infer_arrays(client, cl.request_arrays(session.head(t)), parameters=app)
     client.close()
     time.sleep(2.5)  # the log writes a segment every second
     before = {f.name: f.stat().st_size for f in click_log.iterdir()}
