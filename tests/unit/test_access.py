@@ -78,7 +78,8 @@ def test_flags_headers_and_redaction():
 
 
 @pytest.mark.server  # runs the binary (its --help: which flags it has)
-def test_a_server_shows_its_command_without_the_key(tmp_path):
+def test_a_server_shows_its_command_without_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no key file, whatever ran before
     server = TritonServer(write_model(tmp_path, MODEL), control_key="s3cret-key", http_port=1, grpc_port=2)
     assert server.restricted  # the bundled Triton 2.51 has the flags
     assert any("s3cret-key" in a for a in server.command())  # Triton takes it on its command line...

@@ -36,6 +36,9 @@ from gtcrec.serving.export import export_ensemble, lean_transform
 from gtcrec.serving.server import free_ports, stub_processes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+# The tests of one gtcrec-serve (the module fixture `served`) build on each other (swap, then adapt, then
+# heal, then SIGTERM): one pytest-xdist worker runs them all, in order (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("gtcrec-serve")
 NAME = "executor_model"
 MAX_LEN, K_MODEL, K = 8, 30, 10
 BIN = Path(sys.executable).parent
