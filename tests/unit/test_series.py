@@ -64,13 +64,14 @@ def test_the_kernel_gets_transport_encryption_when_pyzmq_has_curve():
     assert manager.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
 
 
-def test_every_notebook_has_a_budget_and_the_series_through_09_fits_17_minutes():
+def test_every_notebook_has_a_budget_and_the_series_through_09_fits_18_minutes():
     assert set(series.BUDGET_S) == set(series.notebook_stems())
-    # 00-09 (data to the fleet) within 17 minutes; 10 (the live event, six adaptation cycles) and 11 (a catalog
+    # 00-09 (data to the fleet) within 18 minutes; 10 (the live event, six adaptation cycles) and 11 (a catalog
     # of a million items) come on top.
     # It was 15 minutes for the same work before notebook 03 was split: the stock model now trains its whole
-    # schedule (about 100 s more at the default size).
-    assert sum(v for k, v in series.BUDGET_S.items() if k < "10") <= 17 * 60
+    # schedule (about 100 s more at the default size). It was 17 minutes before text encoding moved to float32
+    # on every machine (2026-12-06: a vector must not depend on its batch): about 36 s more in each of 00 and 07.
+    assert sum(v for k, v in series.BUDGET_S.items() if k < "10") <= 18 * 60
 
 
 def test_budget_note_says_when_a_notebook_ran_over():
@@ -92,7 +93,7 @@ def test_make_run_says_which_precision_and_what_time_to_expect():
     assert all(series.BUDGET_F32_S[k] >= series.BUDGET_S[k] for k in series.BUDGET_S)
     native = series.expectation("default", bf16=True)
     assert native.startswith("precision: bfloat16") and f"measured {sum(series.MEASURED_S.values())} s" in native
-    assert "expect about 21 minutes" in native
+    assert "expect about 22 minutes" in native
     emulated = series.expectation("default", bf16=False)
     assert emulated.startswith("precision: float32") and "expect about 32 minutes" in emulated
     assert f"measured {sum(series.MEASURED_F32_S.values())} s" in emulated and "1.9 x as long" in emulated
