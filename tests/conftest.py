@@ -57,6 +57,12 @@ for _name in ("GTCREC_CONTROL_KEY", "GTCREC_CONTROL_KEY_FILE"):
 # `[fp32]` / `[bf16]` in its id: `make test` exercises both paths on a machine of either kind (bfloat16 is
 # emulated, and slower, on a CPU without AVX512-BF16 or AMX-BF16). Module-scoped, so that a module's trained
 # fixtures are built once per precision when they ask for it too.
+# The tolerances of those tests are float32's, not bfloat16's: training takes the autocast off afterwards
+# (gtcrec.model.drop_mixed_precision), so every score they compare is a float32 forward of float32 weights,
+# whichever precision trained them: 1e-6 to 1e-5 where the same forward runs again or only the order of float32
+# sums changes (scores are O(1-10), float32 carries 7 digits); 1e-4 where a traced graph, another batch's padding
+# or an attention over other lengths runs other kernels on the same numbers. A forward left under bfloat16
+# would miss them by 1e-2 and more (8 significant bits), which is what they catch.
 PRECISIONS = {"fp32": "0", "bf16": "1"}
 
 

@@ -1,14 +1,8 @@
 """The transfer check: halves of the talks, sessions cut to them, text-similarity mode, the blend, the
 decision the swap reads. Tiny synthetic data from test_model's helpers.
 
-Precision: the trained fixtures and trainings here run once in float32 and once under bfloat16 autocast (the
-``precision`` fixture of tests/conftest.py), so each comparison holds on both paths. Training takes the
-autocast off afterwards (``drop_mixed_precision``), so every score compared here is a float32 forward of
-float32 weights, whichever precision trained them. The tolerances are therefore float32's, not bfloat16's:
-1e-6 to 1e-5 where the same forward runs again or only the order of float32 sums changes (scores are O(1-10),
-float32 carries 7 digits); 1e-4 where a traced graph, another batch's padding or an attention over other
-lengths runs other kernels on the same numbers. A forward left under bfloat16 would miss these by 1e-2 and
-more (8 significant bits), which is what they catch.
+Precision: trained once per precision (the ``precision`` fixture); why the tolerances are float32's:
+tests/conftest.py.
 """
 import numpy as np
 import pandas as pd
