@@ -338,35 +338,41 @@ class ClickLog:
         _OPEN_LOGS.add(self)
 
     # -- the request path ---------------------------------------------------------------------
-    def vouched(self, parameters) -> "str | None":
-        """The client id of a request whose parameters (the JSON text of ``request.parameters()``, or a
-        dict) carry this log's key; None otherwise (not to be logged). Never raises."""
+    @staticmethod
+    def _parameters(parameters) -> dict:
+        """Request parameters as a dict: the JSON text of ``request.parameters()``, or a dict; ``{}`` when
+        they cannot be read. Never raises."""
         try:
             if isinstance(parameters, (str, bytes)):
                 parameters = json.loads(parameters or "{}")
-            sent = parameters.get(LOG_KEY_PARAMETER) if isinstance(parameters, dict) else None
-            if self._key is None or not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), self._key):
-                return None
-            client = parameters.get(CLIENT_PARAMETER, "")
-            return str(client if isinstance(client, (str, int)) else "")[:MAX_CLIENT_ID]
-        except Exception:  # noqa: BLE001 - unparseable parameters: not vouched for
+        except ValueError:
+            return {}
+        return parameters if isinstance(parameters, dict) else {}
+
+    def vouched(self, parameters) -> "str | None":
+        """The client id of a request whose parameters (see :meth:`_parameters`) carry this log's key; None
+        otherwise (not to be logged). Never raises."""
+        parameters = self._parameters(parameters)
+        sent = parameters.get(LOG_KEY_PARAMETER)
+        if self._key is None or not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), self._key):
             return None
+        client = parameters.get(CLIENT_PARAMETER, "")
+        return str(client if isinstance(client, (str, int)) else "")[:MAX_CLIENT_ID]
 
     def put_request(self, parameters, session_id, talk_id, timestamp) -> bool:
         """:meth:`put` the clicks of an answered request when its parameters carry the key (see
-        :meth:`vouched`); otherwise count them (``requests_unvouched`` / ``requests_bad_key``). Never
-        raises, never waits."""
+        :meth:`vouched`); otherwise count them (``requests_unvouched`` / ``requests_bad_key``). The
+        parameters are parsed once. Never raises, never waits."""
+        parameters = self._parameters(parameters)
         client = self.vouched(parameters)
         if client is not None:
             return self.put(session_id, talk_id, timestamp, client_id=client)
         try:
             n = int(np.size(timestamp))
-            has_key = LOG_KEY_PARAMETER in (json.loads(parameters or "{}") if isinstance(parameters, (str, bytes))
-                                            else parameters)
         except Exception:  # noqa: BLE001
-            n, has_key = 0, False
+            n = 0
         with self._lock:
-            if has_key:
+            if LOG_KEY_PARAMETER in parameters:
                 self.requests_bad_key += 1
                 self.clicks_bad_key += n
             else:
@@ -553,7 +559,8 @@ class ClickLog:
                 "write_errors": self.write_errors, "clicks_lost": self.clicks_lost,
                 "requests_unvouched": self.requests_unvouched, "clicks_unvouched": self.clicks_unvouched,
                 "requests_bad_key": self.requests_bad_key, "clicks_bad_key": self.clicks_bad_key,
-                "source": self.source, "max_records": self.max_records, "max_seconds": self.max_seconds, "queue_size": self.queue_size}
+                "source": self.source, "max_records": self.max_records, "max_seconds": self.max_seconds,
+                "queue_size": self.queue_size}
 
     def _write_stats(self, closed: bool = False, raise_errors: bool = False) -> None:
         doc = self.stats()
