@@ -38,8 +38,12 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 	    || { rm -rf ./*; echo "note: haproxy not installed (apt-get download haproxy failed or it does not run here); the fleet tests will be skipped and notebook 09 stops at its start"; }; }
 	touch $@
 
+# Your own event (docs/your-event.md): CATALOG and CLICKS (last year's event, to train on), NEW_CATALOG (this year's,
+# swapped in by notebook 07) and NEW_CLICKS (optional: 07 measures quality on them and 10 replays them).
 run: env
-	$(PY) -m gtcrec.series --size $(SIZE) --artifacts-dir $(ARTIFACTS_DIR)
+	$(PY) -m gtcrec.series --size $(SIZE) --artifacts-dir $(ARTIFACTS_DIR) \
+	  $(if $(CATALOG),--catalog "$(CATALOG)") $(if $(CLICKS),--clicks "$(CLICKS)") \
+	  $(if $(NEW_CATALOG),--new-catalog "$(NEW_CATALOG)") $(if $(NEW_CLICKS),--new-clicks "$(NEW_CLICKS)")
 
 # Two pytest-xdist workers (the CI machine's two cores): the notebook tests all on one, in order, since they
 # share one series (tests/notebooks/conftest.py); the unit tests on either as they come. PYTEST_WORKERS=0: one process.

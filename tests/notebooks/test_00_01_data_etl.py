@@ -28,7 +28,7 @@ def test_data_notebook(series):
 def test_etl_notebook_rows_equal_codes(series):
     manifest = series.run("01-etl")
     m = manifest["metrics"]
-    assert m["row_check_max_abs_diff"] == 0.0
+    assert m["row_check_max_abs_diff"] == 0.0 and m["codes_are_rows"] is True
     assert m["table_rows"] == m["n_talks"] + 3 and m["table_dim"] == 384
     assert m["train_sessions"] > 5 * m["test_sessions"] > 0
     # independent of the notebook: every talk's Categorify code indexes its own embedding

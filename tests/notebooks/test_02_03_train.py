@@ -56,6 +56,7 @@ def test_served_model_beats_baselines_and_stays_below_the_oracle(series):
     test = manifest["metrics"]["test"]
     ours = test[manifest["metrics"]["model_key"]]
     assert manifest["metrics"]["frozen_table_unchanged"] is True
+    assert manifest["metrics"]["catalog_in_vocabulary_order"] is True
     # one schedule for both: notebook 03's, read from its manifest
     params = manifest["parameters"]
     assert {k: params[k] for k in stock["parameters"]} == stock["parameters"]

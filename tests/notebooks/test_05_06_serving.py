@@ -19,7 +19,9 @@ def test_ensemble_notebook_exports_a_repository_and_a_reference(series):
     assert m["backend"] in ("python", "pytorch") and m["executor"] == manifest["parameters"]["EXECUTOR"]
     assert m["k"] == manifest["parameters"]["TOP_K"] and m["k_model"] >= m["k"] + m["max_len"]
     assert m["reference_sessions"] == manifest["parameters"]["N_REFERENCE_SESSIONS"] + 1
-    assert m["reference_fallback_sessions"] >= 1
+    assert m["reference_fallback_sessions"] >= 1  # the unknown-talks session
+    assert m["popularity_codes"] == m["n_talks"] + 3
+    assert m["batched_same_answers"] is True or m["batched_model_name"] is None
 
     repo = series.path("05-ensemble", "model_repository")
     config = (repo / m["model_name"] / "config.pbtxt").read_text()
@@ -97,7 +99,7 @@ def test_serving_notebook_widget_answers_like_the_ensemble(series):
     widget = manifest["metrics"]["widget"]
     k = manifest["metrics"]["k"]
     assert len(widget["clicks"]) == len(widget["answers"]) == 2 and widget["cleared"] is True
-    assert widget["titles_shown"] is True
+    assert widget["titles_shown"] is True and widget["clicked_returned"] == 0
     ens = series.manifest("05-ensemble")["metrics"]
     vocab = pd.read_parquet(series.path("01-etl", "vocab"))["talk_id"].astype(str).tolist()
     ensemble = ex.build_ensemble(vocab, series.path("04-item-representation", "torchscript"), max_len=ens["max_len"], k=k,

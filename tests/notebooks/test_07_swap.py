@@ -19,6 +19,12 @@ def test_catalog_swap_notebook(series):
     assert swap["k_model"] == series.manifest("04-item-representation")["metrics"]["trace_topk"] == params["K_MODEL"]
     assert swap["n_talks"] == series.manifest("00-data")["metrics"]["fall"]["talks"]
     assert swap["trace_max_score_diff"] < 1e-3
+    # the new event as notebooks 09 and 10 read it: 00's fall event, catalog and clicks
+    new_catalog = pd.read_parquet(series.path("07-catalog-swap", "new_catalog"))
+    fall = pd.read_parquet(series.path("00-data", "fall_catalog"))
+    assert sorted(new_catalog["talk_id"]) == sorted(fall["talk_id"]) and len(new_catalog) == swap["n_talks"]
+    new_clicks = pd.read_parquet(series.path("07-catalog-swap", "new_clicks"))
+    assert len(new_clicks) == len(pd.read_parquet(series.path("00-data", "fall_clicks")))
 
     # a client sent requests throughout: none failed, old catalog before, new catalog after, one switch
     assert m["traffic"] == {"failed": 0, "before_only": True, "after_only": True, "ordered": True}

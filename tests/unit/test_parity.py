@@ -57,3 +57,20 @@ def test_compare_rankings_identical_tie_swap_different_and_fallback():
     # a served score far from the eager one breaks parity even with the same codes
     bad = np.take_along_axis(full, offline, axis=1) + np.float32(0.01)
     assert not parity.compare_rankings(offline, bad, offline, full)["parity"]
+
+
+def test_compare_answers_tells_ties_from_differences():
+    from gtcrec.serving.parity import compare_answers
+
+    ids = np.array([["a", "b", "c"], ["a", "b", "c"], ["a", "b", "c"], ["", "", ""]])
+    scores = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 2.0], [3.0, 2.0, 1.0], [np.nan] * 3])
+    other = np.array([["a", "b", "c"], ["a", "c", "b"], ["a", "c", "b"], ["", "", ""]])
+    other_scores = np.array([[3.0, 2.0, 1.0], [3.0, 2.0 + 1e-6, 2.0], [3.0, 1.0, 2.0], [np.nan] * 3])
+    out = compare_answers(ids, scores, other, other_scores)
+    assert (out["identical"], out["tie_swaps"], out["different"]) == (2, 1, 1)
+    assert out["same_up_to_ties"] is False and out["max_score_diff"] == 1.0
+    same = compare_answers(ids[:2], scores[:2], other[:2], other_scores[:2])
+    assert same["same_up_to_ties"] is True
+    # a fallback slot (NaN) against a model slot is a difference
+    fallback = compare_answers(ids[3:], scores[3:], ids[:1], scores[:1])
+    assert fallback["different"] == 1

@@ -132,3 +132,40 @@ def test_the_expectation_says_when_this_machine_has_other_than_2_cores(monkeypat
     assert "cores, so times will differ" not in series.expectation("default", bf16=True)
     monkeypatch.setattr(series.os, "cpu_count", lambda: 16)
     assert "this machine has 16 cores, so times will differ" in series.expectation("default", bf16=False)
+
+
+def test_your_files_go_to_the_notebooks_that_read_them(tmp_path):
+    from gtcrec.series import file_parameters, notebook_stems
+
+    for name in ("c.csv", "k.csv", "n.csv", "nk.csv"):
+        (tmp_path / name).write_text("x\n")
+    files = {"catalog": tmp_path / "c.csv", "clicks": tmp_path / "k.csv", "new_catalog": tmp_path / "n.csv",
+             "new_clicks": None}
+    params = file_parameters(files, notebook_stems())
+    assert params == {"00-data": {"CATALOG_FILE": str(tmp_path / "c.csv"), "CLICKS_FILE": str(tmp_path / "k.csv")},
+                      "07-catalog-swap": {"CATALOG_FILE": str(tmp_path / "n.csv")}}
+    assert file_parameters({}, notebook_stems()) == {}  # the generated run
+    with pytest.raises(ValueError, match="give NEW_CATALOG too"):
+        file_parameters({"catalog": tmp_path / "c.csv", "clicks": tmp_path / "k.csv"}, notebook_stems())
+    assert "00-data" in file_parameters({"catalog": tmp_path / "c.csv", "clicks": tmp_path / "k.csv"},
+                                        ["00-data", "01-etl"])  # up to 06: no new event needed
+    with pytest.raises(ValueError, match="CATALOG needs CLICKS"):
+        file_parameters({"catalog": tmp_path / "c.csv", "new_catalog": tmp_path / "n.csv"}, notebook_stems())
+    with pytest.raises(ValueError, match="NEW_CLICKS needs NEW_CATALOG"):
+        file_parameters({"new_clicks": tmp_path / "nk.csv"}, notebook_stems())
+    with pytest.raises(ValueError, match="no such file"):
+        file_parameters({"new_catalog": tmp_path / "missing.csv"}, notebook_stems())
+
+
+def test_notebook_10_is_skipped_without_the_new_events_clicks(tmp_path):
+    from gtcrec.manifest import write_manifest
+    from gtcrec.series import skip_reason
+
+    (tmp_path / "07-catalog-swap").mkdir()
+    write_manifest(tmp_path, "07-catalog-swap", parameters={}, outputs={}, metrics={})
+    assert "had none (NEW_CLICKS)" in skip_reason("10-live-event", tmp_path)
+    assert skip_reason("11-large-catalogs", tmp_path) is None
+    clicks = tmp_path / "07-catalog-swap" / "new_clicks.parquet"
+    clicks.write_bytes(b"")
+    write_manifest(tmp_path, "07-catalog-swap", parameters={}, outputs={"new_clicks": clicks}, metrics={})
+    assert skip_reason("10-live-event", tmp_path) is None

@@ -272,21 +272,76 @@ def expectation(size: str, only: list[str] | None = None, bf16: bool | None = No
             f"sizes in about 6 minutes")
 
 
+# Your own event: which notebook parameter each of ``make run``'s files goes to (``--catalog`` and so on).
+FILE_PARAMETERS = {"catalog": ("00-data", "CATALOG_FILE"), "clicks": ("00-data", "CLICKS_FILE"),
+                   "new_catalog": ("07-catalog-swap", "CATALOG_FILE"), "new_clicks": ("07-catalog-swap", "CLICKS_FILE")}
+
+
+def file_parameters(files: Mapping[str, Any] | None, stems: list[str]) -> dict[str, dict[str, str]]:
+    """Notebook parameters for your own event's files (keys of :data:`FILE_PARAMETERS`; paths are made
+    absolute, since the notebooks run in ``notebooks/``). Raises ``ValueError`` for a combination the series
+    cannot run: clicks without their catalog, or your own event without a new one while notebook 07 runs
+    (only the generated run has a generated new event)."""
+    files = {k: v for k, v in (files or {}).items() if v}
+    unknown = set(files) - set(FILE_PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown file kinds {sorted(unknown)}; expected {sorted(FILE_PARAMETERS)}")
+    for clicks, catalog in (("clicks", "catalog"), ("new_clicks", "new_catalog")):
+        if clicks in files and catalog not in files:
+            raise ValueError(f"{clicks.upper()} needs {catalog.upper()}: clicks are read against their catalog")
+    if "catalog" in files and "clicks" not in files:
+        raise ValueError("CATALOG needs CLICKS: the series trains on your event's clicks")
+    if "catalog" in files and "new_catalog" not in files and "07-catalog-swap" in stems:
+        raise ValueError("with your own CATALOG, give NEW_CATALOG too: notebook 07 swaps a new event's catalog in, "
+                         "and only the generated run has a generated new event (or run up to 06 with --only)")
+    params: dict[str, dict[str, str]] = {}
+    for kind, path in files.items():
+        path = Path(path).resolve()
+        if not path.exists():
+            raise ValueError(f"{kind.upper()}: no such file: {path}")
+        stem, name = FILE_PARAMETERS[kind]
+        params.setdefault(stem, {})[name] = str(path)
+    return params
+
+
+def skip_reason(stem: str, artifacts_dir: str | Path) -> str | None:
+    """Why ``stem`` cannot run on what earlier notebooks wrote, or ``None``: notebook 10 replays the new
+    event's clicks, which notebook 07 records only when it had them."""
+    if stem != "10-live-event":
+        return None
+    from gtcrec.manifest import read_manifest
+
+    if "new_clicks" in read_manifest(artifacts_dir, "07-catalog-swap")["outputs"]:
+        return None
+    return ("it replays the new event's clicks, and notebook 07 had none (NEW_CLICKS); "
+            "docs/your-event.md runs the same loop from the shell as the clicks arrive")
+
+
 def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = None,
                seed: int | None = None, progress_every: float | None = 10.0,
-               bf16: bool | None = None) -> dict[str, float]:
+               bf16: bool | None = None, files: Mapping[str, Any] | None = None,
+               parameters: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
     """Run the notebooks in order; returns seconds per notebook (``progress_every``: see
-    ``run_notebook``; ``bf16``: which budgets the times are printed against, default this machine's)."""
+    ``run_notebook``; ``bf16``: which budgets the times are printed against, default this machine's;
+    ``files``: your own event, see :func:`file_parameters`; ``parameters``: per notebook, on top of the
+    size's, as the tests set them). A notebook that cannot run on what the
+    earlier ones wrote (:func:`skip_reason`) is skipped, and the series says why."""
     from gtcrec.device import bf16_native
 
     bf16 = bf16_native() if bf16 is None else bf16
+    stems = [stem for stem in notebook_stems() if not only or stem in only]
+    own = file_parameters(files, stems)
     times = {}
-    for stem in notebook_stems():
-        if only and stem not in only:
-            continue
+    for stem in stems:
         params = dict(SMALL.get(stem, {})) if size == "small" else {}
+        params.update(own.get(stem, {}))
+        params.update((parameters or {}).get(stem, {}))
         if seed is not None:
             params["SEED"] = seed
+        reason = skip_reason(stem, artifacts_dir)
+        if reason:
+            print(f"[series] {stem} skipped: {reason}", flush=True)
+            continue
         start = time.perf_counter()
         print(f"[series] {stem} ...", flush=True)
         run_notebook(stem, artifacts_dir, params, progress_every=progress_every)
@@ -304,13 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                         help="at most one progress line per this many seconds (default 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, one line per notebook")
+    for kind in FILE_PARAMETERS:  # your own event (docs/your-event.md)
+        stem, name = FILE_PARAMETERS[kind]
+        parser.add_argument(f"--{kind.replace('_', '-')}", metavar="FILE", help=f"your {kind.replace('_', ' ')} "
+                            f"file (CSV or parquet): notebook {stem[:2]}'s {name}")
     args = parser.parse_args(argv)
     from gtcrec.device import bf16_native
 
     bf16 = bf16_native()
     print(f"[series] {expectation(args.size, args.only, bf16)}", flush=True)
     times = run_series(args.size, args.artifacts_dir, args.only, args.seed,
-                       progress_every=None if args.quiet else args.progress_every, bf16=bf16)
+                       progress_every=None if args.quiet else args.progress_every, bf16=bf16,
+                       files={kind: getattr(args, kind) for kind in FILE_PARAMETERS})
     total = sum(times.values())
     whole = budget_note(None, total, args.size, bf16) if not args.only else ""
     print(f"[series] {len(times)} notebooks in {total:.1f} s{whole}; executed copies in "

@@ -97,3 +97,26 @@ def compare_rankings(served_codes: np.ndarray, served_scores: np.ndarray, offlin
             "different": int(different.sum()), "fallback_slots": int((~model_slot).sum()),
             "max_score_diff": max_diff,
             "parity": bool(len(served_codes) > 0 and not different.any() and max_diff <= atol * scale)}
+
+
+def compare_answers(ids: np.ndarray, scores: np.ndarray, other_ids: np.ndarray, other_scores: np.ndarray,
+                    atol: float = 1e-4) -> dict:
+    """Two served answers to the same request (talk ids and scores, ``(sessions, k)``), slot by slot.
+
+    A session is ``identical`` when every slot holds the same talk; a ``tie_swap`` when the talks differ
+    only where the two answers' scores agree within ``atol`` (relative to the largest score, when above 1):
+    talks of equal score, such as two talks with the same text, in another order (or another one of them
+    at the last slot); else ``different``. A fallback slot (score NaN) must match a fallback slot.
+    ``same_up_to_ties``: no session is ``different``."""
+    ids, other_ids = np.asarray(ids).astype(str), np.asarray(other_ids).astype(str)
+    scores, other_scores = np.asarray(scores, np.float64), np.asarray(other_scores, np.float64)
+    finite = np.isfinite(scores) & np.isfinite(other_scores)
+    scale = max(1.0, float(np.abs(scores[finite]).max())) if finite.any() else 1.0
+    close = np.where(finite, np.abs(scores - other_scores) <= atol * scale, np.isnan(scores) & np.isnan(other_scores))
+    identical = (ids == other_ids).all(axis=1)
+    tie_swap = ~identical & close.all(axis=1)
+    different = ~identical & ~tie_swap
+    diff = np.abs(scores - other_scores)[finite]
+    return {"sessions": int(len(ids)), "identical": int(identical.sum()), "tie_swaps": int(tie_swap.sum()),
+            "different": int(different.sum()), "max_score_diff": float(diff.max()) if diff.size else 0.0,
+            "same_up_to_ties": bool(len(ids) > 0 and not different.any())}
