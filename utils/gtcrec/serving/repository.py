@@ -110,6 +110,7 @@ class VersionSettings:
     dynamic_batching: tuple[int, int] | None  # (max_batch_size, max_queue_delay_us)
     backend: str
     index: dict | None = None  # the retrieval path: what its Faiss index is (operators.index_spec)
+    popularity: list[float] | None = None  # the fallback ranking, one number per talk of vocab (None: catalog order)
 
     def export_kwargs(self) -> dict:
         """Keyword arguments of ``gtcrec.serving.export.export_ensemble`` that reproduce these
@@ -165,7 +166,9 @@ def read_version(repository, version: int, model_name: str = DEFAULT_MODEL_NAME)
                            pad_sessions=bool(getattr(sess, "pad", False)),
                            max_clicks=getattr(sess, "max_clicks", None), instance_count=instances,
                            executor=executor, dynamic_batching=batching, backend=backend,
-                           index=getattr(model_op, "index_spec", None))
+                           index=getattr(model_op, "index_spec", None),
+                           popularity=None if getattr(decode, "popularity", None) is None
+                           else [float(v) for v in decode.popularity])
 
 
 def current_version(url, repository, model_name: str = DEFAULT_MODEL_NAME) -> tuple[int | None, str]:
