@@ -145,7 +145,7 @@ def test_update_during_the_event_keeps_what_was_learned(world, tmp_path, monkeyp
         assert swap.repository_versions(repo, NAME) == [1, 2] and swap.serving_versions(server, NAME) == [2]
 
         # the update, while a client sends requests
-        request = swap.probe_request([cancelled, *ids[:2]], added)
+        request = swap.probe_request([cancelled, ids[0]], added[:2], n_clicks=2)  # the third added talk: an answer
         traffic = swap.Traffic(server, request, ids, new_ids, model_name=NAME, pause=0.01, max_requests=5000,
                                max_seconds=120).start()
         traffic.wait_for(10)
