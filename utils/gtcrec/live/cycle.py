@@ -40,10 +40,10 @@ import pandas as pd
 
 from gtcrec.live import adapt as live_adapt
 from gtcrec.live.clicklog import read_click_log
-from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
-                                       read_history, read_version, repository_lock)
+from gtcrec.serving.repository import (CATALOG_ACTIONS, DEFAULT_MODEL_NAME, LIVE_MODELS, Log, SwapError, _quiet,
+                                       catalog_event, current_version, read_history, read_version, record_event,
+                                       repository_lock)
 
-LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
 
 
 @dataclass
@@ -53,27 +53,6 @@ class Live:
     catalog_file: Path
     since: pd.Timestamp | None  # when the swap put it there (for the record)
     swapped: bool  # a catalog swap put it there (else: the trained catalog)
-
-
-CATALOG_ACTIONS = ("swap", "update")  # history events that put a catalog in place (gtcrec-swap, gtcrec-swap --update)
-
-
-def catalog_event(repository, model_name: str, version: int) -> dict | None:
-    """The swap or catalog update (history event) whose catalog ``version`` serves: the version's own
-    event, or for an adapted version that of the version it adapted; ``None`` when neither made it (the
-    trained catalog, exported by notebook 05)."""
-    events = [e for e in read_history(repository, model_name)["events"] if e.get("ok")]
-    seen = set()
-    while version is not None and version not in seen:
-        seen.add(version)
-        made = next((e for e in reversed(events) if e.get("version") == version
-                     and e.get("action") in (*CATALOG_ACTIONS, "adapt")), None)
-        if made is None:
-            return None
-        if made["action"] in CATALOG_ACTIONS:
-            return made
-        version = made.get("from_version")
-    return None
 
 
 def live_catalog(repository, model_name: str = DEFAULT_MODEL_NAME, catalog=None, version: int | None = None) -> Live:

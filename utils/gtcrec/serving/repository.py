@@ -211,6 +211,29 @@ def record_event(repository, model_name: str, **event) -> None:
     _write_history(repository, model_name, history)
 
 
+LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted or updated versions (not a number: Triton
+# ignores it); written by gtcrec.live.cycle and gtcrec.swap.update
+CATALOG_ACTIONS = ("swap", "update")  # history events that put a catalog in place (gtcrec-swap, gtcrec-swap --update)
+
+
+def catalog_event(repository, model_name: str, version: int) -> dict | None:
+    """The swap or catalog update (history event) whose catalog ``version`` serves: the version's own
+    event, or for an adapted version that of the version it adapted; ``None`` when neither made it (the
+    trained catalog, exported by notebook 05)."""
+    events = [e for e in read_history(repository, model_name)["events"] if e.get("ok")]
+    seen = set()
+    while version is not None and version not in seen:
+        seen.add(version)
+        made = next((e for e in reversed(events) if e.get("version") == version
+                     and e.get("action") in (*CATALOG_ACTIONS, "adapt")), None)
+        if made is None:
+            return None
+        if made["action"] in CATALOG_ACTIONS:
+            return made
+        version = made.get("from_version")
+    return None
+
+
 def _remember_config(repository, model_name: str, version: int, text: str | None = None) -> None:
     history = read_history(repository, model_name)
     if str(version) not in history["configs"]:

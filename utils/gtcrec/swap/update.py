@@ -26,7 +26,7 @@ Cancelled talks leave the vocabulary: they are never answered again, and a click
 talk to the served graph (dropped from the session; a session of only unknown talks gets the fallback
 ranking), so a session that clicked one is still answered. ``gtcrec-swap --rollback`` returns to the
 version before (the old catalog, with its learned parts); the next ``gtcrec-adapt`` cycle finds the
-updated catalog through the history (:func:`gtcrec.live.cycle.catalog_event`) and learns from every
+updated catalog through the history (:func:`gtcrec.serving.repository.catalog_event`) and learns from every
 logged click on its talks, before the update too.
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Sequence
 import numpy as np
 
 from gtcrec.layout import RESERVED
-from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, current_version, read_version,
-                                       record_event, repository_lock)
+from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, LIVE_MODELS, Log, SwapError, _quiet, catalog_event,
+                                       current_version, read_version, record_event, repository_lock)
 
 PER_TALK = ("residual", "item_bias", "warm")  # what the live loop learns per talk (gtcrec.live.adapt)
 
@@ -135,10 +135,9 @@ def updated_model(served, table: np.ndarray, catalog, old_vocab: Sequence[str], 
 def served_model(repository, model_name: str, version: int, model_dir, cache_dir):
     """The eager model of ``version``: the one an adaptation cycle or update saved for it
     (``<model>/live/<version>``), else the trained model over the catalog of the swap that made it
-    (:func:`gtcrec.live.cycle.catalog_event`; nothing learned yet), else the trained model (the trained
+    (:func:`gtcrec.serving.repository.catalog_event`; nothing learned yet), else the trained model (the trained
     catalog, with its trained per-talk parts)."""
     from gtcrec import model as gm
-    from gtcrec.live.cycle import LIVE_MODELS, catalog_event
     from gtcrec.swap.catalog import prepare_catalog, swapped_model
 
     saved = Path(repository) / model_name / LIVE_MODELS / str(version)
@@ -184,7 +183,6 @@ def update_catalog(catalog_file, model_repository, server_url, model_dir, cache_
     with the catalog served: nothing changed) or :class:`SwapError` (the server refused; the old version
     still serves)."""
     from gtcrec import model as gm
-    from gtcrec.live.cycle import LIVE_MODELS
     from gtcrec.swap.catalog import prepare_catalog
     from gtcrec.swap.switch import publish
 
