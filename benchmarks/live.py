@@ -3,6 +3,7 @@
     python benchmarks/live.py [--artifacts-dir artifacts] [--cache data/cache/embeddings]
                               [--fractions 0.01 0.02 0.05 0.1 0.2 0.5] [--scratch] [--budget 45] [--json out.json]
     python benchmarks/live.py --attack [--attack-fraction 0.2] [--spam-share 0.25] [--shapes ...]
+    python benchmarks/live.py --update [--update-fraction 0.2] [--added 3] [--cancelled 1]
 
 Needs ``make run`` (or ``make run SIZE=small``) first: notebook 00's fall event, notebook 04's model.
 Nothing is asserted; the numbers are printed (and written as JSON with ``--json``).
@@ -32,6 +33,15 @@ each log, with the defences and, for the issue's pair spam, without; the model i
 the NEXT real sessions (as many as observed, each click given the ones before): the target talk's
 share of their top 10 and recall@10, against the same cycle without spam, and against the same cycle
 on slightly different honest clicks (2 % of the sessions left out: the spread of one retraining).
+
+``--update`` (:func:`catalog_update`): a catalog update during the event. The served catalog lacks
+``--added`` talks (they come with the update); one cycle learns from the first ``--update-fraction`` of the
+training sessions (their clicks on the missing talks dropped); then the update adds those talks, cancels
+``--cancelled`` talks the cycle learned from and retitles one (:func:`gtcrec.swap.update.updated_model`).
+The later sessions (the test split, each click given the ones before, unknown talks dropped as the served
+graph drops them) are answered by the adapted model without the update, with it, and by a swap to the
+updated catalog (nothing learned): recall@10 on the clicks of talks that stay (paired, with the standard
+error of the difference) and on the clicks of the added talks.
 """
 from __future__ import annotations
 
@@ -290,6 +300,100 @@ def attack(served, catalog, clicks, fraction: float, spam_share: float, shapes, 
             "rows": rows}
 
 
+def catalog_update(served, catalog, clicks, fraction: float, work: Path, cache, n_added: int = 3,
+                   n_cancelled: int = 1, budget: float | None = 45.0, seed: int = 42, log=print) -> dict:
+    """The ``--update`` benchmark (module docstring): ``served`` is the swapped model over ``catalog`` (nothing
+    learned), ``clicks`` the event's. Returns every number."""
+    import numpy as np
+    import pandas as pd
+
+    from gtcrec import embeddings, etl
+    from gtcrec.layout import RESERVED
+    from gtcrec.live import adapt
+    from gtcrec.swap.update import catalog_changes, updated_model
+
+    rng = np.random.default_rng(seed)
+    numbered = etl.number_sessions(clicks)
+    later_keys = set(etl.split_by_time(numbered)["test"]["session_key"])
+    later = clicks[clicks["session_id"].isin(later_keys)].sort_values(["session_id", "timestamp"])
+    observed = first_sessions(clicks, fraction)
+    ids = catalog["talk_id"].astype(str).tolist()
+    in_later, in_observed = set(later["talk_id"].astype(str)), observed["talk_id"].astype(str).value_counts()
+    added = [str(t) for t in rng.choice(sorted(in_later - set(in_observed.index)) or sorted(in_later), n_added,
+                                        replace=False)]
+    learned_from = [t for t in in_observed.index if t not in added]
+    cancelled = [str(t) for t in rng.choice(learned_from[:20], n_cancelled, replace=False)]
+    retitled = next(t for t in learned_from if t not in cancelled)
+
+    def table_of(frame):
+        return etl.item_table(embeddings.embed_catalog(frame, cache, progress=False)[0])
+
+    before = catalog[~catalog["talk_id"].astype(str).isin(added)].reset_index(drop=True)
+    vocab0 = before["talk_id"].astype(str).tolist()
+    served0 = updated_model(served, table_of(before), before, ids, vocab0)  # the event before the added talks
+    logged = observed[~observed["talk_id"].astype(str).isin(added)]
+    started = time.perf_counter()
+    result = adapt.adapt(served0, served0, logged, before, work / "update-adapt", budget_s=budget, seed=seed)
+    adapted = result.model if result.publish else served0
+    log(f"cycle on {logged['session_id'].nunique()} sessions ({time.perf_counter() - started:.0f} s): {result.reason}")
+
+    after = pd.concat([before[~before["talk_id"].astype(str).isin(cancelled)],
+                       catalog[catalog["talk_id"].astype(str).isin(added)]], ignore_index=True)
+    after.loc[after["talk_id"].astype(str) == retitled, "title"] = "Updated: " + after.loc[
+        after["talk_id"].astype(str) == retitled, "title"].astype(str)
+    vocab1 = after["talk_id"].astype(str).tolist()
+    table1 = table_of(after)
+    started = time.perf_counter()
+    updated = updated_model(adapted, table1, after, vocab0, vocab1)
+    carry_s = time.perf_counter() - started
+    swapped = updated_model(served0, table1, after, vocab0, vocab1)  # a swap to the update: nothing learned
+    from gtcrec import model as gm
+
+    changes = catalog_changes(vocab0, vocab1, gm.text_table(adapted).numpy()[RESERVED:], table1[RESERVED:])
+
+    def clicks_for(vocab):  # every later click after the first, its prefix in ``vocab`` (unknown talks dropped)
+        code = {t: RESERVED + i for i, t in enumerate(vocab)}
+        rows = []
+        for _, g in later.groupby("session_id", sort=False):
+            talks = g["talk_id"].astype(str).tolist()
+            for j in range(1, len(talks)):
+                rows.append((np.array([code[t] for t in talks[:j] if t in code], dtype=np.int64),
+                             code.get(talks[j], -1), talks[j]))
+        return rows
+
+    old_rows, new_rows = clicks_for(vocab0), clicks_for(vocab1)
+    stays = [i for i, (a, b) in enumerate(zip(old_rows, new_rows))
+             if a[2] in set(vocab0) & set(vocab1) and len(a[0]) and len(b[0])]
+
+    def hits(model, rows, keep):
+        return adapt.hits(model, [rows[i][0] for i in keep], np.array([rows[i][1] for i in keep]))
+
+    without, with_update = hits(adapted, old_rows, stays), hits(updated, new_rows, stays)
+    swap_hits = hits(swapped, new_rows, stays)
+    diff = with_update - without
+    se_diff = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    se_without = float(without.std(ddof=1) / np.sqrt(len(without)))
+    new_talks = [i for i, r in enumerate(new_rows) if r[2] in set(added) and len(r[0])]
+    added_updated, added_swapped = hits(updated, new_rows, new_talks), hits(swapped, new_rows, new_talks)
+    out = {"observed_sessions": int(logged["session_id"].nunique()), "chosen": result.chosen,
+           "published": result.publish, "changes": changes.summary(), "added": added, "cancelled": cancelled,
+           "retitled": retitled, "carry_seconds": round(carry_s, 3),
+           "stays_clicks": len(stays), "stays_recall_without_update": float(without.mean()),
+           "stays_recall_with_update": float(with_update.mean()), "stays_difference": float(diff.mean()),
+           "stays_se_difference": se_diff, "stays_se_recall": se_without,
+           "stays_recall_swap_instead": float(swap_hits.mean()),
+           "added_clicks": len(new_talks), "added_recall_with_update": float(added_updated.mean()) if new_talks else None,
+           "added_recall_swap_instead": float(added_swapped.mean()) if new_talks else None}
+    log(f"update: {changes.summary()} (carried in {carry_s:.2f} s). Later clicks on talks that stay ({len(stays)}): "
+        f"recall@10 {out['stays_recall_without_update']:.4f} without the update, {out['stays_recall_with_update']:.4f} "
+        f"with it (difference {out['stays_difference']:+.4f}, SE of the difference {se_diff:.4f}, SE of the recall "
+        f"{se_without:.4f}); {out['stays_recall_swap_instead']:.4f} after a swap to the same catalog (nothing kept). "
+        f"Clicks on the added talks ({len(new_talks)}): recall@10 "
+        + (f"{out['added_recall_with_update']:.4f} (the swap: {out['added_recall_swap_instead']:.4f}); without the "
+           "update they cannot be answered" if new_talks else "none"))
+    return out
+
+
 def measure_cycle(art: Path, cache, fraction: float, work: Path, budget: float | None, log=say) -> dict:
     """One cycle from the log to the new version serving, on a real Triton server: notebook 05's
     repository (copied), the fall event swapped in (``gtcrec.swap.swap_catalog``), the first
@@ -347,6 +451,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--spam-share", type=float, default=0.25, help="spam sessions per honest one "
                         "(default: %(default)s)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--update", action="store_true", help="instead of the curve: a catalog update during the "
+                        "event (talks added, cancelled, retitled) after one cycle: what it keeps")
+    parser.add_argument("--update-fraction", type=float, default=0.2, help="share of the training sessions the "
+                        "cycle before the update learns from (default: %(default)s)")
+    parser.add_argument("--added", type=int, default=3, help="talks the update adds (default: %(default)s)")
+    parser.add_argument("--cancelled", type=int, default=1, help="talks the update cancels (default: %(default)s)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -362,6 +472,12 @@ def main(argv=None) -> dict:
     prepared = prepare_catalog(data_out.path("fall_catalog"), args.cache)
     served = swapped_model(train_out.path("model"), prepared.table, prepared.catalog)
     params = train_out["parameters"]
+    if args.update:
+        out = catalog_update(served, prepared.catalog, clicks, args.update_fraction, Path(args.work) / "update",
+                             args.cache, args.added, args.cancelled, args.budget, args.seed, log=say)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        return out
     if args.attack:
         out = attack(served, prepared.catalog, clicks, args.attack_fraction, args.spam_share, args.shapes,
                      Path(args.work) / "attack", args.budget, args.seed, log=say)

@@ -2,8 +2,9 @@
 
 A cycle (:func:`run_cycle`):
 
-1. finds the catalog being served and when it went live (the last catalog swap in the model folder's
-   swap history; without one, the catalog given, every click counts);
+1. finds the catalog being served and when it went live (the catalog swap or catalog update that made
+   the version served, :func:`catalog_event`, in the model folder's swap history; without one, the
+   catalog given, every click counts);
 2. reads the logged clicks on its talks (:func:`gtcrec.live.clicklog.read_click_log`; a new event's
    talk ids are new, so clicks on talks of another catalog are dropped and counted);
 3. rebuilds the swapped model (the trained model with that catalog's table, as the swap serves it) and
@@ -39,10 +40,10 @@ import pandas as pd
 
 from gtcrec.live import adapt as live_adapt
 from gtcrec.live.clicklog import read_click_log
-from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
-                                       read_history, read_version, repository_lock)
+from gtcrec.serving.repository import (CATALOG_ACTIONS, DEFAULT_MODEL_NAME, LIVE_MODELS, Log, SwapError, _quiet,
+                                       catalog_event, current_version, read_history, read_version, record_event,
+                                       repository_lock)
 
-LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
 
 
 @dataclass
@@ -54,12 +55,17 @@ class Live:
     swapped: bool  # a catalog swap put it there (else: the trained catalog)
 
 
-def live_catalog(repository, model_name: str = DEFAULT_MODEL_NAME, catalog=None) -> Live:
-    """The last successful catalog swap of the model folder, or ``catalog`` (the trained one)."""
-    swaps = [e for e in read_history(repository, model_name)["events"] if e.get("action") == "swap" and e.get("ok")]
-    if swaps:
-        last = swaps[-1]
-        return Live(Path(last["catalog"]), pd.Timestamp(last["time"]).tz_convert("UTC").tz_localize(None), True)
+def live_catalog(repository, model_name: str = DEFAULT_MODEL_NAME, catalog=None, version: int | None = None) -> Live:
+    """The catalog of the swap or catalog update that ``version`` serves (:func:`catalog_event`; without
+    ``version``: the last one in the history), or ``catalog`` (the trained one)."""
+    if version is None:
+        made = [e for e in read_history(repository, model_name)["events"]
+                if e.get("action") in CATALOG_ACTIONS and e.get("ok")]
+        event = made[-1] if made else None
+    else:
+        event = catalog_event(repository, model_name, version)
+    if event is not None:
+        return Live(Path(event["catalog"]), pd.Timestamp(event["time"]).tz_convert("UTC").tz_localize(None), True)
     if catalog is None:
         raise SwapError(f"{Path(repository) / model_name} has no catalog swap in its history: pass the catalog the "
                         "served version was exported with (--catalog)")
@@ -88,8 +94,8 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
     log = log or _quiet
     t0 = time.perf_counter()
     repo = Path(repository).resolve()
-    live = live_catalog(repo, model_name, catalog)
     serving, _ = current_version(server_url, repo, model_name)
+    live = live_catalog(repo, model_name, catalog, serving)
     settings = read_version(repo, serving, model_name)
     prepared = prepare_catalog(live.catalog_file, cache_dir)
     if prepared.vocab != settings.vocab:
@@ -164,9 +170,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status(repository, model_name: str) -> list[dict]:
+    """The recorded cycles and the catalog updates (``gtcrec-swap --update``) between them, in time order."""
     rows = []
     for c in live_adapt.read_cycles(repository, model_name):
-        rows.append({"time": c.get("time"), "clicks": (c.get("log") or {}).get("clicks"),
+        rows.append({"kind": "cycle", "time": c.get("time"), "clicks": (c.get("log") or {}).get("clicks"),
                      "sessions": (c.get("log") or {}).get("sessions"), "chosen": c.get("chosen"),
                      "serving_recall@10": (c.get("scores") or {}).get("serving"),
                      "chosen_recall@10": (c.get("scores") or {}).get(c.get("chosen")),
@@ -174,8 +181,19 @@ def _status(repository, model_name: str) -> list[dict]:
                      "seconds": c.get("seconds"), "reason": c.get("reason") or c.get("error"),
                      "set_aside": (c.get("screened") or {}).get("set_aside"),
                      "talks_set_aside": (c.get("screened") or {}).get("talks"),
-                     "exposure_refused": (c.get("settings") or {}).get("exposure_refused")})
-    return rows
+                     "exposure_refused": (c.get("settings") or {}).get("exposure_refused"),
+                     "catalog": c.get("catalog")})
+    for e in read_history(repository, model_name)["events"]:
+        if e.get("action") == "update" and e.get("ok"):
+            rows.append({"kind": "catalog update", "time": e["time"], "version": e["version"],
+                         "from_version": e["from_version"], "catalog": e["catalog"], "added": e["added"],
+                         "cancelled": e["cancelled"], "changed_text": e["changed_text"],
+                         "learned_talks": e["learned_talks"]})
+    return sorted(rows, key=_when)
+
+
+def _when(row: dict) -> pd.Timestamp:
+    return pd.Timestamp(row["time"]).tz_convert("UTC") if row.get("time") else pd.Timestamp(0, tz="UTC")
 
 
 def _listing(folder) -> list[tuple[str, int, int]]:
@@ -208,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.status:
         rows = _status(args.repository, args.model_name)
         for r in rows:
+            if r["kind"] == "catalog update":
+                log(f"{r['time']}: catalog update {Path(r['catalog']).name} served as version {r['version']} (from "
+                    f"{r['from_version']}): {len(r['added'])} added, {len(r['cancelled'])} cancelled, "
+                    f"{len(r['changed_text'])} with a changed text; {r['learned_talks']} talks kept what was learned")
+                continue
             log(f"{r['time']}: {r['clicks']} clicks, {r['sessions']} sessions; {r['chosen']} "
                 f"{r['chosen_recall@10']} vs serving {r['serving_recall@10']}; "
                 f"{'published as' if r['published'] else 'kept'} version {r['version']} ({r['seconds']} s)")

@@ -110,6 +110,7 @@ class VersionSettings:
     dynamic_batching: tuple[int, int] | None  # (max_batch_size, max_queue_delay_us)
     backend: str
     index: dict | None = None  # the retrieval path: what its Faiss index is (operators.index_spec)
+    popularity: list[float] | None = None  # the fallback ranking, one number per talk of vocab (None: catalog order)
 
     def export_kwargs(self) -> dict:
         """Keyword arguments of ``gtcrec.serving.export.export_ensemble`` that reproduce these
@@ -165,7 +166,9 @@ def read_version(repository, version: int, model_name: str = DEFAULT_MODEL_NAME)
                            pad_sessions=bool(getattr(sess, "pad", False)),
                            max_clicks=getattr(sess, "max_clicks", None), instance_count=instances,
                            executor=executor, dynamic_batching=batching, backend=backend,
-                           index=getattr(model_op, "index_spec", None))
+                           index=getattr(model_op, "index_spec", None),
+                           popularity=None if getattr(decode, "popularity", None) is None
+                           else [float(v) for v in decode.popularity])
 
 
 def current_version(url, repository, model_name: str = DEFAULT_MODEL_NAME) -> tuple[int | None, str]:
@@ -206,6 +209,29 @@ def record_event(repository, model_name: str, **event) -> None:
     history = read_history(repository, model_name)
     history["events"].append({"time": _now(), **event})
     _write_history(repository, model_name, history)
+
+
+LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted or updated versions (not a number: Triton
+# ignores it); written by gtcrec.live.cycle and gtcrec.swap.update
+CATALOG_ACTIONS = ("swap", "update")  # history events that put a catalog in place (gtcrec-swap, gtcrec-swap --update)
+
+
+def catalog_event(repository, model_name: str, version: int) -> dict | None:
+    """The swap or catalog update (history event) whose catalog ``version`` serves: the version's own
+    event, or for an adapted version that of the version it adapted; ``None`` when neither made it (the
+    trained catalog, exported by notebook 05)."""
+    events = [e for e in read_history(repository, model_name)["events"] if e.get("ok")]
+    seen = set()
+    while version is not None and version not in seen:
+        seen.add(version)
+        made = next((e for e in reversed(events) if e.get("version") == version
+                     and e.get("action") in (*CATALOG_ACTIONS, "adapt")), None)
+        if made is None:
+            return None
+        if made["action"] in CATALOG_ACTIONS:
+            return made
+        version = made.get("from_version")
+    return None
 
 
 def _remember_config(repository, model_name: str, version: int, text: str | None = None) -> None:

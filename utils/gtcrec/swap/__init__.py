@@ -39,6 +39,7 @@ Command line (``gtcrec-swap``)::
 
     gtcrec-swap NEW_CATALOG --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR
                 [--cache DIR] [--k K] [--model-name NAME] [--timeout S] [--json FILE]
+    gtcrec-swap --update CATALOG --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR [--cache DIR]
     gtcrec-swap --rollback --repository REPO --url HOST:GRPC_PORT [--model-name NAME]
     gtcrec-swap --status --repository REPO --url HOST:GRPC_PORT [--model-name NAME]
     gtcrec-swap [NEW_CATALOG ...|--rollback|--status] --fleet --repository SHARED_REPO --url R0 --url R1 ...
@@ -61,6 +62,8 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 * ``quality``: the swapped model measured on the new event (:func:`evaluate_new_event`): the new
   event's clicks through the NVTabular ETL with the new vocabulary, every method on the same time-split
   test sessions;
+* ``update``: a new version of the catalog served, during the event (talks added, cancelled, retitled):
+  :func:`update_catalog` keeps what the live loop learned for the talks that stay (``gtcrec-swap --update``);
 * ``fleet``: N replicas behind HAProxy (:class:`Fleet`), :func:`swap_fleet` and :func:`rollback_fleet`;
 * ``cli``: the ``gtcrec-swap`` command (``python -m gtcrec.swap`` runs it too).
 """
@@ -80,6 +83,8 @@ from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, S
                                  served_row, evaluate_new_event)
 from gtcrec.swap.fleet import (FleetSwapError, FleetSwapResult, FleetRollbackResult, Fleet, fleet_serving,
                                fleet_status, swap_fleet, rollback_fleet)
+from gtcrec.swap.update import (CatalogChanges, catalog_changes, carry_by_id, per_talk_parts, updated_model,
+                                served_model, UpdateResult, update_catalog)
 from gtcrec.swap.cli import main
 
 __all__ = [
@@ -140,5 +145,13 @@ __all__ = [
     "fleet_status",
     "swap_fleet",
     "rollback_fleet",
+    "CatalogChanges",
+    "catalog_changes",
+    "carry_by_id",
+    "per_talk_parts",
+    "updated_model",
+    "served_model",
+    "UpdateResult",
+    "update_catalog",
     "main",
 ]

@@ -21,20 +21,27 @@ from gtcrec.layout import RESERVED as N_RESERVED
 # The new catalog
 # ----------------------------------------------------------------------------------------------
 
-def validate_catalog(path, old_vocab: Iterable[str] = (), min_talks: int = 1) -> pd.DataFrame:
+def validate_catalog(path, old_vocab: Iterable[str] = (), min_talks: int = 1, update: bool = False) -> pd.DataFrame:
     """Read a new event's catalog (CSV or parquet, the catalog format) and check it for a swap.
 
     Everything :func:`gtcrec.data.load_catalog` checks (only ``talk_id`` (or ``id``) and ``title``
     are required, other documented columns are optional and extra ones kept; empty or duplicate
     talk ids, empty titles, bad days and slots), then: no talk id of ``old_vocab`` (the catalog
     being served), and at least ``min_talks`` talks. Raises :class:`DataValidationError` listing
-    every problem with file, row and column; nothing is changed."""
+    every problem with file, row and column; nothing is changed. ``update``: the file is a new
+    version of the catalog being served (:mod:`gtcrec.swap.update`): its ids may be those of
+    ``old_vocab``, and at least one must be (else it is a new event: a swap)."""
     catalog = gdata.load_catalog(path)
     path = Path(path)
     problems = []
     old = set(map(str, old_vocab))
     id_col = catalog.attrs.get("talk_id_column", "talk_id")
-    if old:
+    if update:
+        if old and not old & set(catalog["talk_id"].astype(str)):
+            problems.append(f"{path.name}, column '{id_col}': no talk id in common with the {len(old)} talks of the "
+                            "catalog being served: this is a new event, not an update of the one served; use a "
+                            "swap instead (gtcrec-swap NEW_CATALOG, without --update)")
+    elif old:
         for i, tid in enumerate(catalog["talk_id"].tolist(), start=1):
             if tid in old:
                 problems.append(f"{path.name} row {i}, column '{id_col}': talk id {tid!r} is already in the "
@@ -62,13 +69,13 @@ class PreparedCatalog:
 
 
 def prepare_catalog(path, cache_dir, old_vocab: Iterable[str] = (), min_talks: int = 1,
-                    progress: bool = False) -> PreparedCatalog:
-    """Validate (:func:`validate_catalog`), embed (cache in ``cache_dir``; the text leaves out empty
+                    progress: bool = False, update: bool = False) -> PreparedCatalog:
+    """Validate (:func:`validate_catalog`; ``update``: a new version of the catalog served), embed (cache in ``cache_dir``; the text leaves out empty
     or absent fields, :func:`gtcrec.embeddings.talk_text`), build vocabulary and table."""
     from gtcrec import embeddings
 
     started = time.perf_counter()
-    catalog = validate_catalog(path, old_vocab, min_talks)
+    catalog = validate_catalog(path, old_vocab, min_talks, update)
     validated = time.perf_counter()
     vectors, newly = embeddings.embed_catalog(catalog, cache_dir, progress=progress)
     encoded = time.perf_counter()

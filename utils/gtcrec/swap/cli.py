@@ -13,6 +13,7 @@ from gtcrec.serving import access
 from gtcrec.serving.repository import DEFAULT_MODEL_NAME, SwapError, grpc_target
 from gtcrec.swap.switch import rollback, status, swap_catalog
 from gtcrec.swap.fleet import fleet_status, rollback_fleet, swap_fleet
+from gtcrec.swap.update import update_catalog
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--rollback", action="store_true", help="return to the previous version")
     action.add_argument("--status", action="store_true", help="show versions served, kept and archived")
+    action.add_argument("--update", action="store_true", help="the catalog file is a new version of the catalog "
+                        "being served (talks added, cancelled, retitled): serve it keeping what the live loop "
+                        "learned for the talks that stay (gtcrec.swap.update)")
     return parser
 
 
@@ -72,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.url) > 1 and not args.fleet:
         parser.error("several --url need --fleet")
     if not (args.status or args.rollback) and not (args.catalog and args.model_dir):
-        parser.error("a swap needs the new catalog file and --model-dir (or use --rollback / --status)")
+        parser.error("a swap or an update needs the new catalog file and --model-dir (or use --rollback / --status)")
+    if args.update and args.fleet:
+        parser.error("--update updates one server's catalog; --fleet does not take it yet")
     try:
         key, _ = access.key_for_command(args.control_key_file)  # checked now: a clear error before any work
         args.url = [access.Target(grpc_target(u), key) for u in args.url]
@@ -88,11 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + ("" if row["agrees"] else "  <- does not agree"))
             for note in result["notes"]:
                 log(note)
+            for event in result["history"]:
+                if event.get("action") == "update" and event.get("ok"):
+                    log(f"  version {event['version']} updated the catalog of version {event['from_version']} "
+                        f"({event['time']}): {len(event['added'])} added, {len(event['cancelled'])} cancelled "
+                        f"{event['cancelled']}, {len(event['changed_text'])} with a changed text; "
+                        f"{event['learned_talks']} talks kept what was learned")
             _emit(result, args.json or "-")
             return 0
         if args.rollback:
             rb = rollback(args.url, args.repository, args.model_name, timeout=args.timeout, log=log)
             _emit({"action": "rollback", **asdict(rb)}, args.json)
+            return 0
+        if args.update:
+            up = update_catalog(args.catalog, args.repository, args.url, args.model_dir, args.cache,
+                                model_name=args.model_name, timeout=args.timeout, log=log)
+            _emit({"action": "update", **up.summary()}, args.json)
             return 0
         res = swap_catalog(args.catalog, args.repository, args.url, args.model_dir, args.cache, k_model=args.k,
                            model_name=args.model_name, timeout=args.timeout, log=log)
