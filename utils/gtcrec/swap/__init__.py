@@ -62,6 +62,7 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
   event's clicks through the NVTabular ETL with the new vocabulary, every method on the same time-split
   test sessions;
 * ``fleet``: N replicas behind HAProxy (:class:`Fleet`), :func:`swap_fleet` and :func:`rollback_fleet`;
+  :func:`publish_fleet` (the live event's fleet cycle);
 * ``cli``: the ``gtcrec-swap`` command (``python -m gtcrec.swap`` runs it too).
 """
 
@@ -79,7 +80,7 @@ from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_
 from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, SWAPPED, RETRAINED,
                                  served_row, evaluate_new_event)
 from gtcrec.swap.fleet import (FleetSwapError, FleetSwapResult, FleetRollbackResult, Fleet, fleet_serving,
-                               fleet_status, swap_fleet, rollback_fleet)
+                               fleet_status, swap_fleet, rollback_fleet, publish_fleet, replica_addresses)
 from gtcrec.swap.cli import main
 
 __all__ = [
@@ -140,5 +141,7 @@ __all__ = [
     "fleet_status",
     "swap_fleet",
     "rollback_fleet",
+    "publish_fleet",
+    "replica_addresses",
     "main",
 ]
