@@ -138,6 +138,7 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
                                    int(settings.k_model or 0), model_name, popularity=result.popularity,
                                    timeout=timeout, action="adapt", log=log)
                     load_seconds = done.load.seconds
+                    steps.update({f"publish_{k}": round(v, 3) for k, v in done.steps.items()})
                 else:
                     now = common_version(replicas, model_name)
                     if now != serving:
@@ -148,6 +149,8 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
                                          timeout=timeout, action="adapt", log=log,
                                          _before_replica_load=_before_replica_load)
                     load_seconds = {name: round(load.seconds, 3) for name, load in done.loads.items()}
+                    steps.update({f"publish_{k}": round(v, 3) for k, v in done.first.steps.items()})
+                    steps["publish_other_loads"] = round(sum(load.seconds for load in list(done.loads.values())[1:]), 3)
             except SwapError as exc:  # FleetSwapError included: every replica serves the old version
                 cycle.update(published=False, error=str(exc))
                 record_event(repo, model_name, action="adapt", version=exc.version, from_version=serving, ok=False,
