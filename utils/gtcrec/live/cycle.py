@@ -51,6 +51,7 @@ from gtcrec.live.clicklog import read_click_log
 from gtcrec.serving.repository import (DEFAULT_MODEL_NAME, Log, SwapError, _quiet, record_event, current_version,
                                        read_history, read_version, repository_lock)
 
+RETRY_PAUSE_S = 10.0  # --every / --every-seconds: seconds before the cycle after one that failed
 LIVE_MODELS = "live"  # <model>/live/<version>: eager models of adapted versions (not a number: Triton ignores it)
 
 
@@ -332,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not repeat:
                     return code
                 done += 1
+                time.sleep(RETRY_PAUSE_S)  # a loop that fails (a fleet swap under way, a replica down) retries calmly
                 continue
             last_sessions = logged_sessions = (cycle.get("log") or {}).get("sessions", 0)
             if args.every is not None:
