@@ -10,6 +10,10 @@
   :func:`gtcrec.serving.balancer.haproxy_config` writes, and accepted by ``haproxy -c`` where HAProxy is
   installed.
 
+* The live loop: the replicas log into one shared folder with the logging key as a secret, and one job
+  (``gtcrec-adapt --every``, the compose service ``adapt``, the Deployment ``gtcrec-adapt``) reads that
+  folder and loads versions on every replica's address with the control key as a secret.
+
 Each validator is also run on a broken input, to show it catches what it is for.
 """
 from __future__ import annotations
@@ -194,3 +198,98 @@ def test_kubernetes_manifests_fit_together():
     assert {p["port"] for p in front["spec"]["ports"]} == {8000, 8001}
     namespaces = {d["metadata"].get("namespace") for _, d in docs if d["kind"] != "Namespace"}
     assert namespaces == {find(docs, "Namespace", "gtcrec")["metadata"]["name"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# the live loop: every replica logs into one folder, one job adapts and loads on every replica
+
+def _arg(command, flag):
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> host source of a compose service's bind mounts (options dropped)."""
+    return {v.split(":")[1]: v.split(":")[0] for v in map(str, service.get("volumes") or [])}
+
+
+def live_loop_problems(doc: dict) -> list[str]:
+    """This project's rules for the live loop in the fleet's compose file."""
+    from gtcrec.live.cycle import _parser
+
+    services = doc.get("services") or {}
+    rep = services.get("triton") or {}
+    loops = [n for n, s in services.items() if (s.get("command") or [None])[0] == "gtcrec-adapt"]
+    if len(loops) != 1:
+        return [f"want one gtcrec-adapt service, found {loops}"]
+    loop = services[loops[0]]
+    problems = []
+    args = _parser().parse_args(loop["command"][1:])  # the command parses
+    if args.replicas_of != "triton:8001" or args.every is None:
+        problems.append("the loop must run --every N over --replicas-of triton:8001 (every replica's gRPC port)")
+    logged = _arg(rep.get("command") or [], "--click-log")
+    if logged is None or _mounts(rep).get(logged) != _mounts(loop).get(args.click_log):
+        problems.append("the replicas do not log into the folder the loop reads")
+    if _mounts(rep).get("/models") != _mounts(loop).get(args.repository):
+        problems.append("the loop does not publish into the replicas' repository")
+    key_files = {"triton": ("GTCREC_LOG_KEY_FILE", "gtcrec_log_key"), loops[0]: ("GTCREC_CONTROL_KEY_FILE",
+                                                                                  "gtcrec_control_key")}
+    for name, (env, secret) in key_files.items():
+        svc = services[name]
+        if (svc.get("environment") or {}).get(env) != f"/run/secrets/{secret}" or secret not in (svc.get("secrets") or []):
+            problems.append(f"{name}: the key {secret} is not a mounted secret named by ${env}")
+        if secret not in (doc.get("secrets") or {}):
+            problems.append(f"no top-level secret {secret}")
+    return problems
+
+
+def test_fleet_compose_runs_the_live_loop_on_every_replicas_log():
+    doc = yaml.safe_load(COMPOSE_FLEET.read_text())
+    assert live_loop_problems(doc) == []
+    broken = copy.deepcopy(doc)
+    broken["services"]["triton"]["volumes"][1] = "../artifacts/serve/elsewhere:/clicklog"
+    broken["services"]["adapt"]["environment"] = {}
+    broken["services"]["adapt"]["command"][2] = "triton:8000"
+    del broken["secrets"]["gtcrec_log_key"]
+    problems = "\n".join(live_loop_problems(broken))
+    for part in ("folder the loop reads", "adapt: the key gtcrec_control_key", "--replicas-of", "gtcrec_log_key"):
+        assert part in problems, part
+
+
+def test_kubernetes_runs_the_live_loop_on_every_pods_log():
+    from gtcrec.live.cycle import _parser
+
+    docs = k8s_documents()
+    triton, loop = find(docs, "Deployment", "gtcrec-triton"), find(docs, "Deployment", "gtcrec-adapt")
+    headless = find(docs, "Service", "gtcrec-triton")
+    assert loop["spec"]["replicas"] == 1 and loop["spec"]["strategy"]["type"] == "Recreate"  # one cycle at a time
+    args = _parser().parse_args(loop["spec"]["template"]["spec"]["containers"][0]["command"][1:])
+    fqdn = f"{headless['metadata']['name']}.{headless['metadata']['namespace']}.svc.cluster.local"
+    assert args.replicas_of == f"{fqdn}:8001" and args.every
+
+    def pod(deployment):
+        spec = deployment["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        return container, mounts, volumes, env
+
+    def claim(mounts, volumes, path):
+        return volumes[mounts[path]["name"]].get("persistentVolumeClaim", {}).get("claimName")
+
+    def secret_of(mounts, volumes, env, variable):
+        folder = str(Path(env[variable]).parent)
+        return volumes[mounts[folder]["name"]].get("secret", {}).get("secretName")
+
+    t_container, t_mounts, t_volumes, t_env = pod(triton)
+    l_container, l_mounts, l_volumes, l_env = pod(loop)
+    logged = _arg(t_container["command"], "--click-log")
+    assert claim(t_mounts, t_volumes, logged) == claim(l_mounts, l_volumes, args.click_log) == "gtcrec-clicklog"
+    assert l_mounts[args.click_log].get("readOnly") is True  # the loop only reads the log
+    assert claim(t_mounts, t_volumes, "/models") == claim(l_mounts, l_volumes, args.repository) == "gtcrec-models"
+    assert secret_of(t_mounts, t_volumes, t_env, "GTCREC_LOG_KEY_FILE") == "gtcrec-log-key"
+    assert secret_of(t_mounts, t_volumes, t_env, "GTCREC_CONTROL_KEY_FILE") == "gtcrec-control-key"
+    assert secret_of(l_mounts, l_volumes, l_env, "GTCREC_CONTROL_KEY_FILE") == "gtcrec-control-key"
+    for name in ("gtcrec-clicklog", "gtcrec-artifacts"):
+        assert "ReadWriteMany" in find(docs, "PersistentVolumeClaim", name)["spec"]["accessModes"]
+    assert args.model_dir.startswith("/artifacts/") and claim(l_mounts, l_volumes, "/artifacts") == "gtcrec-artifacts"

@@ -21,13 +21,22 @@ candidates its guard refused for their exposure (``settings.exposure_refused``) 
 
     gtcrec-adapt --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR --click-log DIR
                  [--catalog FILE] [--cache DIR] [--every N | --every-seconds S] [--cycles M]
-    gtcrec-adapt --status --repository REPO
+    gtcrec-adapt --fleet --url R0 --url R1 ... (or --replicas-of SERVICE:PORT) --repository SHARED_REPO ...
+    gtcrec-adapt --status --repository REPO [--url R0 --url R1 ... | --replicas-of SERVICE:PORT]
+
+**A fleet** (``--fleet``, ``--replicas-of``): the replicas share one repository and one click log folder
+(every writer's files carry its host, pid and instance, so the reader sees every replica's clicks, each
+once). The cycle reads the version they all serve (they must agree), chooses and exports once, and
+publishes through the fleet swap's machinery (:func:`gtcrec.swap.fleet.publish_fleet`): the version is
+loaded on replica 0, then on each other replica; if one refuses it or stops answering, the version is
+archived and every replica serves the old one again (the cycle is recorded as not published).
 
 Saved models are trusted files: loading one runs pickle.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -44,6 +53,7 @@ from gtcrec.serving.repository import (CATALOG_ACTIONS, DEFAULT_MODEL_NAME, LIVE
                                        catalog_event, current_version, read_history, read_version, record_event,
                                        repository_lock)
 
+RETRY_PAUSE_S = 10.0  # --every / --every-seconds: seconds before the cycle after one that failed
 
 
 @dataclass
@@ -85,16 +95,27 @@ def _eager_models(model_dir, prepared, live: Live, repository, model_name: str, 
 
 def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_name: str = DEFAULT_MODEL_NAME,
               catalog=None, work_dir=None, budget_s: float | None = 45.0, timeout: float = 300.0,
-              log: Log | None = None) -> dict:
-    """One cycle (module docstring); returns what it recorded."""
+              log: Log | None = None, _before_replica_load=None) -> dict:
+    """One cycle (module docstring); returns what it recorded.
+
+    ``server_url``: one server, or a list of replicas (a fleet on one shared repository): the cycle
+    then reads the version they all serve, chooses and exports once, and publishes through the fleet
+    swap's machinery (:func:`gtcrec.swap.fleet.publish_fleet`: every replica loads the version, or, if
+    one refuses or dies, every replica serves the old one again). ``_before_replica_load(index,
+    version_folder)`` (tests) runs before each replica's load."""
     from gtcrec import model as gm
     from gtcrec.swap.catalog import prepare_catalog
+    from gtcrec.swap.fleet import common_version, fleet_lock, fleet_serving, publish_fleet
     from gtcrec.swap.switch import publish
 
     log = log or _quiet
     t0 = time.perf_counter()
     repo = Path(repository).resolve()
-    serving, _ = current_version(server_url, repo, model_name)
+    replicas = list(server_url) if isinstance(server_url, (list, tuple)) else None
+    if replicas is not None:
+        serving = common_version(replicas, model_name)  # FleetSwapError when they disagree or one is down
+    else:
+        serving, _ = current_version(server_url, repo, model_name)
     live = live_catalog(repo, model_name, catalog, serving)
     settings = read_version(repo, serving, model_name)
     prepared = prepare_catalog(live.catalog_file, cache_dir)
@@ -116,22 +137,40 @@ def run_cycle(repository, server_url, model_dir, cache_dir, click_log, model_nam
     log(result.reason)
     if result.publish:
         started = time.perf_counter()
-        with repository_lock(repo, model_name):
+        with (fleet_lock(repo, model_name) if replicas is not None else contextlib.nullcontext()), \
+                repository_lock(repo, model_name):
             try:
-                done = publish(result.model, prepared.vocab, repo, server_url, serving, settings,
-                               int(settings.k_model or 0), model_name, popularity=result.popularity,
-                               timeout=timeout, action="adapt", log=log)
-            except SwapError as exc:
+                if replicas is None:
+                    done = publish(result.model, prepared.vocab, repo, server_url, serving, settings,
+                                   int(settings.k_model or 0), model_name, popularity=result.popularity,
+                                   timeout=timeout, action="adapt", log=log)
+                    load_seconds = done.load.seconds
+                    steps.update({f"publish_{k}": round(v, 3) for k, v in done.steps.items()})
+                else:
+                    now = common_version(replicas, model_name)
+                    if now != serving:
+                        raise SwapError(f"the fleet went from version {serving} to {now} during the cycle: "
+                                        "nothing published, the next cycle starts from it")
+                    done = publish_fleet(result.model, prepared.vocab, repo, replicas, serving, settings,
+                                         int(settings.k_model or 0), model_name, popularity=result.popularity,
+                                         timeout=timeout, action="adapt", log=log,
+                                         _before_replica_load=_before_replica_load)
+                    load_seconds = {name: round(load.seconds, 3) for name, load in done.loads.items()}
+                    steps.update({f"publish_{k}": round(v, 3) for k, v in done.first.steps.items()})
+                    steps["publish_other_loads"] = round(sum(load.seconds for load in list(done.loads.values())[1:]), 3)
+            except SwapError as exc:  # FleetSwapError included: every replica serves the old version
                 cycle.update(published=False, error=str(exc))
                 record_event(repo, model_name, action="adapt", version=exc.version, from_version=serving, ok=False,
                              error=str(exc)[:500])
             else:
                 gm.save_model(result.model, repo / model_name / LIVE_MODELS / str(done.version))
-                cycle.update(published=True, version=done.version, load_seconds=done.load.seconds)
+                cycle.update(published=True, version=done.version, load_seconds=load_seconds)
                 record_event(repo, model_name, action="adapt", version=done.version, from_version=serving, ok=True,
                              chosen=result.chosen, clicks=report["clicks"])
                 log(f"version {done.version} serving ({result.chosen})")
         steps["publish"] = round(time.perf_counter() - started, 3)
+    if replicas is not None:  # what every replica serves now
+        cycle["replicas"] = fleet_serving(replicas, model_name)
     cycle.update(seconds=round(time.perf_counter() - t0, 3), steps=steps)
     live_adapt.record_cycle(repo, model_name, cycle)
     return cycle
@@ -149,7 +188,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 done; 2 bad arguments or no control key; 1 a cycle failed (the version served is "
                "unchanged).")
     parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
-    parser.add_argument("--url", help="the server's gRPC address, host:port")
+    parser.add_argument("--url", action="append", help="the server's gRPC address, host:port (with --fleet: once "
+                        "per replica, all serving --repository)")
+    parser.add_argument("--fleet", action="store_true", help="one cycle for every replica given by --url: the log "
+                        "of them all is read, the version is chosen and exported once and loaded on every replica, "
+                        "all or none (a replica that refuses it sends the others back)")
+    parser.add_argument("--replicas-of", metavar="SERVICE:PORT", help="a fleet whose replicas are every address "
+                        "this name resolves to, resolved again before every cycle (a Docker Compose service, a "
+                        "Kubernetes headless Service); implies --fleet")
     parser.add_argument("--model-dir", help="the trained model saved by notebook 04 (artifacts/04-item-representation/model)")
     parser.add_argument("--click-log", help="the folder of logged clicks (gtcrec-serve --click-log) or of click "
                         "files in the documented clicks format")
@@ -165,7 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--control-key-file", help="the key of the server's control APIs (see gtcrec-swap)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server's load")
     parser.add_argument("--json", help="also write each cycle as a JSON line to this file ('-': stdout)")
-    parser.add_argument("--status", action="store_true", help="show the recorded cycles and stop")
+    parser.add_argument("--status", action="store_true", help="show the recorded cycles and stop; with --url or "
+                        "--replicas-of, also the versions every replica serves")
     return parser
 
 
@@ -215,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gtcrec.serving import access
     from gtcrec.serving.repository import grpc_target
+    from gtcrec.swap.fleet import fleet_serving, replica_addresses
 
     warnings.filterwarnings("ignore", message=".*Tensorflow dtype mappings.*")
     parser = _parser()
@@ -222,6 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def log(msg: str) -> None:
         print(f"[gtcrec-adapt] {msg}", file=sys.stderr, flush=True)
+
+    fleet = args.fleet or args.replicas_of is not None
+    if args.url and len(args.url) > 1 and not fleet:
+        parser.error("several --url need --fleet")
+    if args.url and args.replicas_of:
+        parser.error("give the replicas by --url or by --replicas-of, not both")
+
+    def targets(key):
+        """The server, or the fleet's replicas (resolved now with --replicas-of), with the control key."""
+        urls = replica_addresses(args.replicas_of) if args.replicas_of else args.url
+        found = [access.Target(grpc_target(u), key) for u in urls]
+        return found if fleet else found[0]
 
     if args.status:
         rows = _status(args.repository, args.model_name)
@@ -238,10 +298,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"  set aside: {aside.get('sessions', 0)} sessions, {aside.get('clients', 0)} clients "
                 f"({', '.join(f'{k} {v}' for k, v in aside.items() if v and k not in ('sessions', 'clients')) or 'none'})"
                 f"; talks {r['talks_set_aside'] or 'none'}; refused for exposure: {r['exposure_refused'] or 'none'}")
-        print(json.dumps(rows, indent=2, default=str))
+        if not (args.url or args.replicas_of):
+            print(json.dumps(rows, indent=2, default=str))
+            return 0
+        try:  # the versions every replica serves
+            key, _ = access.key_for_command(args.control_key_file)
+            found = targets(key)
+            serving = fleet_serving(found if isinstance(found, list) else [found], args.model_name)
+        except (access.ControlKeyError, ValueError, OSError) as exc:
+            print(f"gtcrec-adapt: {exc}", file=sys.stderr)
+            return 2
+        for url, versions in serving.items():
+            log(f"{url}: serving {versions}")
+        consistent = len({str(v) for v in serving.values()}) == 1
+        log("the replicas serve one version" if consistent else "the replicas DISAGREE")
+        print(json.dumps({"cycles": rows, "serving": serving, "consistent": consistent}, indent=2, default=str))
         return 0
-    if not (args.url and args.model_dir and args.click_log):
-        parser.error("a cycle needs --url, --model-dir and --click-log (or use --status)")
+    if not ((args.url or args.replicas_of) and args.model_dir and args.click_log):
+        parser.error("a cycle needs --url (or --replicas-of), --model-dir and --click-log (or use --status)")
     if args.every is not None and args.every < 1 or args.every_seconds is not None and args.every_seconds <= 0:
         parser.error("--every and --every-seconds must be positive")
     try:
@@ -249,7 +323,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except access.ControlKeyError as exc:
         print(f"gtcrec-adapt: {exc}", file=sys.stderr)
         return 2
-    target = access.Target(grpc_target(args.url), key)
     repeat = args.every is not None or args.every_seconds is not None
     cycles = args.cycles if args.cycles is not None else (None if repeat else 1)
     done, last_sessions, last_time = 0, -1, 0.0
@@ -271,18 +344,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             last_time = time.monotonic()
             try:
-                cycle = run_cycle(args.repository, target, args.model_dir, args.cache, args.click_log,
+                cycle = run_cycle(args.repository, targets(key), args.model_dir, args.cache, args.click_log,
                                   args.model_name, catalog=args.catalog, budget_s=args.budget, timeout=args.timeout,
                                   log=log)
             except access.ControlKeyError as exc:
                 print(f"gtcrec-adapt: {exc}", file=sys.stderr)
                 return 2
-            except (SwapError, FileNotFoundError, ValueError) as exc:
+            except (SwapError, FileNotFoundError, ValueError, OSError) as exc:  # OSError: a name that does not resolve
                 print(f"gtcrec-adapt: the cycle failed, the version served is unchanged: {exc}", file=sys.stderr)
                 code = 1
                 if not repeat:
                     return code
                 done += 1
+                time.sleep(RETRY_PAUSE_S)  # a loop that fails (a fleet swap under way, a replica down) retries calmly
                 continue
             last_sessions = logged_sessions = (cycle.get("log") or {}).get("sessions", 0)
             if args.every is not None:

@@ -65,6 +65,7 @@ Modules, by job (every public name is importable from ``gtcrec.swap``):
 * ``update``: a new version of the catalog served, during the event (talks added, cancelled, retitled):
   :func:`update_catalog` keeps what the live loop learned for the talks that stay (``gtcrec-swap --update``);
 * ``fleet``: N replicas behind HAProxy (:class:`Fleet`), :func:`swap_fleet` and :func:`rollback_fleet`;
+  :func:`publish_fleet` (the live event's fleet cycle);
 * ``cli``: the ``gtcrec-swap`` command (``python -m gtcrec.swap`` runs it too).
 """
 
@@ -82,7 +83,7 @@ from gtcrec.swap.traffic import probe_request, answer_catalog, Traffic, traffic_
 from gtcrec.swap.quality import (transfer_scores, translate_prefixes, Quality, SWAPPED, RETRAINED,
                                  served_row, evaluate_new_event)
 from gtcrec.swap.fleet import (FleetSwapError, FleetSwapResult, FleetRollbackResult, Fleet, fleet_serving,
-                               fleet_status, swap_fleet, rollback_fleet)
+                               fleet_status, swap_fleet, rollback_fleet, publish_fleet, replica_addresses)
 from gtcrec.swap.update import (CatalogChanges, catalog_changes, carry_by_id, per_talk_parts, updated_model,
                                 served_model, UpdateResult, update_catalog)
 from gtcrec.swap.cli import main
@@ -153,5 +154,7 @@ __all__ = [
     "served_model",
     "UpdateResult",
     "update_catalog",
+    "publish_fleet",
+    "replica_addresses",
     "main",
 ]

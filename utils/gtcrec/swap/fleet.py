@@ -49,7 +49,8 @@ from typing import Callable, Sequence
 from gtcrec.serving import access
 from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _quiet, file_lock, grpc_target,
                                        version_config, record_event, serving_versions)
-from gtcrec.swap.switch import LoadResult, RollbackResult, SwapResult, load_version, rollback, swap_catalog
+from gtcrec.swap.switch import (LoadResult, Published, RollbackResult, SwapResult, load_version, publish, rollback,
+                                swap_catalog)
 
 FLEET_LOCK_FILE = ".gtcrec_fleet.lock"
 
@@ -74,21 +75,22 @@ class FleetSwapError(SwapError):
 # State of the fleet
 # ----------------------------------------------------------------------------------------------
 
-def fleet_serving(replicas: Sequence, model_name: str = DEFAULT_MODEL_NAME) -> dict[str, list[int]]:
-    """``{replica gRPC address: versions READY}``."""
-    return {grpc_target(r): serving_versions(r, model_name) for r in replicas}
-
-
-def common_version(replicas: Sequence, model_name: str = DEFAULT_MODEL_NAME) -> int:
-    """The one version every replica serves; :class:`FleetSwapError` when they differ."""
+def fleet_serving(replicas: Sequence, model_name: str = DEFAULT_MODEL_NAME) -> dict[str, list[int] | str]:
+    """``{replica gRPC address: versions READY}``; ``"unreachable: ..."`` for a replica that does not answer."""
     serving: dict = {}
     for r in replicas:
         try:
             serving[grpc_target(r)] = serving_versions(r, model_name)
         except access.ControlKeyError:  # no or a wrong key: say so, not "unreachable"
             raise
-        except Exception as exc:  # a replica that does not answer
+        except Exception as exc:  # a replica that does not answer (stopped, killed, not started yet)
             serving[grpc_target(r)] = f"unreachable: {str(exc)[:200]}"
+    return serving
+
+
+def common_version(replicas: Sequence, model_name: str = DEFAULT_MODEL_NAME) -> int:
+    """The one version every replica serves; :class:`FleetSwapError` when they differ."""
+    serving = fleet_serving(replicas, model_name)
     distinct = {tuple(v) if isinstance(v, list) else v for v in serving.values()}
     if len(distinct) != 1 or not isinstance(next(iter(distinct)), tuple) or len(next(iter(distinct))) != 1:
         raise FleetSwapError(f"the replicas do not serve one common version of {model_name}: {serving}; "
@@ -126,6 +128,45 @@ def _undo(replicas: Sequence, repository, version: int, model_name: str, timeout
 # ----------------------------------------------------------------------------------------------
 # Swap and rollback
 # ----------------------------------------------------------------------------------------------
+
+def load_on_the_others(replicas: Sequence, repository, version: int, previous: int,
+                       model_name: str = DEFAULT_MODEL_NAME, timeout: float = 300.0, action: str = "fleet-swap",
+                       log: Log | None = None,
+                       _before_replica_load: Callable[[int, Path], None] | None = None) -> dict[str, LoadResult]:
+    """The second half of a fleet swap: ``version`` (exported into the shared repository and serving
+    on ``replicas[0]``) is loaded on replicas 1, 2, ... in turn, all or nothing. If one refuses it (or
+    does not answer), the version folder is archived (:func:`load_version`), every replica already
+    switched, the first included, loads ``previous`` again, the failure is recorded as
+    ``<action>-failed`` and :class:`FleetSwapError` names the replica. Returns every other replica's
+    load. Call it holding :func:`fleet_lock`. Used by :func:`swap_fleet` and by the live event's
+    fleet cycle (:func:`gtcrec.live.cycle.run_cycle`)."""
+    log = log or _quiet
+    repo = Path(repository)
+    names = [grpc_target(r) for r in replicas]
+    config_before = version_config(repo, previous, model_name)
+    folder = repo / model_name / str(version)
+    loads: dict[str, LoadResult] = {}
+    for i, r in enumerate(replicas[1:], start=1):
+        if _before_replica_load is not None:
+            _before_replica_load(i, folder)
+        try:
+            loads[names[i]] = load_version(r, repo, version, model_name, restore_config=config_before,
+                                           timeout=timeout, action=action)
+            log(f"{names[i]} serving version {version} ({loads[names[i]].seconds:.1f} s)")
+        except SwapError as exc:
+            log(f"{names[i]} refused version {version}; switching {i} replica(s) back to {previous}")
+            done, errors = _undo(replicas[:i], repo, previous, model_name, timeout, log)
+            serving = fleet_serving(replicas, model_name)
+            record_event(repo, model_name, action=f"{action}-failed", version=version, ok=False,
+                         refused=names[i], undone=done, undo_errors=errors, serving=serving,
+                         error=exc.server_error)
+            state = ("the whole fleet serves version %d again" % previous if not errors
+                     else f"could not switch back {errors}")
+            raise FleetSwapError(f"replica {names[i]} refused version {version}: {state}. {exc}",
+                                 version=version, refused=names[i], undone=done, serving=serving,
+                                 server_error=exc.server_error, undo_errors=errors) from exc
+    return loads
+
 
 @dataclass
 class FleetSwapResult:
@@ -181,28 +222,8 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
                                  version=exc.version, refused=names[0], serving=fleet_serving(replicas, model_name),
                                  server_error=exc.server_error) from exc
         version = swapped.version
-        loads = {names[0]: swapped.load}
-        config_before = version_config(repo, previous, model_name)
-        folder = repo / model_name / str(version)
-        for i, r in enumerate(replicas[1:], start=1):
-            if _before_replica_load is not None:
-                _before_replica_load(i, folder)
-            try:
-                loads[names[i]] = load_version(r, repo, version, model_name, restore_config=config_before,
-                                               timeout=timeout, action="fleet-swap")
-                log(f"{names[i]} serving version {version} ({loads[names[i]].seconds:.1f} s)")
-            except SwapError as exc:
-                log(f"{names[i]} refused version {version}; switching {i} replica(s) back to {previous}")
-                done, errors = _undo(replicas[:i], repo, previous, model_name, timeout, log)
-                serving = fleet_serving(replicas, model_name)
-                record_event(repo, model_name, action="fleet-swap-failed", version=version, ok=False,
-                             refused=names[i], undone=done, undo_errors=errors, serving=serving,
-                             error=exc.server_error)
-                state = ("the whole fleet serves version %d again" % previous if not errors
-                         else f"could not switch back {errors}")
-                raise FleetSwapError(f"replica {names[i]} refused version {version}: {state}. {exc}",
-                                     version=version, refused=names[i], undone=done, serving=serving,
-                                     server_error=exc.server_error, undo_errors=errors) from exc
+        loads = {names[0]: swapped.load, **load_on_the_others(replicas, repo, version, previous, model_name,
+                                                              timeout, "fleet-swap", log, _before_replica_load)}
         ended = time.perf_counter()
         serving = fleet_serving(replicas, model_name)
         record_event(repo, model_name, action="fleet-swap", version=version, from_version=previous, ok=True,
@@ -211,6 +232,55 @@ def swap_fleet(catalog_file, model_repository, replicas: Sequence, model_dir, ca
         "replicas")
     return FleetSwapResult(version=version, previous_version=previous, swap=swapped, loads=loads,
                            started=swapped.load.started, ended=ended, total_seconds=ended - t0, serving=serving)
+
+
+@dataclass
+class FleetPublished:
+    version: int
+    first: Published  # the trace, the export and the first replica's load
+    loads: dict[str, LoadResult]  # every replica's load, in order
+    serving: dict[str, list[int]]
+
+
+def publish_fleet(model, vocab: Sequence[str], repository, replicas: Sequence, previous: int, settings,
+                  k_model: int, model_name: str = DEFAULT_MODEL_NAME, popularity: Sequence[float] | None = None,
+                  timeout: float = 300.0, action: str = "adapt", log: Log | None = None,
+                  _before_replica_load: Callable[[int, Path], None] | None = None) -> FleetPublished:
+    """:func:`gtcrec.swap.switch.publish` for a fleet: an eager ``model`` is traced and exported once
+    into the shared repository and loaded on ``replicas[0]``, then on every other replica
+    (:func:`load_on_the_others`: all or nothing). Raises :class:`FleetSwapError` when a replica refuses
+    (the whole fleet serves ``previous`` again, the version is archived). Call it holding
+    :func:`fleet_lock` and :func:`gtcrec.serving.repository.repository_lock`. The live event's fleet
+    cycle publishes through it."""
+    log = log or _quiet
+    replicas = list(replicas)
+    names = [grpc_target(r) for r in replicas]
+    before0 = None if _before_replica_load is None else (lambda folder: _before_replica_load(0, folder))
+    try:
+        first = publish(model, vocab, repository, replicas[0], previous, settings, k_model, model_name,
+                        popularity=popularity, timeout=timeout, action=action, log=log, _before_load=before0)
+    except SwapError as exc:
+        raise FleetSwapError(f"replica {names[0]} refused the new version; no replica switched. {exc}",
+                             version=exc.version, refused=names[0], serving=fleet_serving(replicas, model_name),
+                             server_error=exc.server_error) from exc
+    loads = {names[0]: first.load, **load_on_the_others(replicas, repository, first.version, previous, model_name,
+                                                        timeout, action, log, _before_replica_load)}
+    return FleetPublished(first.version, first, loads, fleet_serving(replicas, model_name))
+
+
+def replica_addresses(service: str) -> list[str]:
+    """``host:port`` of every address ``service`` (``name:port``) resolves to, sorted: the replicas of a
+    Docker Compose service or of a Kubernetes headless Service (one DNS record per ready pod). Resolved
+    when called, so a fleet that scaled since is seen as it is now."""
+    import socket
+
+    host, _, port = service.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{service!r} is not name:port")
+    found = {info[4][0] for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)}
+    if not found:
+        raise ValueError(f"{host} resolves to no address")
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in sorted(found)]
 
 
 @dataclass
@@ -293,7 +363,9 @@ class Fleet:
     processes die with the thread that started them. Use it as a context manager.
 
     ``grpc_url`` / ``http_url`` are the balancer's; ``replicas`` the servers (pass them to
-    :func:`swap_fleet` / :func:`rollback_fleet`)."""
+    :func:`swap_fleet` / :func:`rollback_fleet`, or to :func:`gtcrec.live.run_cycle`). With
+    ``click_log=FOLDER`` every replica logs into that one folder, with one logging key
+    (:attr:`log_key`)."""
 
     def __init__(self, model_repository, n_replicas: int = 2, model_name: str = DEFAULT_MODEL_NAME,
                  startup_timeout: float = 180.0, check_interval: float = 0.25, haproxy=None,
@@ -306,6 +378,13 @@ class Fleet:
         self.haproxy, self.tritonserver, self.server_kwargs = haproxy, tritonserver, server_kwargs
         # one control key for every replica, as in a deployment (where a secret holds it)
         self.control_key = access.read_key(server_kwargs.pop("control_key", None)) or access.new_key()
+        # with a click log (one folder shared by every replica: the writers' names carry host, pid and
+        # instance), one logging key for every replica too: the app vouches once, whichever replica answers
+        self.log_key = None
+        if server_kwargs.get("click_log") is not None:
+            self.log_key = (access.check_log_key(server_kwargs.pop("log_key")) if server_kwargs.get("log_key")
+                            else access.read_log_key()[0] or access.new_key())
+            server_kwargs["log_key"] = self.log_key
         self.replicas: list = []
         self.balancer = None
         self.startup_seconds: float | None = None
@@ -372,8 +451,9 @@ class Fleet:
 # ----------------------------------------------------------------------------------------------
 
 def replica_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gtcrec.swap.fleet REPOSITORY [--host 0.0.0.0] [--http-port 8000] [--grpc-port 8001]``:
-    one tritonserver replica on a (shared) repository, in the foreground until SIGTERM/Ctrl-C."""
+    """``python -m gtcrec.swap.fleet REPOSITORY [--host 0.0.0.0] [--http-port 8000] [--grpc-port 8001]
+    [--click-log SHARED_FOLDER]``: one tritonserver replica on a (shared) repository, in the foreground
+    until SIGTERM/Ctrl-C."""
     from gtcrec.serving.server import TritonServer, TritonServerError
 
     parser = argparse.ArgumentParser(prog="python -m gtcrec.swap.fleet",
@@ -384,11 +464,20 @@ def replica_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument("--click-log", help="log the clicks of the requests that carry the logging key into this "
+                        "folder (shared by every replica: each writer's files carry its host, pid and instance); the "
+                        f"key comes from ${access.ENV_LOG_KEY_FILE} (a mounted secret) or ${access.ENV_LOG_KEY}")
+    parser.add_argument("--click-log-seconds", type=float, help="a new log segment at least this often")
     args = parser.parse_args(argv)
     try:
         key = access.read_key()
+        log_key = access.read_log_key()[0] if args.click_log else None
     except access.ControlKeyError as exc:
         print(f"replica: {exc}", file=sys.stderr)
+        return 2
+    if args.click_log and log_key is None:  # a key nobody knows would log nothing
+        print(f"replica: --click-log needs the logging key; mount a secret and set ${access.ENV_LOG_KEY_FILE} to its "
+              f"path (or set ${access.ENV_LOG_KEY})", file=sys.stderr)
         return 2
     if key is None:  # a replica nobody can swap would be useless: the deployment must hand it the key
         print(f"replica: no control key; mount a secret and set ${access.ENV_KEY_FILE} to its path "
@@ -400,7 +489,8 @@ def replica_main(argv: Sequence[str] | None = None) -> int:
     try:
         server = TritonServer(args.repository, load_models=[args.model_name], host=args.host,
                               http_port=args.http_port, grpc_port=args.grpc_port,
-                              startup_timeout=args.startup_timeout, control_key=key).start()
+                              startup_timeout=args.startup_timeout, control_key=key, click_log=args.click_log,
+                              click_log_seconds=args.click_log_seconds, log_key=log_key).start()
     except (TritonServerError, ValueError) as exc:
         print(f"replica: {exc}", file=sys.stderr)
         return 1

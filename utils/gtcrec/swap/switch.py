@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gtcrec.serving import access
 from gtcrec.serving.repository import (ARCHIVE, DEFAULT_MODEL_NAME, Log, SwapError, _grpc_client, _quiet,
                                        _remember_config, archive_version, current_version, grpc_target,
                                        next_version, version_config, read_history, read_version, record_event,
@@ -37,7 +38,8 @@ def load_version(url, repository, version: int, model_name: str = DEFAULT_MODEL_
 
     On failure the version folder goes to the archive, ``config.pbtxt`` is set back to
     ``restore_config`` (when given) and :class:`SwapError` is raised with the server's message and
-    the versions still serving."""
+    the versions still serving (none when the server does not answer: a replica killed during the load
+    refuses the version like one whose load fails)."""
     from tritonclient.utils import InferenceServerException
 
     client = _grpc_client(url)
@@ -50,7 +52,13 @@ def load_version(url, repository, version: int, model_name: str = DEFAULT_MODEL_
     finally:
         ended = time.perf_counter()
         client.close()
-    serving = serving_versions(url, model_name)
+    try:
+        serving = serving_versions(url, model_name)
+    except access.ControlKeyError:
+        raise
+    except Exception as exc:  # the server died or cannot be reached: it refused the version too
+        serving = []
+        error = f"{error + '; ' if error else ''}the server does not answer: {str(exc)[:300]}"
     if error is None and version not in serving:
         error = f"the server reports versions {serving} ready, not {version}"
     if error is None:
