@@ -43,6 +43,7 @@ def parts(tmp_path_factory):
     R.save_index(R.build_index(R.item_vectors(model), "flat"), root / "items.faiss")
     clicks = pd.concat([example_clicks(VOCAB, n_sessions=20, max_clicks=12, seed=s) for s in (1, 2)],
                        ignore_index=True)
+    trace_topk(model, example, k=K + 3 * MAX_LEN).save(str(root / "topk_deep.pt"))
     return {"root": root, "clicks": clicks, "request": cl.request_arrays(clicks)}
 
 
@@ -62,6 +63,26 @@ def test_the_flat_index_answers_like_the_full_product_in_process(parts):
     np.testing.assert_array_equal(got["session_ids"], want["session_ids"])
     np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
     np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_long_session_is_answered_alike_when_both_graphs_return_as_many_candidates(parts):
+    """A session that clicked most of its best candidates: each graph fills what runs short from popularity,
+    so the exact and the retrieval graph agree when they return the same number of candidates (K), and not
+    otherwise (the retrieval graph's default, k + max_len, against a deeper exact trace)."""
+    root = parts["root"]
+    exact = build_ensemble(VOCAB, root / "topk_deep.pt", max_len=MAX_LEN, k=K)
+    talks = VOCAB[:100]  # a session that clicked 100 of the 120 talks: few of its best candidates are left
+    clicks = pd.DataFrame({"session_id": "long", "talk_id": talks,
+                           "timestamp": pd.Timestamp("2025-03-18") + pd.to_timedelta(np.arange(len(talks)), unit="min")})
+    request = cl.request_arrays(pd.concat([parts["clicks"], clicks], ignore_index=True))
+    want = reference_outputs(exact, request).outputs
+    same_k = build_ensemble(VOCAB, root / "encoder.pt", max_len=MAX_LEN, k=K, index=root / "items.faiss",
+                            k_model=K + 3 * MAX_LEN)
+    got = reference_outputs(same_k, request).outputs
+    np.testing.assert_array_equal(got["talk_ids"], want["talk_ids"])
+    default = reference_outputs(build_ensemble(VOCAB, root / "encoder.pt", max_len=MAX_LEN, k=K,
+                                               index=root / "items.faiss"), request).outputs
+    assert (default["talk_ids"] != want["talk_ids"]).any(axis=1).sum() >= 1
 
 
 def test_faiss_top_k_checks_its_k(parts):

@@ -74,7 +74,7 @@ class Reference:
 def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int = 10,
                    popularity: Sequence[float] | None = None, call: str = "dict",
                    num_threads: int | None = 1, max_clicks: int = ops.MAX_CLICKS, pad_sessions: bool = True,
-                   index=None):
+                   index=None, k_model: int | None = None):
     """The python-backend serving graph as a Merlin ``Ensemble`` (runs in-process too).
 
     Notebook 05 writes this graph in its cells to teach it; this is the definition the catalog swap,
@@ -86,13 +86,18 @@ def build_ensemble(vocab: Sequence[str], torchscript, max_len: int = 20, k: int 
 
     ``index``: the retrieval path for large catalogs. ``torchscript`` is then the session encoder
     (:func:`gtcrec.serving.retrieval.trace_query`) and ``index`` a Faiss index (or its file) over the
-    items' output vectors; ``FaissTopK`` takes the model's place (see its docstring)."""
+    items' output vectors; ``FaissTopK`` takes the model's place (see its docstring), returning
+    ``k_model`` candidates (default ``k + max_len``). A session's clicked talks are removed from the
+    candidates and the popularity ranking fills what runs short, so a session with many clicked talks
+    among its best candidates is answered alike by two graphs only when they return as many: give the
+    retrieval graph the exact graph's ``K`` to compare the two."""
     from merlin.systems.dag import Ensemble
 
     if index is None:
         model = ops.TorchScriptTopK(torchscript, call=call, num_threads=num_threads)
     else:  # the retrieval path: ``torchscript`` is the session encoder, ``index`` the items' Faiss index
-        model = ops.FaissTopK(torchscript, index, k_model=min(k + max_len, len(vocab)), num_threads=num_threads)
+        model = ops.FaissTopK(torchscript, index, k_model=min(k_model or k + max_len, len(vocab)),
+                              num_threads=num_threads)
     _check_k(model.k_model, k, max_len)
     graph = (list(REQUEST_COLUMNS)
              >> ops.SessionizeClicks(vocab, max_len=max_len, max_clicks=max_clicks, pad=pad_sessions) >> model
@@ -225,7 +230,7 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
                     instance_count: int | None = None, overwrite: bool = False, executor: str = "lean",
                     max_clicks: int = ops.MAX_CLICKS, dynamic_batching: bool = False,
                     max_batch_size: int = 32, batch_delay_us: int = 500, pad_sessions: bool = True,
-                    index=None):
+                    index=None, k_model: int | None = None):
     """Build, answer a reference request in-process, export. Returns ``(ensemble, reference)``.
 
     Parameters
@@ -247,7 +252,8 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
     executor: ``"lean"`` (default), ``"merlin"`` or ``"stock"``; see the module docstring.
     max_clicks: larger requests are refused (``bad request``).
     pad_sessions: pad every session to ``max_len`` before the model (see ``build_ensemble``).
-    index: the retrieval path (see ``build_ensemble``): ``torchscript_path`` is the session encoder.
+    index: the retrieval path (see ``build_ensemble``): ``torchscript_path`` is the session encoder;
+        ``k_model``: the candidates it returns (default ``k + max_len``).
     dynamic_batching: let Triton queue requests (up to ``batch_delay_us``) and hand up to
         ``max_batch_size`` of them to the executor at once; their sessions share ONE model call.
         Needs ``executor="lean"``. Requests then carry a leading batch dimension of 1: inputs
@@ -272,7 +278,7 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
 
     ensemble = build_ensemble(vocab, torchscript_path, max_len=max_len, k=k, popularity=popularity,
                               call=call, num_threads=num_threads, max_clicks=max_clicks, pad_sessions=pad_sessions,
-                              index=index)
+                              index=index, k_model=k_model)
     if request is None:
         request = example_clicks(vocab)
     if isinstance(request, pd.DataFrame):
