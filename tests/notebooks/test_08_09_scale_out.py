@@ -58,6 +58,14 @@ def test_fleet_notebook(series):
     assert traffic["ok"].all() and set(traffic["catalog"]) == {"old", "new"}
     assert run["fleet_swap"]["requests"] == len(traffic)
 
+    # one live cycle for the fleet: every session the app sent through the balancer read once from the shared
+    # log, nothing failed, every replica on one version (the cycle's when it loaded one)
+    cycle = m["fleet_cycle"]
+    assert cycle["failed"] == 0 and cycle["requests"] > 0
+    assert cycle["sessions_read"] == cycle["sessions_sent"] == manifest["parameters"]["CYCLE_SESSIONS"]
+    expected = [cycle["version"]] if cycle["published"] else [2]
+    assert list(cycle["serving"].values()) == [expected, expected]
+
     # rollback, fleet-wide, under the same traffic
     back = m["fleet_rollback"]
     assert back["failed"] == 0 and set(back["answers"]) <= {"old", "new"} and back["after_only"]
