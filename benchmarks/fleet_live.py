@@ -2,12 +2,15 @@
 in ONE run.
 
     python benchmarks/fleet_live.py [--rounds 2] [--budget 1] [--work /tmp/gtcrec-fleet-live-benchmark] [--json out.json]
+    python benchmarks/fleet_live.py --artifacts artifacts --budget 10 [--rounds 3]   # after `make run SIZE=small`
 
 The world is the one tests/unit/test_fleet_live.py serves (its ``build_world``: a 60-talk catalog, a tiny
 untrained model with per-talk parts, random text vectors; no ``make run`` needed), and the log is the
 same 260 sessions written as a click file. Each round copies the exported repository twice and runs
 :func:`gtcrec.live.run_cycle` once against one tritonserver and once against two replicas behind HAProxy
-(:class:`gtcrec.swap.Fleet`), alternating which goes first. Printed: each cycle's seconds and steps, and
+(:class:`gtcrec.swap.Fleet`), alternating which goes first. With ``--artifacts`` (a ``make run`` folder: the
+CI size after ``make run SIZE=small``) the world is the series' own: notebook 05's repository, 04's model,
+00's catalog and 01's test clicks as the log (a cycle on the event the model was trained on). Printed: each cycle's seconds and steps, and
 the ratio fleet / one server (median over the rounds). Nothing is asserted.
 """
 from __future__ import annotations
@@ -32,35 +35,56 @@ def say(line: str) -> None:
 def one_cycle(world, repo: Path, replicas: int, budget: float) -> dict:
     from gtcrec import live, swap
     from gtcrec.serving.server import TritonServer
-    from test_fleet_live import NAME
+
+    name = world["name"]
 
     def run(target):
-        return live.run_cycle(repo, target, world["model_dir"], world["cache"], world["click_log"], NAME,
-                              catalog=world["catalog_csv"], budget_s=budget, timeout=120)
+        return live.run_cycle(repo, target, world["model_dir"], world["cache"], world["click_log"], name,
+                              catalog=world["catalog_csv"], budget_s=budget, timeout=300)
 
     if replicas == 1:
-        with TritonServer(repo, load_models=[NAME], startup_timeout=180) as server:
+        with TritonServer(repo, load_models=[name], startup_timeout=180) as server:
             return run(server)
-    with swap.Fleet(repo, n_replicas=replicas, model_name=NAME, check_interval=0.2) as fleet:
+    with swap.Fleet(repo, n_replicas=replicas, model_name=name, check_interval=0.2) as fleet:
         return run(fleet.replicas)
 
 
+def series_world(artifacts: Path, work: Path, cache: Path) -> dict:
+    """The world of a ``make run`` folder (module docstring)."""
+    from gtcrec.manifest import read_manifest
+
+    data_out, etl_out = read_manifest(artifacts, "00-data"), read_manifest(artifacts, "01-etl")
+    train_out, ens_out = read_manifest(artifacts, "04-item-representation"), read_manifest(artifacts, "05-ensemble")
+    log = work / "clicks"
+    log.mkdir()
+    shutil.copy(etl_out.path("test_clicks"), log / "clicks.parquet")
+    return {"repo": ens_out.path("model_repository"), "model_dir": train_out.path("model"),
+            "cache": cache, "click_log": log,
+            "catalog_csv": data_out.path("spring_catalog"), "name": ens_out["metrics"]["model_name"]}
+
+
 def main(argv=None) -> dict:
-    from test_fleet_live import build_world, event_clicks
+    from test_fleet_live import NAME, build_world, event_clicks
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--budget", type=float, default=1.0, help="fine-tune seconds per cycle (the test's)")
     parser.add_argument("--work", default=None)
     parser.add_argument("--json")
+    parser.add_argument("--artifacts", help="a `make run` folder: the series' own world (module docstring)")
+    parser.add_argument("--cache", default=str(Path(__file__).resolve().parents[1] / "data" / "cache" / "embeddings"),
+                        help="with --artifacts: the text-embedding cache `make run` filled (default: %(default)s)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="gtcrec-fleet-live-"))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    world = build_world(work)
-    world["click_log"].mkdir()
-    clicks = event_clicks(world["catalog"]["talk_id"].tolist())
-    clicks.to_parquet(world["click_log"] / "clicks.parquet", index=False)
+    if args.artifacts:
+        world = series_world(Path(args.artifacts).resolve(), work, Path(args.cache).resolve())
+    else:
+        world = {**build_world(work), "name": NAME}
+        world["click_log"].mkdir()
+        clicks = event_clicks(world["catalog"]["talk_id"].tolist())
+        clicks.to_parquet(world["click_log"] / "clicks.parquet", index=False)
     rows = []
     for r in range(args.rounds):
         for replicas in ((1, 2) if r % 2 == 0 else (2, 1)):
