@@ -148,3 +148,29 @@ def test_warm_cooccurrence_only_when_validation_says_so(world):
     scores[:, :3] = -np.inf
     kept, report = adapt.with_cooccurrence(model, sessions, prefixes, scores.argmax(1))
     assert kept is model and report["alpha"] == 0.0 and report["valid_recall@10"][0.0] == 1.0, report
+
+
+def test_a_talk_over_its_exposure_allowance_is_held_back_and_the_rest_kept(world):
+    """Bounded influence per talk: a candidate that pushes one talk into every answer keeps what it learned
+    for the other talks, and that one talk goes back to the swapped model's parts."""
+    model = world["model"]
+    n_codes = M.n_codes(model)
+    clicked = np.zeros(n_codes, dtype=bool)
+    clicked[[5, 6]] = True
+    bias = np.zeros(n_codes, dtype=np.float32)
+    bias[5], bias[6] = 50.0, 0.01  # talk 5 in every answer; talk 6 barely moves
+    candidate = adapt.with_per_talk(model, clicked, bias)
+    prefixes = [np.array([c]) for c in range(7, 27)]
+    served = adapt.exposure(model, prefixes)
+    support = np.zeros(n_codes)
+    assert adapt.exposure(candidate, prefixes)[5] == 1.0
+    assert adapt.over_allowance(adapt.exposure(candidate, prefixes), served, support).tolist() == [5]
+    bounded, held, fair = adapt.hold_back(candidate, model, served, support, prefixes)
+    assert held == [5] and fair
+    rep, base = M.item_embedding(bounded), M.item_embedding(model)
+    assert float(rep.item_bias[5]) == float(base.item_bias[5]) and float(rep.warm[5]) == float(base.warm[5])
+    assert float(rep.item_bias[6]) == pytest.approx(0.01) and float(rep.warm[6]) == 1.0  # the rest is kept
+    np.testing.assert_allclose(adapt.exposure(bounded, prefixes), served, atol=0.051)
+    # a talk whose support from distinct clients covers its rise is not held back
+    support[5] = 0.3
+    assert adapt.hold_back(candidate, model, served, support, prefixes)[1] == []

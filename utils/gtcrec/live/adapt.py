@@ -33,7 +33,10 @@ one:
    tie. A winner that does not beat what is served by more than :data:`GUARD_Z` standard errors of the
    paired difference (click by click) is not published; nor is one that puts a talk into far more of
    those answers than the version served does, beyond what the talk's support from distinct clients
-   justifies (:func:`exposure_check`): the next best candidate is then tried;
+   justifies (:func:`exposure_check`). A per-talk candidate (the closed form, the fine-tune) is then tried
+   once more without what it learned for the talks over their allowance (:func:`hold_back`: their
+   parts go back to the swapped model's; ``settings.held_back``), and published if it still beats the
+   version served; otherwise the next best candidate is tried;
 4. the winner is fitted again on every observed session (the newest are the most telling) with the
    settings chosen: the closed form always, a fine-tune when ``budget_s`` still has room for its epochs
    on all of them (else it goes as measured), and published as the next version through the swap's
@@ -84,6 +87,7 @@ CHOOSE_TALK_SHARE, CHOOSE_TALK_MIN = 0.03, 4  # no talk holds more of the clicks
 # before a cycle must not. Honest, small size: at most 2.4 % (6 of 253 clicks; fewer than 4 below 120 clicks)
 EXPOSURE_SLACK = 0.05  # a candidate may add this share of the top-10 answers to any talk ...
 EXPOSURE_PER_SUPPORT = 4.0  # ... plus this many times the share of distinct clients who clicked it
+HOLD_BACK_ROUNDS = 3  # a per-talk candidate over that allowance: the talks over it learn nothing, at most this often
 
 Log = Callable[[str], None]
 
@@ -188,6 +192,44 @@ def exposure_check(candidate: np.ndarray, serving: np.ndarray, support: np.ndarr
     return bool(over[worst] <= 0), {"code": worst, "serving": round(float(serving[worst]), 4),
                                     "candidate": round(float(candidate[worst]), 4),
                                     "support": round(float(support[worst]), 4), "over": round(float(over[worst]), 4)}
+
+
+def over_allowance(candidate: np.ndarray, serving: np.ndarray, support: np.ndarray,
+                   slack: float = EXPOSURE_SLACK, per_support: float = EXPOSURE_PER_SUPPORT) -> np.ndarray:
+    """The codes whose exposure rises beyond :func:`exposure_check`'s allowance."""
+    rise = np.asarray(candidate) - np.asarray(serving)
+    return np.flatnonzero(rise > slack + per_support * np.asarray(support))
+
+
+def with_parts_of(model, base, codes: Sequence[int]):
+    """A copy of the per-talk candidate ``model`` in which ``codes`` have ``base``'s residual, bias and warm
+    flag again: what the cycle learned for those talks is left out, the rest kept."""
+    import torch
+
+    out = copy.deepcopy(model)
+    rep, base_rep = _representation(out), _representation(base)
+    index = torch.as_tensor(np.asarray(codes, dtype=np.int64), device=rep.warm.device)
+    with torch.no_grad():
+        for name in ("residual", "item_bias", "warm"):
+            getattr(rep, name)[index] = getattr(base_rep, name)[index].to(getattr(rep, name).device)
+    rep._clear()
+    return out.eval()
+
+
+def hold_back(model, base, served_exposure: np.ndarray, support: np.ndarray, prefixes,
+              rounds: int = HOLD_BACK_ROUNDS) -> tuple[object, list[int], bool]:
+    """Bounded influence per talk: the per-talk candidate ``model`` with the talks whose exposure rises
+    beyond their allowance (:func:`over_allowance`) put back to ``base`` (:func:`with_parts_of`), again
+    for the talks that rise past theirs then, at most ``rounds`` times. Returns ``(model, the codes held
+    back, whether the result passes the exposure check)``."""
+    held: list[int] = []
+    for _ in range(rounds):
+        over = [int(c) for c in over_allowance(exposure(model, prefixes), served_exposure, support) if c not in held]
+        if not over:
+            return model, held, True
+        held += over
+        model = with_parts_of(model, base, held)
+    return model, held, not len(over_allowance(exposure(model, prefixes), served_exposure, support))
 
 
 def recall_at(model, prefixes, targets, k: int = 10) -> float:
@@ -515,7 +557,11 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     order = [SERVING, CLOSED_FORM, FINE_TUNE, SCRATCH]  # simplest first: a tie goes to the simpler
     ranked = sorted(order, key=lambda name: (-scores[name], order.index(name)))
     models = {CLOSED_FORM: best_closed, **tuned}
-    served_exposure, refused = None, {}
+    served_exposure, refused, held_back = None, {}, []
+
+    def talk_of(code: int) -> str:
+        return str(catalog["talk_id"].iloc[code - RESERVED]) if code >= RESERVED else ""
+
     for chosen in ranked:  # the best candidate that beats the version served and passes the exposure check
         wins, t = beats(per_click[chosen], per_click[SERVING])
         if chosen == SERVING or not wins or not defend:
@@ -524,10 +570,24 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
         fair, worst = exposure_check(exposure(models[chosen], choose[0]), served_exposure, support)
         if fair:
             break
-        worst["talk_id"] = str(catalog["talk_id"].iloc[worst["code"] - RESERVED]) if worst["code"] >= RESERVED else ""
+        worst["talk_id"] = talk_of(worst["code"])
         refused[chosen] = worst
         log(f"{chosen} refused: it puts talk {worst['talk_id']} into {worst['candidate']:.1%} of the answers "
             f"(served: {worst['serving']:.1%}) with the support of {worst['support']:.1%} of the clients")
+        if chosen not in (CLOSED_FORM, FINE_TUNE):
+            continue
+        # per-talk parts: the talks over their allowance learn nothing this cycle, the rest is kept
+        bounded, held, fair = hold_back(models[chosen], base_model, served_exposure, support, choose[0])
+        bounded_hits = hits(bounded, *choose)
+        wins, t = beats(bounded_hits, per_click[SERVING])
+        if fair and wins:
+            models[chosen], per_click[chosen], held_back = bounded, bounded_hits, held
+            scores[chosen] = float(bounded_hits.mean())
+            if chosen in tuned:
+                tuned[chosen] = bounded
+            log(f"{chosen} without what it learned for talks {[talk_of(c) for c in held]}: "
+                f"{scores[chosen]:.4f}, within every talk's allowance")
+            break
     else:
         chosen, wins, t = SERVING, False, 0.0
     settings = {"popularity_weight": best_w, "cooccurrence_weight": best_a,
@@ -535,7 +595,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
                 "lr": recipes[chosen][2] if chosen in recipes else None,
                 "batch_size": recipes[chosen][3] if chosen in recipes else None,
                 "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3), "exposure_refused": refused,
-                "choose_capped": capped}
+                "held_back": [talk_of(c) for c in held_back], "choose_capped": capped}
     if not wins or chosen == SERVING:
         why = ("no candidate scores above" if chosen == SERVING and not refused else
                "every candidate above it was refused for its exposure, against" if chosen == SERVING else
@@ -560,6 +620,8 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
             final, _ = fine_tune(start, _dataset(observed.all_dirs, base_model), all_counts, None, n_epochs,
                                  settings["lr"], settings["batch_size"], seed, work_dir / "final",
                                  parts=recipes[chosen][0])
+    if held_back and final is not models[chosen]:  # the refit learns those talks again: left out once more
+        final = with_parts_of(final, base_model, held_back)
     seconds["refit"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
