@@ -10,8 +10,8 @@ The files are written the way users write them: CSV, a catalog of only ``id,titl
 accepted alias; some titles repeated, as in real catalogs), a new event with ``id,title,abstract``, clicks
 with ISO-8601 timestamps with an offset and a column the series does not use. Tiny sizes: this is the smoke
 test of the path, the generated run holds the bands. The same invariants as the generated run are asserted
-on the manifests; then notebooks 07 and 10 run again with the new event's clicks (``NEW_CLICKS``), as
-`make run` does when they are given."""
+on the manifests; then notebook 07 runs again with the new event's clicks (``NEW_CLICKS``), as `make run`
+does when they are given."""
 import json
 import os
 import re
@@ -20,7 +20,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -182,10 +181,10 @@ def test_your_event_live_from_the_shell(own_event):
     from gtcrec.live import read_click_log
 
     logged, _ = read_click_log(live / "clicks", catalog_ids=new_ids)
-    assert logged["session_id"].nunique() == 400
+    assert logged["session_id"].nunique() == 300
     cycles = [json.loads(line) for line in (live / "cycles.jsonl").read_text().splitlines()]
     assert len(cycles) == 2 and cycles[0]["serving_before"] == 2  # the swap's version, then one cycle per 100
-    assert cycles[1]["log"]["sessions"] >= cycles[0]["log"]["sessions"] + 100
+    assert [c["log"]["sessions"] for c in cycles] == [150, 300]
     update = json.loads((live / "update.json").read_text())
     assert update["changes"]["added"] == ["LATE-1"] and update["changes"]["cancelled"] == [new_ids[0]]
     status = json.loads((live / "status.json").read_text())
@@ -201,15 +200,14 @@ def test_your_event_live_from_the_shell(own_event):
 
 
 def test_with_the_new_events_clicks(own_event):
-    """``make run ... NEW_CLICKS=...``: 07 measures quality on them (no oracle ratio) and 10 replays them, logged,
-    in one cycle with no failed request."""
-    times = run_series("tiny", own_event["art"], only=["07-catalog-swap", "10-live-event"], files=own_event["files"],
+    """``make run ... NEW_CLICKS=...``: 07 measures quality on them (no oracle ratio). Notebook 10 on them is left
+    to the generated run (test_10_live.py): the guide above ran its loop on these files from the shell."""
+    times = run_series("tiny", own_event["art"], only=["07-catalog-swap"], files=own_event["files"],
                        progress_every=None)
-    assert list(times) == ["07-catalog-swap", "10-live-event"]
-    m = {stem: json.loads((own_event["art"] / stem / "manifest.json").read_text())["metrics"] for stem in times}
-    assert m["07-catalog-swap"]["ratios"]["swapped_over_retrained_recall@10"] > 0
-    assert not m["07-catalog-swap"]["ratios"].get("swapped_over_oracle_recall@10")
-    assert m["07-catalog-swap"]["traffic"]["failed"] == 0
-    live = m["10-live-event"]
-    assert live["log"]["clicks_sent"] == live["log"]["clicks_sent_and_logged"] > 0
-    assert live["traffic"]["failed"] == 0 and len(live["cycles"]) == 1
+    assert list(times) == ["07-catalog-swap"]
+    manifest = json.loads((own_event["art"] / "07-catalog-swap" / "manifest.json").read_text())
+    m = manifest["metrics"]
+    assert "new_clicks" in manifest["outputs"] and m["quality"] is not None
+    assert m["ratios"]["swapped_over_retrained_recall@10"] > 0
+    assert not m["ratios"].get("swapped_over_oracle_recall@10")
+    assert m["traffic"]["failed"] == 0

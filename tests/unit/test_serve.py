@@ -267,7 +267,8 @@ def served(world):
 
     s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1",
                 "--log-key-file", world["root"] / "log.key", "--model-name", NAME, "--startup-timeout", "300",
-                "--watch-interval", "0.2", "--tritonserver", find_tritonserver().executable], cwd=world["root"])
+                "--watch-interval", "0.2", "--tritonserver", find_tritonserver().executable,
+                "--reset"], cwd=world["root"])  # --reset: the README's swap (above) is dropped
     try:
         s.wait_for("Ctrl-C or SIGTERM stops it")
         yield s
@@ -383,8 +384,7 @@ def test_the_readme_shell_lines_as_written(world, tmp_path):
     from gtcrec.serving.server import _port_is_free
 
     assert _port_is_free("127.0.0.1", http_port) and _port_is_free("127.0.0.1", grpc_port)
-    # the module's own server starts from notebook 05's export again
-    shutil.rmtree(world["art"] / "serve")
+    # the module's own server (`served`) starts from notebook 05's export again: --reset drops this swap
 
 
 @pytest.mark.server
