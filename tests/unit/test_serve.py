@@ -391,7 +391,10 @@ def test_the_readme_shell_lines_as_written(world, tmp_path):
 def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     repo = world["art"] / "serve" / "model_repository"
     url = f"http://127.0.0.1:{served.http_port}"
-    assert "(argument)" in served.wait_for("starting ")  # --tritonserver
+    from gtcrec.serving.binary import find_tritonserver
+
+    # --tritonserver: the wheel's binary named explicitly is set up as the wheel's (its backends, its libraries)
+    assert f"starting {find_tritonserver().executable} (pytriton-wheel)" in served.wait_for("starting ")
     assert served.wait_for("HTTP ").endswith(f"http://127.0.0.1:{served.http_port}  "
                                              f"(KServe v2: POST /v2/models/{NAME}/infer)")
     assert f"gRPC  127.0.0.1:{served.grpc_port}" in served.wait_for("gRPC ")
