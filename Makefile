@@ -40,6 +40,7 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 
 # Your own event (docs/your-event.md): CATALOG and CLICKS (last year's event, to train on), NEW_CATALOG (this year's,
 # swapped in by notebook 07) and NEW_CLICKS (optional: 07 measures quality on them and 10 replays them).
+# SIZE: default, small (the CI sizes) or tiny (minutes: checks that your files go through every notebook).
 run: env
 	$(PY) -m gtcrec.series --size $(SIZE) --artifacts-dir $(ARTIFACTS_DIR) \
 	  $(if $(CATALOG),--catalog "$(CATALOG)") $(if $(CLICKS),--clicks "$(CLICKS)") \
@@ -62,12 +63,14 @@ test-full: env
 	GTCREC_FULL_ARTIFACTS=$(ARTIFACTS_DIR) $(PY) -m pytest -m functional tests/functional
 
 # Serve the model of `make run` on 127.0.0.1 until Ctrl-C (a copy of ARTIFACTS_DIR/05-ensemble's repository in
-# ARTIFACTS_DIR/serve/), or REPOSITORY=path; HTTP_PORT / GRPC_PORT (0: free ports). See `gtcrec-serve --help`.
+# ARTIFACTS_DIR/serve/), or REPOSITORY=path; HTTP_PORT / GRPC_PORT (0: free ports); SERVE_OPTIONS: more of
+# `gtcrec-serve --help`'s options (e.g. SERVE_OPTIONS="--click-log clicks --log-key-file log.key").
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
+SERVE_OPTIONS ?=
 serve: env
 	$(VENV)/bin/gtcrec-serve $(if $(REPOSITORY),$(REPOSITORY),--artifacts-dir $(ARTIFACTS_DIR)) \
-	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) $(SERVE_OPTIONS)
 
 clean:
 	rm -rf $(ARTIFACTS_DIR)

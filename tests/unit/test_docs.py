@@ -90,10 +90,11 @@ def test_parameters_md_has_every_parameter_with_its_default_and_ci_value():
     assert not wrong, f"(documented, in the code) as (default, small): {wrong}"
 
 
-def test_every_small_override_is_a_parameter_of_its_notebook():
+def test_every_small_and_tiny_override_is_a_parameter_of_its_notebook():
     # papermill only warns about an unknown parameter; a renamed one would silently stop shrinking CI
     for stem in STEMS:
-        assert set(SMALL[stem]) <= set(parameters(stem)), stem
+        assert set(SMALL[stem]) | set(series.TINY.get(stem, {})) <= set(parameters(stem)), stem
+    assert set(series.TINY) <= set(STEMS)
 
 
 # Time budgets and measured times

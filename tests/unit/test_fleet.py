@@ -20,7 +20,7 @@ from gtcrec.serving import balancer as lb
 from gtcrec.serving import client as cl
 from gtcrec.serving.server import free_ports
 
-from test_swap import NAME, new_ids, old_ids, retrieval_repository, world  # noqa: F401 (world is a fixture)
+from test_swap import K_MODEL, NAME, new_ids, old_ids, retrieval_repository, world  # noqa: F401 (world is a fixture)
 
 HAVE_HAPROXY, HAPROXY_WHY = lb.haproxy_available()
 needs_haproxy = pytest.mark.skipif(not HAVE_HAPROXY, reason=f"no load balancer: {HAPROXY_WHY}")
@@ -179,30 +179,41 @@ def test_a_refusing_replica_leaves_the_whole_fleet_on_the_old_catalog(world, fle
 
 
 @pytest.fixture(scope="module")
-def fleet_swapped(world, fleet):  # noqa: F811
+def fleet_swapped(world, fleet, tmp_path_factory):  # noqa: F811
+    """The fleet swap from the command line (``gtcrec-swap NEW --fleet --url A --url B``), with ``--k`` (two more
+    candidates than the serving version's) and ``--timeout``; its ``--json`` is the result."""
+    folder = tmp_path_factory.mktemp("fleet-swap")
+    (folder / "control.key").write_text(fleet.control_key)
+    urls = [a for r in fleet.replicas for a in ("--url", r.grpc_url)]
     t = traffic(fleet, world)
-    result = swap.swap_fleet(world["new_csv"], world["repo"], fleet.replicas, world["model_dir"], world["cache"],
-                             model_name=NAME)
+    started = time.perf_counter()
+    code = swap.main([str(world["new_csv"]), "--fleet", "--repository", str(world["repo"]), "--model-name", NAME,
+                      "--model-dir", str(world["model_dir"]), "--cache", str(world["cache"]), "--k", str(K_MODEL + 2),
+                      "--timeout", "120", "--control-key-file", str(folder / "control.key"),
+                      "--json", str(folder / "swap.json")] + urls)
+    ended = time.perf_counter()
+    assert code == 0
     t.wait_for(len(t.rows) + 41)  # 40 sent after the swap returned, plus the one that may be in flight then
     frame = t.stop()
-    summary = swap.traffic_summary(frame, t.at(result.started), t.at(result.ended))
-    return result, frame, summary
+    summary = swap.traffic_summary(frame, t.at(started), t.at(ended))
+    return json.loads((folder / "swap.json").read_text()), frame, summary
 
 
 @pytest.mark.server
 def test_fleet_swap_through_the_balancer_drops_nothing_and_ends_on_the_new_catalog(world, fleet,  # noqa: F811
                                                                                      fleet_swapped):
     result, frame, summary = fleet_swapped
-    v = result.version
-    assert result.previous_version == 1 and v == 3  # 2 was refused and archived: numbers are never reused
-    assert result.serving == {r.grpc_url: [v] for r in fleet.replicas} == fleet.serving()
-    assert list(result.loads) == [r.grpc_url for r in fleet.replicas]
+    v = result["version"]
+    assert result["action"] == "fleet-swap" and result["swap"]["k_model"] == K_MODEL + 2  # --k
+    assert result["previous_version"] == 1 and v == 3  # 2 was refused and archived: numbers are never reused
+    assert result["serving"] == {r.grpc_url: [v] for r in fleet.replicas} == fleet.serving()
+    assert result["replicas"] == [r.grpc_url for r in fleet.replicas]
     assert summary["failed"] == 0, (frame[~frame["ok"]]["error"].head().tolist(), fleet.balancer.log_tail(200))
     assert set(frame["catalog"]) <= {"old", "new"}  # no mixed answer
     assert summary["before_only"] and summary["after_only"] and summary["requests_after"] >= 40
     assert set(through_balancer(fleet, world, 4)) == {"new"}
     print(f"\nfleet swap: {summary['requests']} requests, {summary['failed']} failed, "
-          f"rollout {result.rollout_seconds:.1f} s, total {result.total_seconds:.1f} s, answers {summary['answers']}")
+          f"rollout {result['rollout_seconds']:.1f} s, total {result['total_seconds']:.1f} s, answers {summary['answers']}")
 
 
 @pytest.mark.server

@@ -35,7 +35,8 @@ from gtcrec.serving import serve
 from gtcrec.serving.export import export_ensemble, lean_transform
 from gtcrec.serving.server import free_ports, stub_processes
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
 # The tests of one gtcrec-serve (the module fixture `served`) build on each other (swap, then adapt, then
 # heal, then SIGTERM): one pytest-xdist worker runs them all, in order (make test: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("gtcrec-serve")
@@ -184,10 +185,12 @@ def test_the_readme_request_follows_the_serving_contract():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    art, cache = root / "artifacts", root / "cache"
+    art, cache = root / "artifacts", root / "data" / "cache" / "embeddings"  # gtcrec-swap's default --cache
     old, _ = data.generate_catalog(40, seed=1, event="spring", id_prefix="S")
     new, _ = data.generate_catalog(60, seed=2, event="fall", id_prefix="F", id_start=30001)
     new.to_csv(root / "fall.csv", index=False)
+    (art / "00-data" / "fall").mkdir(parents=True)
+    new.to_parquet(art / "00-data" / "fall" / "catalog.parquet")  # where make run leaves it (the README's swap)
     rng = np.random.default_rng(0)
     texts = embeddings.talk_text(old) + embeddings.talk_text(new)
     vectors = rng.normal(size=(len(texts), embeddings.DIM)).astype(np.float32)
@@ -260,8 +263,12 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(world):
+    from gtcrec.serving.binary import find_tritonserver
+
     s = Served(["--artifacts-dir", world["art"], "--click-log", world["root"] / "clicklog", "--click-log-seconds", "1",
-                "--log-key-file", world["root"] / "log.key"], cwd=world["root"])
+                "--log-key-file", world["root"] / "log.key", "--model-name", NAME, "--startup-timeout", "300",
+                "--watch-interval", "0.2", "--tritonserver", find_tritonserver().executable,
+                "--reset"], cwd=world["root"])  # --reset: the README's swap (above) is dropped
     try:
         s.wait_for("Ctrl-C or SIGTERM stops it")
         yield s
@@ -324,10 +331,70 @@ def assert_answer_equals(answer: dict, want: dict):
 
 # ------------------------------------------------------------------------------------------------ the shell path
 
+def readme_shell_blocks() -> list[str]:
+    """The ```bash blocks of the README's "Serve and swap from a shell"."""
+    section = README.read_text().split("## Serve and swap from a shell", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+
+
+@pytest.mark.server
+def test_the_readme_shell_lines_as_written(world, tmp_path):
+    """``make serve``, then the README's curl and gtcrec-swap lines, as written, in a folder laid out as the
+    repository after ``make run`` (its Makefile, and ``artifacts`` as notebooks 00-05 leave it); only the ports
+    differ (``HTTP_PORT`` / ``GRPC_PORT`` for make, the same numbers in the lines). Ctrl-C stops it."""
+    serve_line, ask, swap_and_ask = readme_shell_blocks()
+    assert serve_line.split("#")[0].strip() == "make serve"
+    root = world["root"]
+    for name in ("Makefile", "requirements.lock", "utils", ".venv"):
+        if not (root / name).exists():
+            (root / name).symlink_to(REPO / name)
+    http_port, grpc_port = free_ports(2)
+    env = {**os.environ, "HTTP_PORT": str(http_port), "GRPC_PORT": str(grpc_port),
+           "SERVE_OPTIONS": f"--no-heal --log {tmp_path / 'tritonserver.log'}"}
+    make = subprocess.Popen(["bash", "-c", serve_line], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    printed = []
+    try:
+        for line in make.stdout:
+            printed.append(line)
+            if "stops it" in line:
+                break
+        said = "".join(printed)
+        assert "[gtcrec-serve] Ctrl-C or SIGTERM stops it" in said, said[-3000:]  # --no-heal: no watcher
+        assert f"127.0.0.1:{grpc_port}" in said and (tmp_path / "tritonserver.log").stat().st_size > 0  # --log
+
+        def shell(block: str) -> str:
+            block = block.replace("127.0.0.1:8000", f"127.0.0.1:{http_port}").replace("127.0.0.1:8001",
+                                                                                      f"127.0.0.1:{grpc_port}")
+            done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=root, capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-3000:]
+            return done.stdout
+
+        answer = json.loads(shell(ask))
+        assert answer["model_version"] == "1"
+        assert set(outputs(answer)["talk_ids"].ravel()) <= set(world["old"]["talk_id"])
+        answer = json.loads(shell(swap_and_ask))
+        assert answer["model_version"] == "2"  # "The answer now comes from "model_version":"2" and holds fall talks"
+        assert set(outputs(answer)["talk_ids"].ravel()) <= set(world["new"]["talk_id"])
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground process group
+        make.wait(timeout=60)  # make reports the interrupt; gtcrec-serve stops its server first
+    assert "[gtcrec-serve] stopped" in make.stdout.read()
+    from gtcrec.serving.server import _port_is_free
+
+    assert _port_is_free("127.0.0.1", http_port) and _port_is_free("127.0.0.1", grpc_port)
+    # the module's own server (`served`) starts from notebook 05's export again: --reset drops this swap
+
+
 @pytest.mark.server
 def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     repo = world["art"] / "serve" / "model_repository"
     url = f"http://127.0.0.1:{served.http_port}"
+    from gtcrec.serving.binary import find_tritonserver
+
+    # --tritonserver: the wheel's binary named explicitly is set up as the wheel's (its backends, its libraries)
+    assert f"starting {find_tritonserver().executable} (pytriton-wheel)" in served.wait_for("starting ")
     assert served.wait_for("HTTP ").endswith(f"http://127.0.0.1:{served.http_port}  "
                                              f"(KServe v2: POST /v2/models/{NAME}/infer)")
     assert f"gRPC  127.0.0.1:{served.grpc_port}" in served.wait_for("gRPC ")
@@ -452,7 +519,10 @@ def test_adapt_killed_mid_cycle_changes_nothing_and_the_next_run_proceeds(world,
     assert swap.repository_versions(repo, NAME) == versions and not (repo / NAME / "gtcrec_live.json").exists()
     assert {n: (click_log / n).stat().st_size for n in before} == before  # the log as it was (new segments may come)
 
-    done = subprocess.run(args + ["--json", "-"], capture_output=True, text=True, timeout=600)
+    # again, as a repeat loop of one cycle (it runs the first at once), with the options spelled out
+    done = subprocess.run(args + ["--json", "-", "--every-seconds", "1", "--cycles", "1", "--timeout", "300",
+                                  "--model-name", NAME, "--catalog", str(world["fall"])],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     cycle = json.loads(done.stdout.strip().splitlines()[-1])
     assert cycle["log"]["sessions"] >= 200 and cycle["serving_before"] == 2

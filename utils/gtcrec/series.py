@@ -2,7 +2,8 @@
 
 ``python -m gtcrec.series --size default --artifacts-dir artifacts`` executes every notebook in
 ``notebooks/`` into ``ARTIFACTS_DIR/executed/``; ``--size small`` injects the small parameters
-below (the ones CI uses) on top of each notebook's own defaults.
+below (the ones CI uses) on top of each notebook's own defaults; ``--size tiny`` shrinks them further
+(:data:`TINY`): a few minutes that check your files go through every notebook, whose figures mean nothing.
 
 Progress: while a notebook runs, lines such as
 ``[series] 03-train: cell 7/12 "Train the chosen model" (2:31 in this notebook)`` say which
@@ -45,6 +46,30 @@ SMALL: dict[str, dict[str, Any]] = {
     "10-live-event": {"FRACTIONS": [0.05, 0.2, 0.5], "BUDGET_S": 20.0},
     "11-large-catalogs": {"N_ITEMS": 20_000, "QUERIES": 200, "EF_SEARCH": [16, 64], "LATENCY_SECONDS": 0.5},
 }
+
+# ``--size tiny`` (``make run SIZE=tiny``): :data:`SMALL` with these on top. A few minutes: it checks that your files go
+# through every notebook (tests/notebooks/test_own_event.py, docs/your-event.md); its figures mean nothing.
+TINY: dict[str, dict[str, Any]] = {
+    "03-train": {"EPOCHS": 1},
+    "04-item-representation": {"TRANSFER_EPOCHS": 1},
+    "06-serve": {"LOAD_TEST_SECONDS": 0.5, "CONCURRENCY": [2], "SESSIONS_PER_REQUEST": [10]},
+    "07-catalog-swap": {"EPOCHS_RETRAINED": 1},
+    "08-scale-out": {"LOG_SESSIONS": 1000, "SESSIONS_PER_PART": 500, "DDP_SESSIONS": None},
+    "09-fleet": {"LOAD_SECONDS": 0.5},
+    "10-live-event": {"FRACTIONS": [0.5], "BUDGET_S": 5.0},
+    "11-large-catalogs": {"N_ITEMS": 2000, "QUERIES": 50, "EF_SEARCH": [32], "LATENCY_SECONDS": 0.3},
+}
+SIZES = ("default", "small", "tiny")
+
+
+def size_parameters(size: str, stem: str) -> dict[str, Any]:
+    """The parameters ``--size`` injects into ``stem`` (none at the default size)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    params = dict(SMALL.get(stem, {})) if size in ("small", "tiny") else {}
+    if size == "tiny":
+        params.update(TINY.get(stem, {}))
+    return params
 
 
 def notebook_stems(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
@@ -333,7 +358,7 @@ def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = No
     own = file_parameters(files, stems)
     times = {}
     for stem in stems:
-        params = dict(SMALL.get(stem, {})) if size == "small" else {}
+        params = size_parameters(size, stem)
         params.update(own.get(stem, {}))
         params.update((parameters or {}).get(stem, {}))
         if seed is not None:
@@ -352,7 +377,9 @@ def run_series(size: str, artifacts_dir: str | Path, only: list[str] | None = No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["default", "small"], default="default")
+    parser.add_argument("--size", choices=SIZES, default="default",
+                        help="small: the CI sizes, minutes; tiny: smaller still, checks that your files go through "
+                             "every notebook (its figures mean nothing)")
     parser.add_argument("--artifacts-dir", default="artifacts")
     parser.add_argument("--only", nargs="*", help="notebook stems to run (default: all)")
     parser.add_argument("--seed", type=int, default=None)
