@@ -7,13 +7,6 @@ import pytest
 from gtcrec.series import SMALL, notebook_stems, run_notebook
 
 
-# Notebooks no later notebook reads, whose tests assert invariants only (no band on generated data): the
-# generated series of `make test` leaves them out, and tests/notebooks/test_own_event.py runs them on your
-# files, with the same assertions (`make test-full` runs them on the generated event at the default size).
-# The 2-core CI has no minute to spare for running them twice.
-ON_YOUR_FILES_ONLY = ("02-dataloader", "09-fleet")
-
-
 class Series:
     def __init__(self, root: Path):
         self.root = root
@@ -29,8 +22,6 @@ class Series:
     def run(self, stem: str) -> dict:
         """Execute ``stem`` (and every earlier notebook not yet run); returns its manifest."""
         for earlier in notebook_stems():
-            if earlier in ON_YOUR_FILES_ONLY and earlier != stem:
-                continue
             if earlier not in self.done:
                 run_notebook(earlier, self.root, self.params(earlier))
                 self.done.add(earlier)
