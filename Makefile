@@ -40,11 +40,13 @@ $(VENV)/.installed: requirements.lock utils/pyproject.toml
 
 # Your own event (docs/your-event.md): CATALOG and CLICKS (last year's event, to train on), NEW_CATALOG (this year's,
 # swapped in by notebook 07) and NEW_CLICKS (optional: 07 measures quality on them and 10 replays them).
+# ONLY="00-data 01-etl ...": those notebooks alone (each reads what earlier runs wrote into ARTIFACTS_DIR).
 # SIZE: default, small (the CI sizes) or tiny (minutes: checks that your files go through every notebook).
 run: env
 	$(PY) -m gtcrec.series --size $(SIZE) --artifacts-dir $(ARTIFACTS_DIR) \
 	  $(if $(CATALOG),--catalog "$(CATALOG)") $(if $(CLICKS),--clicks "$(CLICKS)") \
-	  $(if $(NEW_CATALOG),--new-catalog "$(NEW_CATALOG)") $(if $(NEW_CLICKS),--new-clicks "$(NEW_CLICKS)")
+	  $(if $(NEW_CATALOG),--new-catalog "$(NEW_CATALOG)") $(if $(NEW_CLICKS),--new-clicks "$(NEW_CLICKS)") \
+	  $(if $(ONLY),--only $(ONLY))
 
 # Two pytest-xdist workers (the CI machine's two cores): the notebook tests all on one, in order, since they
 # share one series (tests/notebooks/conftest.py); the unit tests on either as they come. PYTEST_WORKERS=0: one process.

@@ -1,7 +1,10 @@
-"""Runs the notebook series at small sizes, once per test session, into a temporary ARTIFACTS_DIR."""
+"""Runs the notebook series at small sizes, once per test session, into a temporary ARTIFACTS_DIR: the generated
+events of notebook 00 (its oracle included), with the new event handed to notebook 07 as a team's files
+(CSV, raw column names, ISO times), so that 07, 09 and 10 run on user-shaped files too."""
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from gtcrec.series import SMALL, notebook_stems, run_notebook
@@ -17,7 +20,22 @@ class Series:
         params = dict(SMALL.get(stem, {}))
         if stem in ("00-data", "07-catalog-swap", "10-live-event"):
             params["EMBED_CACHE"] = str(self.cache)
+        if stem == "07-catalog-swap":  # the new event as a team brings it: notebooks 07, 09 and 10 read these
+            params["CATALOG_FILE"], params["CLICKS_FILE"] = map(str, self.new_event_as_user_files())
         return params
+
+    def new_event_as_user_files(self) -> tuple[Path, Path]:
+        """Notebook 00's fall event written the way users write files: CSV, the talk id as ``id`` (the
+        accepted alias), a column the series does not use, ISO-8601 click times with a UTC offset."""
+        folder = self.root / "your-new-event"
+        folder.mkdir(exist_ok=True)
+        catalog = pd.read_parquet(self.path("00-data", "fall_catalog")).rename(columns={"talk_id": "id"})
+        catalog.assign(room="Hall " + catalog["day"].astype(str)).to_csv(folder / "talks.csv", index=False)
+        clicks = pd.read_parquet(self.path("00-data", "fall_clicks"))
+        stamps = pd.to_datetime(clicks["timestamp"]).dt.tz_localize("UTC").dt.tz_convert("America/Los_Angeles")
+        clicks.assign(timestamp=stamps.map(pd.Timestamp.isoformat), device="app").to_csv(folder / "clicks.csv",
+                                                                                        index=False)
+        return folder / "talks.csv", folder / "clicks.csv"
 
     def run(self, stem: str) -> dict:
         """Execute ``stem`` (and every earlier notebook not yet run); returns its manifest."""

@@ -24,11 +24,17 @@ import pandas as pd
 import pytest
 
 from gtcrec import data
-from gtcrec.series import REPO, notebook_stems, run_series
+from gtcrec.series import REPO
 from gtcrec.serving.server import free_ports
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.server, pytest.mark.xdist_group("own-event")]  # its own folder
 GUIDE = REPO / "docs" / "your-event.md"
+# The notebooks the guide's `make run` runs here: what its later steps need (00-05), 07 without the new event's
+# clicks and 10, which the series then skips. 06, 08, 09 and 11 run in the generated series of the same CI
+# (07, 09 and 10 there on a new event written as a team's files, tests/notebooks/conftest.py): the 2-core
+# CI's 12 minutes have no room for a second whole series (the twelve on these files at SIZE=tiny: ~6 min).
+ONLY = ("00-data", "01-etl", "02-dataloader", "03-train", "04-item-representation", "05-ensemble", "07-catalog-swap",
+        "10-live-event")
 
 
 def user_files(folder):
@@ -122,7 +128,7 @@ def own_event(tmp_path_factory):
     variables = {"CATALOG": files["catalog"], "CLICKS": files["clicks"], "NEW_CATALOG": files["new_catalog"],
                  "LIVE_CLICKS": files["new_clicks"], "SIZE": "tiny", "ART": root / "artifacts", "LIVE": root / "live",
                  "HTTP_PORT": http_port, "GRPC_PORT": grpc_port, "CACHE": REPO / "data" / "cache" / "embeddings",
-                 "BUDGET": 5}
+                 "BUDGET": 5, "ONLY": f'"{" ".join(ONLY)}"'}
     blocks = guide_blocks(GUIDE.read_text())
     first = dict(re.findall(r"^(\w+)=(\S+)", blocks[0][0], re.M))
     first.update(re.findall(r" (\w+)=(\S+)", blocks[0][0]))  # HTTP_PORT=... GRPC_PORT=... on one line
@@ -131,7 +137,7 @@ def own_event(tmp_path_factory):
     runs = run_guide({k: str(v) for k, v in variables.items()}, blocks, root / "guide.log")
     art, live = root / "artifacts", root / "live"
     manifests = {stem: json.loads((art / stem / "manifest.json").read_text())
-                 for stem in notebook_stems() if stem != "10-live-event"}
+                 for stem in ONLY if stem != "10-live-event"}
     return {"root": root, "art": art, "live": live, "files": files, "catalog": catalog, "new_catalog": new_catalog,
             "runs": runs, "manifests": manifests, "seconds": time.monotonic() - started}
 
@@ -139,36 +145,32 @@ def own_event(tmp_path_factory):
 def test_every_notebook_runs_on_your_files(own_event):
     m = {stem: manifest["metrics"] for stem, manifest in own_event["manifests"].items()}
     make_run = "\n".join(own_event["runs"][0]["output"])
-    assert all(f"[series] {stem} done in" in make_run for stem in notebook_stems() if stem != "10-live-event")
+    assert all(f"[series] {stem} done in" in make_run for stem in ONLY if stem != "10-live-event")
     # without NEW_CLICKS, 07 swaps and says it measured nothing; 10 is skipped and says why
     assert m["07-catalog-swap"]["quality"] is None and "new_clicks" not in own_event["manifests"]["07-catalog-swap"]["outputs"]
+    assert "no clicks of the new event: quality not measured" in (own_event["art"] / "executed" /
+                                                                 "07-catalog-swap.ipynb").read_text()
     assert "[series] 10-live-event skipped: it replays the new event's clicks" in make_run
     assert not (own_event["art"] / "10-live-event").exists()
-    # 00: your catalog, no generated event, no oracle
+    # 00: your catalog, no generated event, no oracle; only id and title: no tracks, the title is the text
     outputs = own_event["manifests"]["00-data"]["outputs"]
     assert m["00-data"]["spring"]["talks"] == len(own_event["catalog"]) and "fall_catalog" not in outputs
-    assert not any("oracle" in name for name in outputs)
+    assert not any("oracle" in name for name in outputs) and m["00-data"]["spring"]["tracks"] == 0
+    catalog = data.load_catalog(own_event["art"] / outputs["spring_catalog"])
+    assert list(catalog.columns) == data.CATALOG_COLUMNS and catalog["day"].isna().all()
     # 01-04: the table rows are the codes, the loader joins them, the text table stays frozen
     assert m["01-etl"]["row_check_max_abs_diff"] == 0.0 and m["01-etl"]["codes_are_rows"] is True
-    assert m["02-dataloader"]["joined_max_abs_diff"] == 0.0
+    assert m["02-dataloader"]["joined_max_abs_diff"] == 0.0 and m["02-dataloader"]["batches_per_epoch"] > 0
     assert m["03-train"]["frozen_table_unchanged"] is True and "oracle" not in m["03-train"]["test"]
     assert m["04-item-representation"]["catalog_in_vocabulary_order"] is True
     assert m["04-item-representation"]["ratios"]["model_over_oracle_recall@10"] is None
-    # 05-06: the export answers unknown talks by the fallback; served, nothing failed, the server stopped
+    # 05: the export answers unknown talks by the fallback
     assert m["05-ensemble"]["reference_fallback_sessions"] >= 1
     assert m["05-ensemble"]["popularity_codes"] == len(own_event["catalog"]) + 3
-    assert all(row["errors"] == 0 for row in own_event["manifests"]["06-serve"]["run"]["load_test"])
-    assert m["06-serve"]["server_stopped"] is True and m["06-serve"]["widget"]["clicked_returned"] == 0
     # 07: your new event swapped in under traffic
     assert m["07-catalog-swap"]["traffic"] == {"failed": 0, "before_only": True, "after_only": True, "ordered": True}
     new = pd.read_parquet(own_event["art"] / own_event["manifests"]["07-catalog-swap"]["outputs"]["new_catalog"])
     assert sorted(new["talk_id"]) == sorted(own_event["new_catalog"]["id"])
-    # 08-09: the cluster's ETL equals one process's; the fleet swapped your new event with nothing failed
-    assert m["08-scale-out"]["etl"]["equal"] is True
-    assert m["09-fleet"]["fleet_load"]["errors"] == 0 and m["09-fleet"]["fleet_swap"]["failed"] == 0
-    # 11: the retrieval graph answers like the full product, up to talks of equal score (the repeated title)
-    served = m["11-large-catalogs"]["served"]
-    assert served["same_up_to_ties"] is True and served["different"] == 0
 
 
 def test_your_event_live_from_the_shell(own_event):
@@ -197,17 +199,3 @@ def test_your_event_live_from_the_shell(own_event):
     assert stop[-1] == "[gtcrec-serve] stopped"
     print(f"docs/your-event.md in {own_event['seconds']:.0f} s: "
           + ", ".join(f"{r['block']}: {r['seconds']:.0f} s" for r in own_event["runs"]))
-
-
-def test_with_the_new_events_clicks(own_event):
-    """``make run ... NEW_CLICKS=...``: 07 measures quality on them (no oracle ratio). Notebook 10 on them is left
-    to the generated run (test_10_live.py): the guide above ran its loop on these files from the shell."""
-    times = run_series("tiny", own_event["art"], only=["07-catalog-swap"], files=own_event["files"],
-                       progress_every=None)
-    assert list(times) == ["07-catalog-swap"]
-    manifest = json.loads((own_event["art"] / "07-catalog-swap" / "manifest.json").read_text())
-    m = manifest["metrics"]
-    assert "new_clicks" in manifest["outputs"] and m["quality"] is not None
-    assert m["ratios"]["swapped_over_retrained_recall@10"] > 0
-    assert not m["ratios"].get("swapped_over_oracle_recall@10")
-    assert m["traffic"]["failed"] == 0

@@ -1,14 +1,15 @@
 """Data-parallel training (gtcrec.ddp): 2 processes under torchrun with gloo, against one process.
 
-The data is the CI size of the series (gtcrec.series.SMALL: 400 talks, 4,000 sessions, 3 epochs, batch 128)
+The data is the CI size of the series (gtcrec.series.SMALL: 400 talks, 4,000 sessions)
 from the generator, through the ETL of notebook 01; the model is notebook 04's (GPT-2, causal LM, the item
 representation with fields, warm residuals, bias and the last-click skip). The item table stands in for
 the text vectors: the talks' latent vectors projected to 384 dimensions, plus noise (no text encoder here).
 
-The single process trains with batch 128; each of the 2 ranks with batch 64, so both take the same number
-of optimizer steps over the same global batch. Stated band: the 2-process model's recall@10 on the test
-split is within 0.05 (absolute) of the single process's. Measured here: 0.7975 (2 ranks) and 0.8100 (one
-process) on 400 test sessions, where one standard error of a recall near 0.8 is 0.02.
+Each of the 2 ranks trains with batch 64 (a global batch of 128, notebook 03's), for one epoch: what is
+checked here is the mechanics (DDP wrapping, disjoint parts that cover the split, ranks in step, unequal
+shards). The quality band, 2 ranks against one process, is notebook 08's (tests/notebooks/
+test_08_09_scale_out.py), which trains both on the same split; it was also held here until the CI's
+12-minute budget on 2 cores needed the minute.
 """
 import json
 from pathlib import Path
@@ -19,15 +20,13 @@ import torch
 
 from gtcrec import ddp, etl, metrics
 from gtcrec import model as M
-from gtcrec.baselines import PopularityBaseline
 from gtcrec.data.generator import generate_catalog, generate_sessions
 from gtcrec.representation import DEFAULT_SETTINGS, settings_for, warm_codes
 from gtcrec.series import SMALL
 
 N_TALKS, N_SESSIONS = SMALL["00-data"]["N_TALKS"], SMALL["00-data"]["N_SESSIONS"]
-EPOCHS, BATCH, LR, SEED, WORLD = SMALL["03-train"]["EPOCHS"], 128, 3e-3, 42, 2
+EPOCHS, BATCH, LR, SEED, WORLD = 1, 128, 3e-3, 42, 2
 REPRESENTATION = DEFAULT_SETTINGS  # notebook 04's item representation
-BAND = 0.05  # |recall@10 (2 ranks) - recall@10 (1 process)|
 
 
 def stand_in_table(latent, seed=0):
@@ -54,24 +53,6 @@ def setup(tmp_path_factory):
             "prefixes": prefixes, "targets": targets}
 
 
-def recall10(model, setup):
-    scores = M.score_sessions(model, setup["prefixes"])
-    return metrics.evaluate_scores(scores, setup["targets"], exclude=setup["prefixes"])["recall@10"]
-
-
-@pytest.fixture(scope="module")
-def single(setup):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank runs (torchrun's OMP_NUM_THREADS=1); 2 threads on 2 busy cores are slower
-    try:
-        model = M.build_model(M.load_schema(setup["result"].split_dirs["train"]), setup["table"], **setup["build"])
-        history = M.train(model, setup["result"].split_dirs["train"], epochs=EPOCHS, batch_size=BATCH, lr=LR,
-                          seed=SEED, output_dir=setup["root"] / "single")
-    finally:
-        torch.set_num_threads(threads)
-    return model, history
-
-
 @pytest.fixture(scope="module")
 def distributed(setup):
     report = ddp.train_distributed(setup["result"].split_dirs["train"], setup["table"], setup["root"] / "ddp",
@@ -84,13 +65,12 @@ def out_dir(report):
     return Path(report["model"]).parent
 
 
-def test_two_gloo_ranks_wrap_the_model_in_ddp(distributed, single):
+def test_two_gloo_ranks_wrap_the_model_in_ddp(distributed):
     report = distributed
     assert report["world_size"] == WORLD and report["backend"] == "gloo"
     assert [r["wrapped"] for r in report["ranks"]] == ["DistributedDataParallel"] * WORLD
     assert [r["rank"] for r in report["ranks"]] == list(range(WORLD))
-    steps = single[1]["steps"]  # same global batch: the same number of optimizer steps
-    assert report["steps_per_rank"] == [steps] * WORLD
+    assert len(set(report["steps_per_rank"])) == 1 and report["steps_per_rank"][0] > 0  # in step: no rank waits
     saved = json.loads((out_dir(report) / "ddp.json").read_text())
     assert saved["steps_per_rank"] == report["steps_per_rank"]
     assert (out_dir(report) / "model" / "gtcrec_config.json").exists()  # rank 0 saved it
@@ -105,18 +85,6 @@ def test_ranks_train_on_disjoint_parts_that_cover_the_split(distributed, setup):
     assert division["rows"] == [n_train] * EPOCHS
     for epoch in range(EPOCHS):
         assert sum(report["rows_per_rank"][r][epoch] for r in range(WORLD)) == n_train
-
-
-def test_two_processes_score_within_the_band_of_one(distributed, single, setup):
-    ddp_model = M.load_model(distributed["model"])
-    assert M.describe(ddp_model)["item_repr"]["skip"] and M.describe(ddp_model)["d_model"] == 64
-    two, one = recall10(ddp_model, setup), recall10(single[0], setup)
-    popularity = PopularityBaseline(n_codes=len(setup["table"])).fit(setup["train"])
-    floor = metrics.evaluate_scores(popularity.scores(setup["prefixes"]), setup["targets"],
-                                    exclude=setup["prefixes"])["recall@10"]
-    print(f"recall@10: 2 ranks {two:.4f}, 1 process {one:.4f}, popularity {floor:.4f}")
-    assert one > 2 * floor and two > 2 * floor  # both learned
-    assert abs(two - one) <= BAND
 
 
 def test_unequal_shards_take_the_same_number_of_steps(setup, tmp_path):

@@ -22,6 +22,10 @@ from gtcrec.serving.server import free_ports
 
 from test_swap import K_MODEL, NAME, new_ids, old_ids, retrieval_repository, world  # noqa: F401 (world is a fixture)
 
+# The fleet's tests share one fleet and build on each other (a version refused, then the next swap's number):
+# one pytest-xdist worker runs them all, in order (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("fleet")
+
 HAVE_HAPROXY, HAPROXY_WHY = lb.haproxy_available()
 needs_haproxy = pytest.mark.skipif(not HAVE_HAPROXY, reason=f"no load balancer: {HAPROXY_WHY}")
 N_REPLICAS = 2

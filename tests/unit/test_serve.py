@@ -394,7 +394,8 @@ def test_serve_curl_swap_curl_as_the_readme_says(world, served):
     from gtcrec.serving.binary import find_tritonserver
 
     # --tritonserver: the wheel's binary named explicitly is set up as the wheel's (its backends, its libraries)
-    assert f"starting {find_tritonserver().executable} (pytriton-wheel)" in served.wait_for("starting ")
+    started = re.search(r"starting (\S+) \(pytriton-wheel\)", served.wait_for("starting "))
+    assert started and Path(started.group(1)).resolve() == Path(find_tritonserver().executable).resolve()
     assert served.wait_for("HTTP ").endswith(f"http://127.0.0.1:{served.http_port}  "
                                              f"(KServe v2: POST /v2/models/{NAME}/infer)")
     assert f"gRPC  127.0.0.1:{served.grpc_port}" in served.wait_for("gRPC ")
