@@ -20,7 +20,7 @@ from gtcrec.serving import balancer as lb
 from gtcrec.serving import client as cl
 from gtcrec.serving.server import free_ports
 
-from test_swap import K_MODEL, NAME, new_ids, old_ids, retrieval_repository, world  # noqa: F401 (world is a fixture)
+from test_swap import K_MODEL, NAME, new_ids, old_ids, world  # noqa: F401 (world is a fixture)
 
 # The fleet's tests share one fleet and build on each other (a version refused, then the next swap's number):
 # one pytest-xdist worker runs them all, in order (make test: --dist loadgroup).
@@ -257,26 +257,3 @@ def test_replicas_that_disagree_are_refused(world, fleet):  # noqa: F811
         swap.swap_fleet(world["new_csv"], world["repo"], [fleet.replicas[0], dead], world["model_dir"],
                         world["cache"], model_name=NAME)
     assert "unreachable" in str(info.value)
-
-
-@pytest.mark.server
-def test_fleet_swap_on_the_retrieval_path(world, tmp_path):  # noqa: F811
-    """A fleet serving session encoder + HNSW index (FaissTopK) swaps like one serving the exact graph: one
-    export (a new encoder and an index of the same kind), loaded replica by replica, 0 failed requests
-    through the balancer, every replica on the new version."""
-    if not HAVE_HAPROXY:
-        pytest.skip(f"no load balancer: {HAPROXY_WHY}")
-    repo = retrieval_repository(world, tmp_path)
-    with swap.Fleet(repo, n_replicas=N_REPLICAS, model_name="ann", check_interval=0.2) as fleet:
-        t = swap.Traffic(fleet.balancer, swap.probe_request(*catalogs(world)), *catalogs(world), model_name="ann",
-                         pause=0.01, max_requests=5000, max_seconds=120).start()
-        t.wait_for(10)
-        result = swap.swap_fleet(world["new_csv"], repo, fleet.replicas, world["model_dir"], world["cache"],
-                                 model_name="ann")
-        t.wait_for(len(t.rows) + 11)  # 10 sent after the swap returned, plus the one that may be in flight
-        frame = t.stop()
-        summary = swap.traffic_summary(frame, t.at(result.started), t.at(result.ended))
-        assert result.serving == {r.grpc_url: [2] for r in fleet.replicas}
-    assert summary["failed"] == 0 and summary["after_only"] and summary["before_only"], summary
-    settings = swap.read_version(repo, 2, "ann")
-    assert settings.index["kind"] == "IndexHNSWFlat" and settings.index["items"] == len(new_ids(world))

@@ -42,7 +42,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "06-serve": {"LOAD_TEST_SECONDS": 1, "CONCURRENCY": [1, 4], "SESSIONS_PER_REQUEST": [1, 50]},
     "07-catalog-swap": {"EPOCHS_RETRAINED": 3},
     "08-scale-out": {"LOG_SESSIONS": 3000, "SESSIONS_PER_PART": 1000},
-    "09-fleet": {"LOAD_SECONDS": 1.0, "CYCLE_BUDGET_S": 10.0},
+    "09-fleet": {"LOAD_SECONDS": 1.0, "CYCLE_SESSIONS": 150, "CYCLE_BUDGET_S": 2.0},
     "10-live-event": {"FRACTIONS": [0.05, 0.2, 0.5], "BUDGET_S": 20.0},
     "11-large-catalogs": {"N_ITEMS": 20_000, "QUERIES": 200, "EF_SEARCH": [16, 64], "LATENCY_SECONDS": 0.5},
 }
