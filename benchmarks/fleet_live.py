@@ -9,8 +9,9 @@ untrained model with per-talk parts, random text vectors; no ``make run`` needed
 same 260 sessions written as a click file. Each round copies the exported repository twice and runs
 :func:`gtcrec.live.run_cycle` once against one tritonserver and once against two replicas behind HAProxy
 (:class:`gtcrec.swap.Fleet`), alternating which goes first. With ``--artifacts`` (a ``make run`` folder: the
-CI size after ``make run SIZE=small``) the world is the series' own: notebook 05's repository, 04's model,
-00's catalog and 01's test clicks as the log (a cycle on the event the model was trained on). Printed: each cycle's seconds and steps, and
+CI size after ``make run SIZE=small``) the world is the series' own: notebook 05's repository with 07's new
+event swapped in, 04's model, and the first 30 % of the new event's sessions as the log, so that the cycle
+publishes (a cycle that keeps serving loads nothing, on one server or on a fleet). Printed: each cycle's seconds and steps, and
 the ratio fleet / one server (median over the rounds). Nothing is asserted.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+import pandas as pd
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))  # the test's world
@@ -49,18 +52,30 @@ def one_cycle(world, repo: Path, replicas: int, budget: float) -> dict:
         return run(fleet.replicas)
 
 
-def series_world(artifacts: Path, work: Path, cache: Path) -> dict:
-    """The world of a ``make run`` folder (module docstring)."""
+def series_world(artifacts: Path, work: Path, cache: Path, share: float = 0.3) -> dict:
+    """The world of a ``make run`` folder (module docstring): notebook 05's repository with notebook 07's new
+    event swapped in (once, on one server, before the rounds), and the first ``share`` of that event's
+    sessions (07's ``new_clicks``) as the log: the first cycles of a live event, which publish."""
+    from gtcrec import swap
     from gtcrec.manifest import read_manifest
+    from gtcrec.serving.server import TritonServer
 
-    data_out, etl_out = read_manifest(artifacts, "00-data"), read_manifest(artifacts, "01-etl")
     train_out, ens_out = read_manifest(artifacts, "04-item-representation"), read_manifest(artifacts, "05-ensemble")
+    swap_out = read_manifest(artifacts, "07-catalog-swap")
+    name = ens_out["metrics"]["model_name"]
+    repo = work / "repo"
+    shutil.copytree(ens_out.path("model_repository"), repo)
+    with TritonServer(repo, model_control="explicit", load_models=[name], startup_timeout=180) as server:
+        swap.swap_catalog(swap_out.path("new_catalog"), repo, server, train_out.path("model"), cache,
+                          k_model=int(train_out["metrics"]["trace_topk"]), model_name=name)
+    clicks = pd.read_parquet(swap_out.path("new_clicks"))
+    first = clicks.groupby("session_id")["timestamp"].min().sort_values().index
     log = work / "clicks"
     log.mkdir()
-    shutil.copy(etl_out.path("test_clicks"), log / "clicks.parquet")
-    return {"repo": ens_out.path("model_repository"), "model_dir": train_out.path("model"),
-            "cache": cache, "click_log": log,
-            "catalog_csv": data_out.path("spring_catalog"), "name": ens_out["metrics"]["model_name"]}
+    clicks[clicks["session_id"].isin(set(first[:int(share * len(first))]))].to_parquet(log / "clicks.parquet",
+                                                                                        index=False)
+    return {"repo": repo, "model_dir": train_out.path("model"), "cache": cache, "click_log": log,
+            "catalog_csv": None, "name": name}
 
 
 def main(argv=None) -> dict:
