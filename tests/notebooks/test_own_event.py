@@ -32,7 +32,7 @@ GUIDE = REPO / "docs" / "your-event.md"
 # The notebooks the guide's `make run` runs here: what its later steps need (00-05 but 02), 07 without the new
 # event's clicks and 10, which the series then skips. 02, 06, 08, 09 and 11 run in the generated series of the same CI
 # (07, 09 and 10 there on a new event written as a team's files, tests/notebooks/conftest.py): the 2-core
-# CI's 12 minutes have no room for a second whole series (the twelve on these files at SIZE=tiny: ~6 min).
+# CI's 12 minutes have no room for a second whole series (the twelve on these files at SIZE=tiny: 258 s on an idle machine).
 ONLY = ("00-data", "01-etl", "03-train", "04-item-representation", "05-ensemble", "07-catalog-swap", "10-live-event")
 
 
