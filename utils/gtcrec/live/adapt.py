@@ -217,19 +217,27 @@ def with_parts_of(model, base, codes: Sequence[int]):
 
 
 def hold_back(model, base, served_exposure: np.ndarray, support: np.ndarray, prefixes,
-              rounds: int = HOLD_BACK_ROUNDS) -> tuple[object, list[int], bool]:
+              rounds: int = HOLD_BACK_ROUNDS, model_exposure: np.ndarray | None = None) -> tuple[object, list[int], bool]:
     """Bounded influence per talk: the per-talk candidate ``model`` with the talks whose exposure rises
     beyond their allowance (:func:`over_allowance`) put back to ``base`` (:func:`with_parts_of`), again
-    for the talks that rise past theirs then, at most ``rounds`` times. Returns ``(model, the codes held
-    back, whether the result passes the exposure check)``."""
+    for the talks that rise past theirs then, at most ``rounds`` times (``model_exposure``: ``model``'s
+    :func:`exposure` when the caller has it). Returns ``(model, the codes held back, whether the result
+    passes the exposure check)``."""
     held: list[int] = []
     for _ in range(rounds):
-        over = [int(c) for c in over_allowance(exposure(model, prefixes), served_exposure, support) if c not in held]
+        seen = exposure(model, prefixes) if model_exposure is None else model_exposure
+        model_exposure = None
+        over = [int(c) for c in over_allowance(seen, served_exposure, support) if c not in held]
         if not over:
             return model, held, True
         held += over
         model = with_parts_of(model, base, held)
     return model, held, not len(over_allowance(exposure(model, prefixes), served_exposure, support))
+
+
+def talk_id_of(catalog: pd.DataFrame, code: int, reserved: str = "") -> str:
+    """The talk id of a code of ``catalog``'s vocabulary (code = row + RESERVED); ``reserved`` for a reserved code."""
+    return str(catalog["talk_id"].iloc[code - RESERVED]) if code >= RESERVED else reserved
 
 
 def recall_at(model, prefixes, targets, k: int = 10) -> float:
@@ -510,7 +518,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     capped = {}
     if defend:  # no talk's clicks decide the choice beyond their bound
         *choose, capped = bound_choice(*choose)
-        capped = {str(catalog["talk_id"].iloc[c - RESERVED]) if c >= RESERVED else str(c): n for c, n in capped.items()}
+        capped = {talk_id_of(catalog, c, str(c)): n for c, n in capped.items()}
         if capped:
             log(f"clicks that choose, left out beyond each talk's bound: {capped}")
     if len(choose[1]) < MIN_CHOOSE_CLICKS:
@@ -558,26 +566,24 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     ranked = sorted(order, key=lambda name: (-scores[name], order.index(name)))
     models = {CLOSED_FORM: best_closed, **tuned}
     served_exposure, refused, held_back = None, {}, []
-
-    def talk_of(code: int) -> str:
-        return str(catalog["talk_id"].iloc[code - RESERVED]) if code >= RESERVED else ""
-
     for chosen in ranked:  # the best candidate that beats the version served and passes the exposure check
         wins, t = beats(per_click[chosen], per_click[SERVING])
         if chosen == SERVING or not wins or not defend:
             break
         served_exposure = exposure(serving_model, choose[0]) if served_exposure is None else served_exposure
-        fair, worst = exposure_check(exposure(models[chosen], choose[0]), served_exposure, support)
+        candidate_exposure = exposure(models[chosen], choose[0])
+        fair, worst = exposure_check(candidate_exposure, served_exposure, support)
         if fair:
             break
-        worst["talk_id"] = talk_of(worst["code"])
+        worst["talk_id"] = talk_id_of(catalog, worst["code"])
         refused[chosen] = worst
         log(f"{chosen} refused: it puts talk {worst['talk_id']} into {worst['candidate']:.1%} of the answers "
             f"(served: {worst['serving']:.1%}) with the support of {worst['support']:.1%} of the clients")
         if chosen not in (CLOSED_FORM, FINE_TUNE):
             continue
         # per-talk parts: the talks over their allowance learn nothing this cycle, the rest is kept
-        bounded, held, fair = hold_back(models[chosen], base_model, served_exposure, support, choose[0])
+        bounded, held, fair = hold_back(models[chosen], base_model, served_exposure, support, choose[0],
+                                        model_exposure=candidate_exposure)
         bounded_hits = hits(bounded, *choose)
         wins, t = beats(bounded_hits, per_click[SERVING])
         if fair and wins:
@@ -585,7 +591,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
             scores[chosen] = float(bounded_hits.mean())
             if chosen in tuned:
                 tuned[chosen] = bounded
-            log(f"{chosen} without what it learned for talks {[talk_of(c) for c in held]}: "
+            log(f"{chosen} without what it learned for talks {[talk_id_of(catalog, c) for c in held]}: "
                 f"{scores[chosen]:.4f}, within every talk's allowance")
             break
     else:
@@ -595,7 +601,7 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
                 "lr": recipes[chosen][2] if chosen in recipes else None,
                 "batch_size": recipes[chosen][3] if chosen in recipes else None,
                 "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3), "exposure_refused": refused,
-                "held_back": [talk_of(c) for c in held_back], "choose_capped": capped}
+                "held_back": [talk_id_of(catalog, c) for c in held_back], "choose_capped": capped}
     if not wins or chosen == SERVING:
         why = ("no candidate scores above" if chosen == SERVING and not refused else
                "every candidate above it was refused for its exposure, against" if chosen == SERVING else
