@@ -169,3 +169,69 @@ def test_notebook_10_is_skipped_without_the_new_events_clicks(tmp_path):
     clicks.write_bytes(b"")
     write_manifest(tmp_path, "07-catalog-swap", parameters={}, outputs={"new_clicks": clicks}, metrics={})
     assert skip_reason("10-live-event", tmp_path) is None
+
+
+def crashing_notebook(folder, crashes_left: int):
+    """A notebook that, while ``crashes_left`` (a counter file) is above 0, leaves what a crashed tritonserver prints
+    in a log where the series collects its servers' logs, and fails; afterwards it succeeds."""
+    counter = folder / "crashes_left"
+    counter.write_text(str(crashes_left))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, pathlib\n"
+        f"counter = pathlib.Path({str(counter)!r})\n"
+        "left = int(counter.read_text())\n"
+        "pathlib.Path(os.environ['ARTIFACTS']).mkdir(exist_ok=True)\n"
+        "(pathlib.Path(os.environ['ARTIFACTS']) / 'written').write_text('x')\n"
+        "if left:\n"
+        "    counter.write_text(str(left - 1))\n"
+        "    logs = pathlib.Path(os.environ['GTCREC_SERVER_LOGS']); logs.mkdir(parents=True, exist_ok=True)\n"
+        "    (logs / 'gtcrec-x.log').write_text('I1206 ready\\nSignal (11) received.\\n 0# 0x0 in tritonserver\\n')\n"
+        "    raise ConnectionResetError('the server went away')\n")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "99-crash.ipynb")
+
+
+@pytest.mark.parametrize("crashes_left", [1, 2])
+def test_a_notebook_whose_server_crashed_runs_once_more(tmp_path, monkeypatch, capsys, crashes_left):
+    import papermill
+
+    notebooks, art = tmp_path / "notebooks", tmp_path / "art"
+    notebooks.mkdir()
+    crashing_notebook(notebooks, crashes_left)
+    monkeypatch.setenv("ARTIFACTS", str(art / "99-crash"))
+    if crashes_left == 1:
+        series.run_notebook("99-crash", art, notebooks_dir=notebooks)
+        said = capsys.readouterr().out
+        assert "tritonserver crashed (gtcrec-x.log: Signal (11) received)" in said and "once more" in said
+    else:  # a second crash is not hidden
+        with pytest.raises(papermill.PapermillExecutionError, match="the server went away"):
+            series.run_notebook("99-crash", art, notebooks_dir=notebooks)
+    assert (notebooks / "crashes_left").read_text() == "0"
+    assert "GTCREC_SERVER_LOGS" not in __import__("os").environ
+
+
+def test_a_failure_without_a_crashed_server_is_not_run_again(tmp_path, monkeypatch):
+    import papermill
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import pathlib\n"
+                                          f"p = pathlib.Path({str(tmp_path / 'runs')!r})\n"
+                                          "p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+                                          "raise ValueError('a real error')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, notebooks / "98-fails.ipynb")
+    with pytest.raises(papermill.PapermillExecutionError, match="a real error"):
+        series.run_notebook("98-fails", tmp_path / "art", notebooks_dir=notebooks)
+    assert (tmp_path / "runs").read_text() == "x"
+
+
+def test_crashes_reads_fatal_signals_and_not_a_normal_stop(tmp_path):
+    from gtcrec.serving.server import crashes
+
+    (tmp_path / "a.log").write_text("I ready\nSignal (15) received.\n")  # SIGTERM: a normal stop
+    (tmp_path / "b.log").write_text("Signal (11) received.\nterminate called after throwing an instance of 'X'\n")
+    assert crashes(tmp_path) == ["b.log: Signal (11) received; terminate called after throwing an instance of 'X'"]
+    assert crashes(tmp_path / "missing") == []

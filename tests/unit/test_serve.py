@@ -349,7 +349,8 @@ def test_the_readme_shell_lines_as_written(world, tmp_path):
         if not (root / name).exists():
             (root / name).symlink_to(REPO / name)
     http_port, grpc_port = free_ports(2)
-    env = {**os.environ, "HTTP_PORT": str(http_port), "GRPC_PORT": str(grpc_port),
+    # VENV by its real path: were `make env` to run here, the venv's scripts must not point into tmp_path
+    env = {**os.environ, "VENV": str(REPO / ".venv"), "HTTP_PORT": str(http_port), "GRPC_PORT": str(grpc_port),
            "SERVE_OPTIONS": f"--no-heal --log {tmp_path / 'tritonserver.log'}"}
     make = subprocess.Popen(["bash", "-c", serve_line], cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

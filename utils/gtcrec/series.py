@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
+
+from gtcrec.serving.server import SERVER_LOGS_ENV, crashes
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO / "notebooks"
@@ -216,10 +219,32 @@ def run_notebook(stem: str, artifacts_dir: str | Path, parameters: Mapping[str, 
     if progress_every is not None:
         engine = f"gtcrec-progress-{stem}"
         papermill_engines.register(engine, _progress_engine(Progress(stem, progress_every)))
-    papermill.execute_notebook(str(notebooks_dir / f"{stem}.ipynb"), str(out), parameters=params,
-                               cwd=str(notebooks_dir), log_output=log_output, progress_bar=False,
-                               kernel_name="python3", engine_name=engine, execution_timeout=CELL_TIMEOUT_S,
-                               kernel_manager_class=_kernel_manager_class())
+    logs = artifacts_dir / "server-logs" / stem  # the logs of the servers this notebook starts
+    for attempt in (1, 2):
+        shutil.rmtree(logs, ignore_errors=True)
+        previous = os.environ.get(SERVER_LOGS_ENV)
+        os.environ[SERVER_LOGS_ENV] = str(logs)  # the kernel, and the servers it starts, inherit it
+        try:
+            papermill.execute_notebook(str(notebooks_dir / f"{stem}.ipynb"), str(out), parameters=params,
+                                       cwd=str(notebooks_dir), log_output=log_output, progress_bar=False,
+                                       kernel_name="python3", engine_name=engine, execution_timeout=CELL_TIMEOUT_S,
+                                       kernel_manager_class=_kernel_manager_class())
+            return out
+        except Exception:
+            crashed = crashes(logs)
+            if not crashed:
+                raise
+            print(f"[series] {stem}: tritonserver crashed ({'; '.join(crashed)}); the python backend of the pinned "
+                  "Triton does this on rare loads under traffic (docs/troubleshooting.md)", flush=True)
+            if attempt == 2:
+                raise
+            print(f"[series] {stem}: running it once more, from a clean {stem}/ folder", flush=True)
+            shutil.rmtree(artifacts_dir / stem, ignore_errors=True)
+        finally:
+            if previous is None:
+                os.environ.pop(SERVER_LOGS_ENV, None)
+            else:
+                os.environ[SERVER_LOGS_ENV] = previous
     return out
 
 

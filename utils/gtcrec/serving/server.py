@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import tempfile
 import time
@@ -81,6 +82,26 @@ def choose_ports(host: str, wanted: Mapping[str, int | None], in_use_hint: str =
         taken.add(port)
         out[name] = port
     return out
+
+
+# Where a TritonServer without a ``log_path`` writes its log (default: the temp folder). The series sets it per
+# notebook, so that a notebook that failed can be checked for a crashed server (:func:`crashes`).
+SERVER_LOGS_ENV = "GTCREC_SERVER_LOGS"
+
+# What tritonserver prints when it dies of a fatal signal (segmentation fault, abort, bus error, illegal instruction,
+# floating-point exception) or an uncaught C++ exception; "Signal (15)" and "(2)" are a normal stop.
+_CRASH = re.compile(r"Signal \((4|6|7|8|11)\) received|terminate called after throwing[^\n]*")
+
+
+def crashes(folder: str | os.PathLike) -> list[str]:
+    """One line per server log under ``folder`` that shows tritonserver crashed: the log's name and what it printed
+    (e.g. ``gtcrec-1a2b-x.log: Signal (11) received``). Empty when none did, or the folder is missing."""
+    found = []
+    for log in sorted(Path(folder).glob("*.log")):
+        said = dict.fromkeys(m.group(0) for m in _CRASH.finditer(log.read_text(errors="replace")))
+        if said:
+            found.append(f"{log.name}: {'; '.join(said)}")
+    return found
 
 
 def _has_gpu() -> bool:
@@ -227,7 +248,10 @@ class TritonServer(LocalService):
                           "every client that reaches its ports. Keep it on loopback, or use Triton 2.41 or newer.",
                           stacklevel=2)
         if log_path is None:
-            fd, name = tempfile.mkstemp(prefix=f"{self.server_id}-", suffix=".log")
+            folder = os.environ.get(SERVER_LOGS_ENV) or None
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"{self.server_id}-", suffix=".log", dir=folder)
             os.close(fd)
             log_path = name
         self.log_path = Path(log_path).resolve()
