@@ -81,12 +81,25 @@ def _runs_a_server_notebook(item) -> bool:
     return any(re.search(r"\.run\(\s*[\"']" + re.escape(stem), source) for stem in SERVER_NOTEBOOKS)
 
 
+def _shares_a_module_fixture(item) -> bool:
+    """The test uses a module-scoped fixture of its own module (a trained model, a running server)."""
+    info = getattr(item, "_fixtureinfo", None)
+    module = getattr(getattr(item, "module", None), "__name__", None)
+    return info is not None and any(d.scope == "module" and getattr(d.func, "__module__", None) == module
+                                    for defs in info.name2fixturedefs.values() for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("server") is None and (
                 item.path.name in SERVER_NOTEBOOK_TESTS
                 or (item.get_closest_marker("notebooks") is not None and _runs_a_server_notebook(item))):
             item.add_marker(pytest.mark.server)
+        # The tests of a module that share one of its module-scoped fixtures run on one xdist worker, so the
+        # fixture (a server, a trained model) is built once, not once per worker that happens to get a test.
+        if item.get_closest_marker("xdist_group") is None and _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def _restore() -> None:
