@@ -38,9 +38,9 @@ STUB.write_text(f"#!/bin/sh\necho '{STUB_MESSAGE}' >&2\nexit 3\n")
 STUB.chmod(STUB.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 _ORIGINAL = os.environ.get(ENV_BINARY)
 
-# `make test` runs two pytest-xdist workers on a 2-core machine. Each worker, and every notebook kernel it starts
+# `make test` runs three pytest-xdist workers on a 2-core machine. Each worker, and every notebook kernel it starts
 # (they inherit the environment and import gtcrec), then runs torch on one intra-op thread
-# (gtcrec.device.THREADS_ENV), so that the two workers do not oversubscribe the cores. A value already set wins.
+# (gtcrec.device.THREADS_ENV), so that the workers do not oversubscribe the cores. A value already set wins.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
 if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1:
     os.environ.setdefault("GTCREC_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
