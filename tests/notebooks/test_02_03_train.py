@@ -31,11 +31,12 @@ def test_stock_model_is_trained_and_compared_with_every_baseline(series):
     curves = metrics_["validation_recall@10_per_epoch"]
     assert len(curves[metrics_["model_key"]]) == len(curves["learned ids"]) == manifest["parameters"]["EPOCHS"]
     assert curves[metrics_["model_key"]][-1] > curves[metrics_["model_key"]][0]  # it learned over the schedule
-    # bands at the CI size (400 test sessions, one SE of recall@10 is ~0.02); measured: stock model 0.7475,
-    # learned ids 0.785, item-kNN 0.780, best text similarity 0.6175, oracle 0.8525
+    # bands at the CI size (400 test sessions, one SE of recall@10 is ~0.02, 2.7 % of it): the lowest ratio of four
+    # runs (seeds 42, 1, 2; seed 42 in float32 and bfloat16; docs/testing.md) less two SE, rounded down; measured
+    # stock / learned ids 0.962-0.981, stock / best text 1.148-1.223
     best_text = max(test[t]["recall@10"] for t in ("text: last click", "text: session mean", "text: recency-weighted"))
     assert ours["recall@10"] >= 1.1 * best_text
-    assert ours["recall@10"] >= 0.85 * test["learned ids"]["recall@10"]
+    assert ours["recall@10"] >= 0.91 * test["learned ids"]["recall@10"]
     assert ours["recall@10"] > 5 * test["popularity"]["recall@10"]
     assert metrics_["best_simple"] in ("item-knn", "learned ids", "text: last click", "text: session mean",
                                       "text: recency-weighted")
@@ -69,13 +70,14 @@ def test_served_model_beats_baselines_and_stays_below_the_oracle(series):
     assert selection == {k: c[-1] for k, c in curves.items()}
     # notebook 03's rows, unchanged, plus this model's
     assert {k: v for k, v in test.items() if k != manifest["metrics"]["model_key"]} == stock["metrics"]["test"]
-    # bands at the CI size (400 test sessions, one SE of recall@10 is ~0.02); measured: model 0.800 and 0.805
-    # in two runs, stock model 0.7475, learned ids 0.785, item-kNN 0.780, best text similarity 0.6175, oracle 0.8525
+    # bands at the CI size (400 test sessions, one SE of recall@10 is ~0.02, 2.5 % of it): the lowest ratio of four
+    # runs (seeds 42, 1, 2; seed 42 in float32 and bfloat16; docs/testing.md) less two SE, rounded down; measured
+    # / item-kNN 1.015-1.029, / learned ids 1.022-1.043, / best text 1.211-1.300, / oracle 0.941-0.960
     for text in ("text: last click", "text: session mean", "text: recency-weighted"):
         assert ours["recall@10"] >= 1.15 * test[text]["recall@10"], text
-    assert ours["recall@10"] >= 0.95 * test["item-knn"]["recall@10"]
-    assert ours["recall@10"] >= 0.95 * test["learned ids"]["recall@10"]
-    assert ours["recall@10"] >= 0.85 * test["oracle"]["recall@10"]
+    assert ours["recall@10"] >= 0.96 * test["item-knn"]["recall@10"]
+    assert ours["recall@10"] >= 0.97 * test["learned ids"]["recall@10"]
+    assert ours["recall@10"] >= 0.89 * test["oracle"]["recall@10"]
     assert ours["recall@10"] <= test["oracle"]["recall@10"] + 0.03
     assert ours["recall@10"] > 3 * test["popularity"]["recall@10"]
     assert ours["recall@10"] > 5 * test["random"]["recall@10"]

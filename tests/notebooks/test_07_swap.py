@@ -65,8 +65,11 @@ def test_catalog_swap_notebook(series):
     assert swapped > 3 * q["popularity (old event)"]["recall@10"]
     # untrained, the model ranks exactly by text similarity to the last click (its skip path)
     assert q["untrained, new table"]["recall@10"] == pytest.approx(q["text: last click"]["recall@10"], abs=1e-9)
-    # band at the CI size (150 test sessions, one SE of recall@10 is ~0.04): measured swapped / best text
-    # similarity 1.03 (0.693 / 0.673) and 0.95 in two runs; retrained on the new event 0.827
+    # bands at the CI size: the lowest ratio of four runs (seeds 42, 1, 2; seed 42 in float32 and bfloat16;
+    # docs/testing.md) less two SE of recall@10, rounded down. On the 150 test sessions one SE is ~0.037 (5.3 % of
+    # it): swapped / best text 0.925-1.010 keeps 0.85 (two SE below 0.925 is 0.83), served / best text 1.009-1.089
+    # gives 0.90. On every session of the new event (1,500, one SE 1.9 %): swapped 0.977-1.005 gives 0.93,
+    # served 1.033-1.050 gives 0.99.
     best_text = max(q[name]["recall@10"] for name in ("text: last click", "text: session mean",
                                                         "text: recency-weighted"))
     assert swapped >= 0.85 * best_text
@@ -75,7 +78,7 @@ def test_catalog_swap_notebook(series):
     assert every["sessions"] > 5 * m["new_event"]["test_sessions"] and m["new_event"]["every_sessions"] == every["sessions"]
     every_best = max(every["quality"][name]["recall@10"] for name in ("text: last click", "text: session mean",
                                                                      "text: recency-weighted"))
-    assert every["quality"]["swapped (zero-shot)"]["recall@10"] >= 0.85 * every_best
+    assert every["quality"]["swapped (zero-shot)"]["recall@10"] >= 0.93 * every_best
     assert ratios["swapped_over_best_text_every_session_recall@10"] == pytest.approx(
         every["quality"]["swapped (zero-shot)"]["recall@10"] / every_best, rel=1e-3)
     assert ratios["swapped_over_best_text_recall@10"] == pytest.approx(swapped / best_text, rel=1e-3)
@@ -85,8 +88,8 @@ def test_catalog_swap_notebook(series):
     if decision["serves"] == transfer.BLEND:  # the blend's row is named by its weight and text mode
         assert m["served"] == (f"swapped (zero-shot) + {decision['blend']['text_weight']:g} x "
                                f"{transfer.TEXT_NAMES[decision['blend']['text_decay']]}")
-        # the served blend holds the same band as the swapped model
-        assert q[m["served"]]["recall@10"] >= 0.85 * best_text
+        assert q[m["served"]]["recall@10"] >= 0.90 * best_text
+        assert every["quality"][m["served"]]["recall@10"] >= 0.99 * every_best
     assert ratios["served_over_best_text_recall@10"] == pytest.approx(q[m["served"]]["recall@10"] / best_text, rel=1e-3)
     # the old event's baselines only tie on new talks: about chance (k / catalog size)
     chance = 10 / m["new_event"]["n_talks"]
