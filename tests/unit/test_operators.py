@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from gtcrec.serving import client as cl
+from gtcrec.serving import executor_model
 from gtcrec.serving import operators as ops
 from gtcrec.serving.export import build_ensemble, example_clicks, export_ensemble, reference_outputs
 
@@ -367,6 +368,39 @@ def test_self_contained_export_loads_without_gtcrec(model_path, tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "OK" in run.stdout
+
+
+def test_the_lean_chain_answers_without_merlin_or_gtcrec(model_path, tmp_path):
+    """A version's lean_chain.pkl (the operators as their cores) loads and answers in a process where importing
+    merlin or gtcrec fails, exactly as the in-process graph does, and starts faster than importing Merlin."""
+    _, ref = export_ensemble(VOCAB, model_path, tmp_path / "repo", max_len=4, k=5)
+    version = tmp_path / "repo" / "executor_model" / "1"
+    assert (version / "lean_chain.pkl").is_file()
+    np.save(tmp_path / "talk_ids.npy", ref.outputs["talk_ids"], allow_pickle=True)
+    pd.to_pickle(dict(ref.request), tmp_path / "request.pkl")
+    executor_file = Path(executor_model.__file__)
+    script = textwrap.dedent(f"""
+        import importlib.util, pickle, sys, time
+        started = time.perf_counter()
+        for name in ("merlin", "gtcrec", "nvtabular", "dask"):
+            sys.modules[name] = None  # importing them now fails
+        spec = importlib.util.spec_from_file_location("model", {str(executor_file)!r})
+        model = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(model)  # the version's model.py, as the python backend loads it
+        chain, inputs, names = model.load_lean_chain({str(version)!r})
+        import numpy as np
+        with open({str(tmp_path / 'request.pkl')!r}, "rb") as f:
+            request = pickle.load(f)
+        out = model.run_chain(chain, {{k: request[k] for k in inputs}})
+        want = np.load({str(tmp_path / 'talk_ids.npy')!r}, allow_pickle=True)
+        assert (out["talk_ids"] == want).all(), (out["talk_ids"], want)
+        assert names == ["SessionizeClicks", "TorchScriptTopK", "DecodeTopK"], names
+        assert not any(m.startswith(("merlin.", "gtcrec.", "dask.")) for m in sys.modules)
+        print("OK", round(time.perf_counter() - started, 2))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("OK")
 
 
 def test_client_timestamps_and_request_arrays():

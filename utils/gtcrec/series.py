@@ -55,7 +55,6 @@ SMALL: dict[str, dict[str, Any]] = {
 TINY: dict[str, dict[str, Any]] = {
     "03-train": {"EPOCHS": 1},
     "04-item-representation": {"TRANSFER_EPOCHS": 1},
-    "05-ensemble": {"INSTANCES": 1},  # every later load starts one python-backend process, not two
     "06-serve": {"LOAD_TEST_SECONDS": 0.5, "CONCURRENCY": [2], "SESSIONS_PER_REQUEST": [10]},
     "07-catalog-swap": {"EPOCHS_RETRAINED": 1},
     "08-scale-out": {"LOG_SESSIONS": 1000, "SESSIONS_PER_PART": 500, "DDP_SESSIONS": None},

@@ -82,6 +82,7 @@ except ImportError:  # imported outside Triton (export, tests)
     pb_utils = None
 
 PARAMETER = "executor"
+LEAN_CHAIN_FILE = "lean_chain.pkl"  # the operators as their Merlin-free cores (gtcrec.serving.export.write_lean_chain)
 MODES = ("lean", "merlin")
 WARMUP_FILE = "warmup_request.json"  # in the version folder, next to ensemble/
 WARMUP_ROUNDS = 2  # each warm-up request is answered this many times
@@ -642,33 +643,58 @@ def _error(message, code):
     return pb_utils.TritonError(message, code_value)
 
 
+def load_lean_chain(version_dir):
+    """``(operators, input names, operator names)`` from a version's lean chain file (written at export next to
+    ``ensemble/``: the graph's operators as their Merlin-free cores), their models and indexes loaded; ``None``
+    without the file. Nothing of Merlin is imported: a python-backend process starts in a fraction of the time."""
+    import pickle
+
+    path = Path(version_dir) / LEAN_CHAIN_FILE
+    if not path.is_file():
+        return None
+    payload = pickle.loads(path.read_bytes())
+    for op in payload["ops"]:
+        if hasattr(op, "load_artifacts"):
+            op.load_artifacts(str(Path(version_dir) / "ensemble"))
+    return payload["ops"], list(payload["inputs"]), list(payload["names"])
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        from merlin.dag import postorder_iter_nodes
-        from merlin.systems.dag import Ensemble
-
-        path = _model_repository(args) / str(args["model_version"]) / "ensemble"
-        self.ensemble = Ensemble.load(str(path))
-        for node in postorder_iter_nodes(self.ensemble.graph.output_node, flatten_subgraphs=True):
-            node.op.load_artifacts(str(path))
+        version_dir = _model_repository(args) / str(args["model_version"])
+        path = version_dir / "ensemble"
         config = json.loads(args["model_config"])
         mode = config.get("parameters", {}).get(PARAMETER, {}).get("string_value", "lean")
         if mode not in MODES:
             raise ValueError(f"parameter {PARAMETER!r} must be one of {MODES}, got {mode!r}")
-        self.chain = lean_chain(self.ensemble) if mode == "lean" else None
+        lean = load_lean_chain(version_dir) if mode == "lean" else None
+        if lean is not None:
+            self.ensemble = None
+            self.chain, self.input_names, names = lean
+        else:
+            from merlin.dag import postorder_iter_nodes
+            from merlin.systems.dag import Ensemble
+
+            self.ensemble = Ensemble.load(str(path))
+            for node in postorder_iter_nodes(self.ensemble.graph.output_node, flatten_subgraphs=True):
+                node.op.load_artifacts(str(path))
+            self.chain = lean_chain(self.ensemble) if mode == "lean" else None
+            self.input_names = list(self.ensemble.input_schema.column_names)
+            names = [type(op).__name__ for op in self.chain or []]
         self.mode = "lean" if self.chain else "merlin"
         self.batched = int(config.get("max_batch_size", 0)) > 0
         if self.batched:
             if not self.chain:
                 raise ValueError("dynamic batching (max_batch_size > 0) needs the lean executor and a chain graph")
             model_step(self.chain)
-        self.input_names = list(self.ensemble.input_schema.column_names)
         self.outputs = [(out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
                         for out in config["output"]]
         name = f"{args['model_name']} v{args['model_version']}"
         print(f"[gtcrec executor] {name}: {self.mode} executor "
-              f"({' >> '.join(type(op).__name__ for op in self.chain) if self.chain else 'Merlin LocalExecutor'})"
-              f"{', dynamic batching' if self.batched else ''}", file=sys.stderr, flush=True)
+              f"({' >> '.join(names) if self.chain else 'Merlin LocalExecutor'})"
+              f"{', dynamic batching' if self.batched else ''}"
+              f"{'; its operators loaded without Merlin (' + LEAN_CHAIN_FILE + ')' if lean else ''}",
+              file=sys.stderr, flush=True)
         self.warmup_ms = self.warm_up(path.parent, name)
         self.click_log = None
         if os.environ.get(CLICK_LOG_ENV, "").strip():

@@ -310,7 +310,32 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
                                          batch_delay_us=batch_delay_us)
         reference.extra["configs"] = [executor_config] + list(node_configs)
         reference.extra["executor"] = executor
+    if executor == "lean" and backend == "python":
+        write_lean_chain(ensemble, Path(out_repo).resolve() / name / str(int(version)))
     return ensemble, reference
+
+
+def write_lean_chain(ensemble, version_dir) -> Path | None:
+    """Save the graph's operators as their Merlin-free cores (:func:`gtcrec.serving.operators.lean_copy`) in
+    ``version_dir/lean_chain.pkl``, with the request's input names: the lean executor then answers without
+    importing Merlin. Pickled by value (the server needs no gtcrec). ``None`` (nothing written) when the graph is
+    not a chain of gtcrec's own operators: the executor then loads the ensemble as before."""
+    import cloudpickle
+
+    chain = executor_model.lean_chain(ensemble)
+    if not chain or any(type(op) not in ops.CORES for op in chain):
+        return None
+    payload = {"inputs": list(ensemble.input_schema.column_names), "names": [type(op).__name__ for op in chain],
+               "ops": [ops.lean_copy(op) for op in chain]}
+    path = Path(version_dir) / executor_model.LEAN_CHAIN_FILE
+    for module in (ops, order):
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        path.write_bytes(cloudpickle.dumps(payload))
+    finally:
+        for module in (ops, order):
+            cloudpickle.unregister_pickle_by_value(module)
+    return path
 
 
 def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version: int = 1,

@@ -64,6 +64,10 @@ fewer than k unclicked talks left  the missing slots are ``b""`` with score NaN
 Every operator also has ``transform_arrays(dict) -> dict`` on plain numpy arrays: the lean
 executor (``gtcrec/serving/executor_model.py``) chains those inside Triton without Merlin's
 per-call schema work; ``transform`` (Merlin's executor, in-process) wraps the same code.
+That code lives in a core class per operator (``SessionizeCore``, ``TopKCore``, ``FaissTopKCore``,
+``DecodeCore``) that imports nothing of Merlin; the operator adds Merlin's schema methods. An export writes the
+chain as its cores into the version (``lean_chain.pkl``, :func:`lean_copy`), and the lean executor loads that
+instead of the Merlin ensemble: importing Merlin was most of a python-backend process's start.
 """
 from __future__ import annotations
 
@@ -139,22 +143,9 @@ def _ragged(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(values), np.ascontiguousarray(offsets, dtype=np.int64)
 
 
-class SessionizeClicks(BaseOperator):
-    """Raw clicks -> model input and what post-processing needs (numpy only, no pandas).
-
-    Groups clicks by session (sessions keep their order of first appearance), sorts each
-    session by :func:`click_order` (time, ties by talk id text: the ETL's rule), maps talk ids to training codes, drops unknown
-    talks, keeps the last ``max_len`` clicks. Outputs ``item_id-list`` (ragged, only sessions
-    with at least one known click), ``sessions``, ``clicked`` (ragged, all known clicks) and
-    ``model_row``.
-
-    ``pad=True`` right-pads every session of ``item_id-list`` with code 0 (padding) to exactly
-    ``max_len`` values. Transformers4Rec pads a ragged batch to its LONGEST session (at most
-    ``max_len``), and a session's scores change with that length (by up to ~0.05 on an XLNet
-    model); padding every session to ``max_len`` makes a session's answer independent of the
-    other sessions of the request (and of dynamic batching), and matches training and offline
-    evaluation, whose batches of hundreds of sessions nearly always reach ``max_len``.
-    """
+class SessionizeCore:
+    """The part of :class:`SessionizeClicks` that needs no Merlin (numpy and torch only): the lean executor
+    runs it from a version's ``lean_chain.pkl`` (:func:`lean_copy`)."""
 
     def __init__(self, vocab: Sequence[str], max_len: int = 20, session_col: str = "session_id",
                  item_col: str = "talk_id", time_col: str = "timestamp", max_clicks: int = MAX_CLICKS,
@@ -202,23 +193,6 @@ class SessionizeClicks(BaseOperator):
     @property
     def n_codes(self) -> int:
         return len(self.vocab) + FIRST_CODE
-
-    @property
-    def supported_formats(self) -> DataFormats:
-        return DataFormats.NUMPY_TENSOR_TABLE
-
-    def compute_selector(self, input_schema, selector, parents_selector=None, dependencies_selector=None):
-        return ColumnSelector([self.session_col, self.item_col, self.time_col])
-
-    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None) -> Schema:
-        domain = {"domain": {"min": 0, "max": self.n_codes - 1, "name": ITEM_LIST}}
-        return Schema([
-            ColumnSchema(ITEM_LIST, dtype=md.int64, is_list=True, is_ragged=True, properties=domain,
-                         tags=[Tags.ITEM_ID, Tags.ITEM, Tags.CATEGORICAL, Tags.LIST]),
-            ColumnSchema(SESSIONS, dtype=STRING),
-            ColumnSchema(CLICKED, dtype=md.int64, is_list=True, is_ragged=True),
-            ColumnSchema(MODEL_ROW, dtype=md.int64),
-        ])
 
     def encode(self, talk_ids) -> np.ndarray:
         """Talk ids (bytes or str) -> codes; unknown -> 2."""
@@ -301,27 +275,50 @@ class SessionizeClicks(BaseOperator):
     def transform_arrays(self, arrays: dict) -> dict:
         return self.sessionize(arrays[self.session_col], arrays[self.item_col], arrays[self.time_col])
 
+
+class SessionizeClicks(SessionizeCore, BaseOperator):
+    """Raw clicks -> model input and what post-processing needs (numpy only, no pandas).
+
+    Groups clicks by session (sessions keep their order of first appearance), sorts each
+    session by :func:`click_order` (time, ties by talk id text: the ETL's rule), maps talk ids to training codes, drops unknown
+    talks, keeps the last ``max_len`` clicks. Outputs ``item_id-list`` (ragged, only sessions
+    with at least one known click), ``sessions``, ``clicked`` (ragged, all known clicks) and
+    ``model_row``.
+
+    ``pad=True`` right-pads every session of ``item_id-list`` with code 0 (padding) to exactly
+    ``max_len`` values. Transformers4Rec pads a ragged batch to its LONGEST session (at most
+    ``max_len``), and a session's scores change with that length (by up to ~0.05 on an XLNet
+    model); padding every session to ``max_len`` makes a session's answer independent of the
+    other sessions of the request (and of dynamic batching), and matches training and offline
+    evaluation, whose batches of hundreds of sessions nearly always reach ``max_len``.
+    """
+
+    @property
+    def supported_formats(self) -> DataFormats:
+        return DataFormats.NUMPY_TENSOR_TABLE
+
+    def compute_selector(self, input_schema, selector, parents_selector=None, dependencies_selector=None):
+        return ColumnSelector([self.session_col, self.item_col, self.time_col])
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None) -> Schema:
+        domain = {"domain": {"min": 0, "max": self.n_codes - 1, "name": ITEM_LIST}}
+        return Schema([
+            ColumnSchema(ITEM_LIST, dtype=md.int64, is_list=True, is_ragged=True, properties=domain,
+                         tags=[Tags.ITEM_ID, Tags.ITEM, Tags.CATEGORICAL, Tags.LIST]),
+            ColumnSchema(SESSIONS, dtype=STRING),
+            ColumnSchema(CLICKED, dtype=md.int64, is_list=True, is_ragged=True),
+            ColumnSchema(MODEL_ROW, dtype=md.int64),
+        ])
+
     def transform(self, col_selector: ColumnSelector, transformable):
         out = self.sessionize(transformable[self.session_col].values, transformable[self.item_col].values,
                               transformable[self.time_col].values)
         return TensorTable(out)
 
 
-class TorchScriptTopK(BaseOperator):
-    """Runs a TorchScript top-k model (e.g. a traced Transformers4Rec model with ``top_k`` set).
-
-    The model takes ``item_id-list__values`` (int64, n) and ``item_id-list__offsets`` (int64,
-    n_sessions + 1) — as one dict argument (``call="dict"``, how a model traced on a dataloader
-    batch is called) or as two positional tensors (``call="positional"``) — and returns
-    ``(scores float32 (n_sessions, K), codes int64 (n_sessions, K))``.
-
-    Every input column is passed through (``passthrough=True``) so the next operator sees them
-    without a second run of the upstream nodes. The TorchScript file travels through
-    ``save_artifacts``/``load_artifacts``; ``load_artifacts("")`` (called by ``Graph``) does
-    nothing. ``num_threads``: torch intra-op threads while the model runs (restored after each
-    call in-process; ``None`` leaves torch's setting). One thread is the default: on a small,
-    shared CPU the default thread pool made a tiny model ~500x slower (36 ms instead of 0.05 ms).
-    """
+class TopKCore:
+    """The part of :class:`TorchScriptTopK` that needs no Merlin (numpy and torch only): the lean executor
+    runs it from a version's ``lean_chain.pkl`` (:func:`lean_copy`)."""
 
     def __init__(self, torchscript, input_col: str = ITEM_LIST, call: str = "dict",
                  passthrough: bool = True, num_threads: int | None = 1,
@@ -386,19 +383,6 @@ class TorchScriptTopK(BaseOperator):
 
             torch.set_num_threads(int(self.num_threads))
 
-    @property
-    def supported_formats(self) -> DataFormats:
-        return DataFormats.NUMPY_TENSOR_TABLE
-
-    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None) -> Schema:
-        k = self.k_model
-        out = Schema([ColumnSchema(TOPK_SCORES, dtype=md.float32, dims=(None, k)),
-                      ColumnSchema(TOPK_CODES, dtype=md.int64, dims=(None, k))])
-        if self.passthrough:
-            out = Schema([c for name, c in input_schema.column_schemas.items()
-                          if name not in (TOPK_SCORES, TOPK_CODES)]) + out
-        return out
-
     def predict(self, values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on ragged codes; returns (scores float32, codes int64), both (n, K)."""
         n_sessions = len(offsets) - 1
@@ -449,6 +433,36 @@ class TorchScriptTopK(BaseOperator):
         out[TOPK_SCORES], out[TOPK_CODES] = scores, codes
         return out
 
+
+class TorchScriptTopK(TopKCore, BaseOperator):
+    """Runs a TorchScript top-k model (e.g. a traced Transformers4Rec model with ``top_k`` set).
+
+    The model takes ``item_id-list__values`` (int64, n) and ``item_id-list__offsets`` (int64,
+    n_sessions + 1) — as one dict argument (``call="dict"``, how a model traced on a dataloader
+    batch is called) or as two positional tensors (``call="positional"``) — and returns
+    ``(scores float32 (n_sessions, K), codes int64 (n_sessions, K))``.
+
+    Every input column is passed through (``passthrough=True``) so the next operator sees them
+    without a second run of the upstream nodes. The TorchScript file travels through
+    ``save_artifacts``/``load_artifacts``; ``load_artifacts("")`` (called by ``Graph``) does
+    nothing. ``num_threads``: torch intra-op threads while the model runs (restored after each
+    call in-process; ``None`` leaves torch's setting). One thread is the default: on a small,
+    shared CPU the default thread pool made a tiny model ~500x slower (36 ms instead of 0.05 ms).
+    """
+
+    @property
+    def supported_formats(self) -> DataFormats:
+        return DataFormats.NUMPY_TENSOR_TABLE
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None) -> Schema:
+        k = self.k_model
+        out = Schema([ColumnSchema(TOPK_SCORES, dtype=md.float32, dims=(None, k)),
+                      ColumnSchema(TOPK_CODES, dtype=md.int64, dims=(None, k))])
+        if self.passthrough:
+            out = Schema([c for name, c in input_schema.column_schemas.items()
+                          if name not in (TOPK_SCORES, TOPK_CODES)]) + out
+        return out
+
     def transform(self, col_selector: ColumnSelector, transformable):
         column = transformable[self.input_col]
         offsets = column.offsets if column.offsets is not None else np.arange(len(column.values) + 1)
@@ -490,25 +504,9 @@ def index_spec(index) -> dict:
     return spec
 
 
-class FaissTopK(TorchScriptTopK):
-    """The retrieval path's model step: a TorchScript **session encoder** (ragged codes and the clicked
-    items' vectors -> one query vector per session, :func:`gtcrec.serving.retrieval.trace_query`) and a
-    Faiss inner-product **index** over every item's output vector
-    (:func:`gtcrec.serving.retrieval.item_vectors`; index id = code - ``FIRST_CODE``). The encoder
-    holds no item: the vectors of the items a request clicked are read back from the index
-    (:func:`gather_rows`), so the encoder is the same size for a thousand items or a million, and the
-    index is the only per-item file. The encoder's query times the index's vectors is the model's
-    score, so a flat index returns the model's own top ``k_model`` and HNSW an approximation of it;
-    the columns out are those of :class:`TorchScriptTopK`, so ``DecodeTopK`` and both executors take
-    it unchanged.
-
-    Merlin Systems has ``QueryFaiss``, but it cannot serve this contract: it returns the ids of the
-    first row only as one flat int32 array (several sessions in one request would run together), no
-    scores (the answer's ``scores`` column), and the index ids as they are (here, codes are ids + 3).
-
-    Both files travel through ``save_artifacts`` / ``load_artifacts``. ``num_threads`` also sets
-    Faiss's OpenMP threads in the serving process (where ``load_artifacts`` reads the files), never in
-    the process that builds the graph."""
+class FaissTopKCore(TopKCore):
+    """The part of :class:`FaissTopK` that needs no Merlin (numpy and torch only): the lean executor
+    runs it from a version's ``lean_chain.pkl`` (:func:`lean_copy`)."""
 
     def __init__(self, encoder, index, k_model: int, input_col: str = ITEM_LIST, passthrough: bool = True,
                  num_threads: int | None = 1, artifact_name: str = "session_encoder.pt",
@@ -582,14 +580,30 @@ class FaissTopK(TorchScriptTopK):
         return scores.astype(np.float32, copy=False), codes
 
 
-class DecodeTopK(BaseOperator):
-    """Model candidates -> the answer: removes talks the session already clicked (and reserved
-    codes), keeps ``k``, maps codes back to talk ids, fills the gaps from the fallback.
+class FaissTopK(FaissTopKCore, TorchScriptTopK):
+    """The retrieval path's model step: a TorchScript **session encoder** (ragged codes and the clicked
+    items' vectors -> one query vector per session, :func:`gtcrec.serving.retrieval.trace_query`) and a
+    Faiss inner-product **index** over every item's output vector
+    (:func:`gtcrec.serving.retrieval.item_vectors`; index id = code - ``FIRST_CODE``). The encoder
+    holds no item: the vectors of the items a request clicked are read back from the index
+    (:func:`gather_rows`), so the encoder is the same size for a thousand items or a million, and the
+    index is the only per-item file. The encoder's query times the index's vectors is the model's
+    score, so a flat index returns the model's own top ``k_model`` and HNSW an approximation of it;
+    the columns out are those of :class:`TorchScriptTopK`, so ``DecodeTopK`` and both executors take
+    it unchanged.
 
-    ``popularity``: one number per vocabulary entry (catalog order), or one per code (length
-    ``len(vocab) + 3``, the reserved codes first: they are dropped); the fallback ranks talks by
-    it (ties: catalog order). ``None`` ranks by catalog order.
-    """
+    Merlin Systems has ``QueryFaiss``, but it cannot serve this contract: it returns the ids of the
+    first row only as one flat int32 array (several sessions in one request would run together), no
+    scores (the answer's ``scores`` column), and the index ids as they are (here, codes are ids + 3).
+
+    Both files travel through ``save_artifacts`` / ``load_artifacts``. ``num_threads`` also sets
+    Faiss's OpenMP threads in the serving process (where ``load_artifacts`` reads the files), never in
+    the process that builds the graph."""
+
+
+class DecodeCore:
+    """The part of :class:`DecodeTopK` that needs no Merlin (numpy and torch only): the lean executor
+    runs it from a version's ``lean_chain.pkl`` (:func:`lean_copy`)."""
 
     def __init__(self, vocab: Sequence[str], k: int = 10, popularity: Sequence[float] | None = None,
                  exclude_clicked: bool = True):
@@ -640,23 +654,6 @@ class DecodeTopK(BaseOperator):
             ranking = ranking[~np.isin(ranking, exclude)]
         codes = ranking[:n]
         return codes, np.full(len(codes), np.nan, dtype=np.float32)
-
-    @property
-    def supported_formats(self) -> DataFormats:
-        return DataFormats.NUMPY_TENSOR_TABLE
-
-    def compute_selector(self, input_schema, selector, parents_selector=None, dependencies_selector=None):
-        return ColumnSelector([SESSIONS, CLICKED, MODEL_ROW, TOPK_SCORES, TOPK_CODES])
-
-    def compute_input_schema(self, root_schema, parents_schema, deps_schema, selector) -> Schema:
-        return (parents_schema + deps_schema)[[SESSIONS, CLICKED, MODEL_ROW, TOPK_SCORES, TOPK_CODES]]
-
-    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None) -> Schema:
-        return Schema([
-            ColumnSchema(OUT_SESSIONS, dtype=STRING),
-            ColumnSchema(OUT_TALKS, dtype=STRING, dims=(None, self.k)),
-            ColumnSchema(OUT_SCORES, dtype=md.float32, dims=(None, self.k)),
-        ])
 
     def decode(self, sessions, clicked_values, clicked_offsets, model_row, scores, codes) -> dict[str, np.ndarray]:
         """The transform on plain arrays."""
@@ -711,9 +708,62 @@ class DecodeTopK(BaseOperator):
         return self.decode(arrays[SESSIONS], arrays[f"{CLICKED}__values"], arrays[f"{CLICKED}__offsets"],
                            arrays[MODEL_ROW], arrays[TOPK_SCORES], arrays[TOPK_CODES])
 
+
+class DecodeTopK(DecodeCore, BaseOperator):
+    """Model candidates -> the answer: removes talks the session already clicked (and reserved
+    codes), keeps ``k``, maps codes back to talk ids, fills the gaps from the fallback.
+
+    ``popularity``: one number per vocabulary entry (catalog order), or one per code (length
+    ``len(vocab) + 3``, the reserved codes first: they are dropped); the fallback ranks talks by
+    it (ties: catalog order). ``None`` ranks by catalog order.
+    """
+
+    @property
+    def supported_formats(self) -> DataFormats:
+        return DataFormats.NUMPY_TENSOR_TABLE
+
+    def compute_selector(self, input_schema, selector, parents_selector=None, dependencies_selector=None):
+        return ColumnSelector([SESSIONS, CLICKED, MODEL_ROW, TOPK_SCORES, TOPK_CODES])
+
+    def compute_input_schema(self, root_schema, parents_schema, deps_schema, selector) -> Schema:
+        return (parents_schema + deps_schema)[[SESSIONS, CLICKED, MODEL_ROW, TOPK_SCORES, TOPK_CODES]]
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None) -> Schema:
+        return Schema([
+            ColumnSchema(OUT_SESSIONS, dtype=STRING),
+            ColumnSchema(OUT_TALKS, dtype=STRING, dims=(None, self.k)),
+            ColumnSchema(OUT_SCORES, dtype=md.float32, dims=(None, self.k)),
+        ])
+
     def transform(self, col_selector: ColumnSelector, transformable):
         clicked = transformable[CLICKED]
         out = self.decode(transformable[SESSIONS].values, clicked.values, clicked.offsets,
                           transformable[MODEL_ROW].values, transformable[TOPK_SCORES].values,
                           transformable[TOPK_CODES].values)
         return TensorTable(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The lean chain without Merlin
+# ----------------------------------------------------------------------------------------------
+
+# gtcrec.serving.export writes a version's operators as their cores next to its ensemble/
+# (executor_model.LEAN_CHAIN_FILE), so that the lean executor answers without importing Merlin: importing it was
+# most of a python-backend process's start, and a load of a version starts one such process per instance.
+CORES = {SessionizeClicks: SessionizeCore, TorchScriptTopK: TopKCore, FaissTopK: FaissTopKCore,
+         DecodeTopK: DecodeCore}
+
+
+def lean_copy(op):
+    """``op`` (one of :data:`CORES`' operators, exactly: a subclass may answer otherwise) as its core: the same
+    state, as pickling keeps it (a loaded model or index is left out; ``load_artifacts`` reads it back)."""
+    core = CORES.get(type(op))
+    if core is None:
+        raise TypeError(f"{type(op).__name__} has no core that serves without Merlin")
+    copy = object.__new__(core)
+    state = op.__getstate__()
+    if hasattr(core, "__setstate__"):
+        copy.__setstate__(state)
+    else:
+        copy.__dict__.update(state)
+    return copy
