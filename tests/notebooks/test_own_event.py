@@ -183,7 +183,7 @@ def test_your_event_live_from_the_shell(own_event):
     logged, _ = read_click_log(live / "clicks", catalog_ids=new_ids)
     assert logged["session_id"].nunique() == 300
     cycles = [json.loads(line) for line in (live / "cycles.jsonl").read_text().splitlines()]
-    assert len(cycles) == 2 and cycles[0]["serving_before"] == 2  # the swap's version, then one cycle per 100
+    assert len(cycles) == 2 and cycles[0]["serving_before"] == 2  # the swap's version, then one cycle per 150 sessions
     assert [c["log"]["sessions"] for c in cycles] == [150, 300]
     update = json.loads((live / "update.json").read_text())
     assert update["changes"]["added"] == ["LATE-1"] and update["changes"]["cancelled"] == [new_ids[0]]

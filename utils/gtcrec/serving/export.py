@@ -307,11 +307,10 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
         executor_config = install_export(tmp, out_repo, name=name, version=version, backend=backend,
                                          request=request, instance_count=instance_count, executor=executor,
                                          dynamic_batching=dynamic_batching, max_batch_size=max_batch_size,
-                                         batch_delay_us=batch_delay_us)
+                                         batch_delay_us=batch_delay_us,
+                                         ensemble=ensemble if backend == "python" else None)
         reference.extra["configs"] = [executor_config] + list(node_configs)
         reference.extra["executor"] = executor
-    if executor == "lean" and backend == "python":
-        write_lean_chain(ensemble, Path(out_repo).resolve() / name / str(int(version)))
     return ensemble, reference
 
 
@@ -341,7 +340,7 @@ def write_lean_chain(ensemble, version_dir) -> Path | None:
 def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version: int = 1,
                    backend: str = "python", request: dict | None = None, instance_count: int | None = None,
                    executor: str = "lean", dynamic_batching: bool = False, max_batch_size: int = 32,
-                   batch_delay_us: int = 500, overwrite: bool = True):
+                   batch_delay_us: int = 500, overwrite: bool = True, ensemble=None):
     """Move what ``Ensemble.export(merlin_dir, name=name)`` wrote into ``out_repo/<model>/<version>/``
     and adapt it for serving; returns the executor model's config.
 
@@ -350,7 +349,9 @@ def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version
     ``instance_count`` CPU instances, the ``executor`` parameter (``"lean"`` / ``"merlin"`` use gtcrec's
     executor file, ``"stock"`` keeps Merlin's) and, with ``dynamic_batching``, Triton's dynamic
     batching with ragged inputs. With gtcrec's executor on the python backend, ``request`` (arrays as
-    sent to Triton) is saved as the version's warm-up request. ``merlin_dir`` is consumed."""
+    sent to Triton) is saved as the version's warm-up request. ``ensemble`` (the exported one), with the lean
+    executor on the python backend: its operators are also saved as their Merlin-free cores
+    (:func:`write_lean_chain`), which the executor loads instead of the ensemble. ``merlin_dir`` is consumed."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}")
     if dynamic_batching and (executor != "lean" or backend != "python"):
@@ -376,6 +377,8 @@ def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version
         shutil.move(str(model_dir / "1"), str(dest))
         if executor != "stock" and backend == "python" and request is not None:  # gtcrec's executor warms up on it
             executor_model.write_warmup_request(dest, request)
+        if executor == "lean" and backend == "python" and ensemble is not None and model_dir.name == name:
+            write_lean_chain(ensemble, dest)
         for extra in model_dir.iterdir():
             if extra.name not in ("1", "config.pbtxt"):
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
