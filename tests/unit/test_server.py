@@ -111,6 +111,15 @@ def test_explicit_binary_that_does_not_exist_is_refused(tmp_path, monkeypatch):
         find_tritonserver()
 
 
+def test_a_repository_path_with_a_space_is_refused_before_start(tmp_path):
+    """The python backend starts an instance's process through a command line split at spaces: from such a path
+    the process dies and the load never ends (seen: "terminate called ... stol", then a 300 s start-up timeout)."""
+    repo = tmp_path / "my models"
+    repo.mkdir()
+    with pytest.raises(TritonServerError, match="has a space in its path"):
+        srv.TritonServer(repo)
+
+
 @pytest.mark.server
 def test_server_is_ready_and_infers_over_http_and_grpc(server):
     import tritonclient.grpc as grpcclient

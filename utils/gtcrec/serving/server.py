@@ -224,6 +224,11 @@ class TritonServer(LocalService):
         for repo in self.model_repositories:
             if not repo.is_dir():
                 raise TritonServerError(f"model repository {repo} is not a folder")
+            if any(c.isspace() for c in str(repo)):
+                # the python backend starts each instance's process through a shell command line that splits the
+                # model's path there: the process dies ("terminate called ... stol") and the load never ends
+                raise TritonServerError(f"model repository {str(repo)!r} has a space in its path: Triton's python "
+                                        "backend cannot start a model from there; use a path without spaces")
         self.model_control = model_control
         self.host = host
         self.http_port = http_port
