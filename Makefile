@@ -51,10 +51,13 @@ run: env
 # Three pytest-xdist workers on the CI machine's two cores (a third keeps the cores busy while the others wait on a
 # server or a subprocess: 610 s against 640 s with two, measured 2026-12-06): the notebook tests all on one, in order,
 # since they share one series (tests/notebooks/conftest.py); the tests of a module that share a module-scoped fixture
-# on one (tests/conftest.py); the others on any as they come. PYTEST_WORKERS=0: one process.
+# on one (tests/conftest.py); the others on any as they come. --no-loadscope-reorder hands the groups out in the
+# order they are collected, so the two longest (the series, then the guide's test) start first; by default xdist hands
+# out the groups with the most tests first, and the guide's (two tests, 260 s) started last and ended the run.
+# PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 test: env
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
 
 # The fast tier: unit tests that start no tritonserver and run no notebook (see pytest.ini).
 test-fast: env
