@@ -30,6 +30,7 @@ reference is computed first. It also writes the executor into version ``1/`` wha
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -293,17 +294,9 @@ def export_ensemble(vocab: Sequence[str], torchscript_path, out_repo, max_len: i
                                                    pad_sessions=pad_sessions)
     reference.extra["backend"] = backend
 
-    import cloudpickle
-
     with tempfile.TemporaryDirectory(prefix="gtcrec-export-") as tmp:
-        by_value = (ops, order) if self_contained else ()  # the operators and the click order they use
-        for module in by_value:
-            cloudpickle.register_pickle_by_value(module)
-        try:
+        with pickled_by_value(self_contained):
             executor_config, node_configs = to_export.export(tmp, name=name)
-        finally:
-            for module in by_value:
-                cloudpickle.unregister_pickle_by_value(module)
         executor_config = install_export(tmp, out_repo, name=name, version=version, backend=backend,
                                          request=request, instance_count=instance_count, executor=executor,
                                          dynamic_batching=dynamic_batching, max_batch_size=max_batch_size,
@@ -327,14 +320,25 @@ def write_lean_chain(ensemble, version_dir) -> Path | None:
     payload = {"inputs": list(ensemble.input_schema.column_names), "names": [type(op).__name__ for op in chain],
                "ops": [ops.lean_copy(op) for op in chain]}
     path = Path(version_dir) / executor_model.LEAN_CHAIN_FILE
-    for module in (ops, order):
+    with pickled_by_value():
+        path.write_bytes(cloudpickle.dumps(payload))
+    return path
+
+
+@contextlib.contextmanager
+def pickled_by_value(active: bool = True):
+    """While inside, cloudpickle writes gtcrec's operators and the click order they use by value, so that what it
+    pickles loads where gtcrec is not installed (a server's python backend)."""
+    import cloudpickle
+
+    modules = (ops, order) if active else ()
+    for module in modules:
         cloudpickle.register_pickle_by_value(module)
     try:
-        path.write_bytes(cloudpickle.dumps(payload))
+        yield
     finally:
-        for module in (ops, order):
+        for module in modules:
             cloudpickle.unregister_pickle_by_value(module)
-    return path
 
 
 def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version: int = 1,
