@@ -216,3 +216,58 @@ def test_a_fleet_cycle_from_the_command_line_serves_the_new_version_everywhere_w
     assert status["consistent"] and set(map(tuple, status["serving"].values())) == {(4,)}
     assert [c["published"] for c in status["cycles"]] == [False, False, True]
     print(f"\nfleet cycle: {done['seconds']:.1f} s (steps {done['steps']}), {len(frame)} requests, 0 failed")
+
+
+@pytest.mark.server
+def test_a_catalog_update_on_the_fleet_keeps_what_was_learned_on_every_replica(world, fleet, tmp_path, capsys):
+    """``gtcrec-swap --fleet --update`` after the cycle above (version 4 on both replicas, with what it learned):
+    two talks added, one cancelled; every replica serves the update, under traffic, 0 failed."""
+    ids = world["catalog"]["talk_id"].tolist()
+    cancelled = ids[5]
+    added, _ = data.generate_catalog(2, seed=9, event="fall", id_prefix="F", id_start=39001)
+    texts = embeddings.talk_text(added)  # their text vectors: random, as the world's are (no encoder here)
+    vectors = np.random.default_rng(1).normal(size=(len(texts), embeddings.DIM)).astype(np.float32)
+    embeddings.EmbeddingCache(world["cache"]).add([embeddings.text_key(t) for t in texts],
+                                                  vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    updated = pd.concat([world["catalog"][world["catalog"]["talk_id"] != cancelled], added], ignore_index=True)
+    updated.to_csv(tmp_path / "catalog-v2.csv", index=False)
+    new_ids, added = updated["talk_id"].tolist(), added["talk_id"].tolist()
+    key_file = tmp_path / "control.key"
+    key_file.write_text(fleet.control_key)
+    args = ["--repository", str(world["repo"]), "--model-name", NAME, "--control-key-file", str(key_file),
+            *[a for r in fleet.replicas for a in ("--url", r.grpc_url)], "--fleet"]
+    request = swap.probe_request([cancelled, ids[0]], added, n_clicks=2)
+    t = swap.Traffic(fleet.balancer, request, ids, new_ids, model_name=NAME, pause=0.01, max_requests=5000,
+                     max_seconds=120).start()
+    t.wait_for(5)
+    code = swap.main([str(tmp_path / "catalog-v2.csv"), "--update", "--model-dir", str(world["model_dir"]),
+                      "--cache", str(world["cache"]), "--timeout", "120", "--json", "-", *args])
+    t.wait_for(len(t.rows) + 20)  # answered by the update on both replicas
+    frame = t.stop()
+    assert code == 0, capsys.readouterr().err[-3000:]
+    result = json.loads(capsys.readouterr().out)
+    assert result["action"] == "fleet-update" and (result["previous_version"], result["version"]) == (4, 5)
+    assert (result["changes"]["added"], result["changes"]["cancelled"]) == (added, [cancelled])
+    assert on_every_replica(fleet, 5) and result["replicas"] == fleet.serving()
+    assert int((~frame["ok"]).sum()) == 0, frame[~frame["ok"]]["error"].head().tolist()
+    # every replica: a session of added talks answered by the model (the version before knew none of them: its
+    # fallback, no scores), the cancelled talk never answered, a session of only that talk still answered
+    for replica in fleet.replicas:
+        client = replica.grpc_client()
+        try:
+            got = cl.recommend(client, pd.DataFrame({"session_id": ["a", "a", "c"], "talk_id": [added[0], added[1],
+                                                     cancelled], "timestamp": np.array([0, 60_000, 0], np.int64)}),
+                               model_name=NAME)
+        finally:
+            client.close()
+        assert cancelled not in set(got["talk_id"]) and set(got["talk_id"]) <= set(new_ids)
+        assert (got["session_id"] == "a").sum() == K and got.loc[got["session_id"] == "a", "score"].notna().all()
+        assert (got["session_id"] == "c").sum() == K
+    # what the cycle learned for the talks that stay is carried into the update, talk by talk
+    before = swap.per_talk_parts(gm.load_model(world["repo"] / NAME / live.LIVE_MODELS / "4"))
+    after = swap.per_talk_parts(gm.load_model(world["repo"] / NAME / live.LIVE_MODELS / "5"))
+    assert before["warm"].sum() > 0
+    for j, talk in enumerate(new_ids):
+        for part in swap.update.PER_TALK:
+            expected = before[part][3 + ids.index(talk)] if talk in ids else np.zeros_like(before[part][0])
+            np.testing.assert_array_equal(after[part][3 + j], expected, err_msg=f"{part} of {talk}")

@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repository", required=True, help="the Triton model repository the server reads")
     parser.add_argument("--url", required=True, action="append", help="the server's gRPC address, host:port "
                         "(with --fleet: once per replica, all serving --repository)")
-    parser.add_argument("--fleet", action="store_true", help="swap, roll back or show every replica given by --url: "
-                        "all switch or none does (a replica that refuses sends the others back)")
+    parser.add_argument("--fleet", action="store_true", help="swap, update, roll back or show every replica given "
+                        "by --url: all switch or none does (a replica that refuses sends the others back)")
     parser.add_argument("--model-dir", help="the trained model saved by notebook 04 (artifacts/04-item-representation/model)")
     parser.add_argument("--cache", default="data/cache/embeddings", help="text-embedding cache folder "
                         "(default: %(default)s)")
@@ -77,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("several --url need --fleet")
     if not (args.status or args.rollback) and not (args.catalog and args.model_dir):
         parser.error("a swap or an update needs the new catalog file and --model-dir (or use --rollback / --status)")
-    if args.update and args.fleet:
-        parser.error("--update updates one server's catalog; --fleet does not take it yet")
     try:
         key, _ = access.key_for_command(args.control_key_file)  # checked now: a clear error before any work
         args.url = [access.Target(grpc_target(u), key) for u in args.url]
@@ -127,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fleet(args, log) -> int:
-    """``--fleet``: the same three actions over every ``--url`` (:mod:`gtcrec.swap.fleet`)."""
+    """``--fleet``: the same actions over every ``--url`` (:mod:`gtcrec.swap.fleet`; an update: :func:`update_catalog`)."""
     if args.status:
         result = fleet_status(args.repository, args.url, args.model_name)
         for url, versions in result["serving"].items():
@@ -139,6 +137,11 @@ def _fleet(args, log) -> int:
         rb = rollback_fleet(args.repository, args.url, args.model_name, timeout=args.timeout, log=log)
         _emit({"action": "fleet-rollback", "from_version": rb.from_version, "to_version": rb.to_version,
                "seconds": rb.ended - rb.started, "serving": rb.serving}, args.json)
+        return 0
+    if args.update:  # every replica updated, or none
+        up = update_catalog(args.catalog, args.repository, args.url, args.model_dir, args.cache,
+                            model_name=args.model_name, timeout=args.timeout, log=log)
+        _emit({"action": "fleet-update", **up.summary()}, args.json)
         return 0
     res = swap_fleet(args.catalog, args.repository, args.url, args.model_dir, args.cache, k_model=args.k,
                      model_name=args.model_name, timeout=args.timeout, log=log)

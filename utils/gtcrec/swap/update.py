@@ -20,7 +20,10 @@ the new table, nothing learned yet. An update keeps the event: :func:`update_cat
 5. serves it as the next version through the swap's path (:func:`gtcrec.swap.switch.publish`: trace,
    export with the served version's settings, load under traffic, a refused version archived) and saves
    the eager model in ``<model>/live/<version>``, so that the next adaptation cycle's guard compares with
-   what is served.
+   what is served. Given a list of replicas (a fleet on one shared repository), it reads the version they
+   all serve and publishes through the fleet swap's machinery (:func:`gtcrec.swap.fleet.publish_fleet`,
+   under :func:`gtcrec.swap.fleet.fleet_lock`): every replica loads the updated version, or, if one
+   refuses or stops answering, every replica serves the version before again.
 
 Cancelled talks leave the vocabulary: they are never answered again, and a click on one is an unknown
 talk to the served graph (dropped from the session; a session of only unknown talks gets the fallback
@@ -31,6 +34,7 @@ logged click on its talks, before the update too.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field
@@ -168,6 +172,7 @@ class UpdateResult:
     serving: list[int]
     total_seconds: float
     trace_check: dict = field(default_factory=dict)
+    replicas: dict = field(default_factory=dict)  # a fleet's update: what every replica serves after it
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -179,17 +184,24 @@ def update_catalog(catalog_file, model_repository, server_url, model_dir, cache_
                    model_name: str = DEFAULT_MODEL_NAME, timeout: float = 300.0, progress: bool = False,
                    log: Log | None = None) -> UpdateResult:
     """Serve a new version of the catalog being served, keeping what was learned for the talks that stay
-    (module docstring). Raises :class:`gtcrec.data.DataValidationError` (bad file, or no talk in common
-    with the catalog served: nothing changed) or :class:`SwapError` (the server refused; the old version
-    still serves)."""
+    (module docstring). ``server_url``: one server, or a list of replicas serving ``model_repository``
+    (a fleet: all switch or none does; ``UpdateResult.replicas`` holds what each serves after). Raises
+    :class:`gtcrec.data.DataValidationError` (bad file, or no talk in common with the catalog served:
+    nothing changed) or :class:`SwapError` (the server, or a replica, refused: the old version still
+    serves, on every replica)."""
     from gtcrec import model as gm
     from gtcrec.swap.catalog import prepare_catalog
+    from gtcrec.swap.fleet import common_version, fleet_lock, publish_fleet
     from gtcrec.swap.switch import publish
 
     log = log or _quiet
     t0 = time.perf_counter()
     repo = Path(model_repository).resolve()
-    previous, how = current_version(server_url, repo, model_name)
+    replicas = list(server_url) if isinstance(server_url, (list, tuple)) else None
+    if replicas is not None:
+        previous, how = common_version(replicas, model_name), f"on all {len(replicas)} replicas"
+    else:
+        previous, how = current_version(server_url, repo, model_name)
     if previous is None:
         raise SwapError(f"{repo / model_name} has no version to update")
     settings = read_version(repo, previous, model_name)
@@ -201,7 +213,11 @@ def update_catalog(catalog_file, model_repository, server_url, model_dir, cache_
                                min_talks=max(k_model, settings.k), progress=progress, update=True)
     steps = {"validate_catalog": prepared.validate_seconds, "encode_text": prepared.encode_seconds}
 
-    with repository_lock(repo, model_name):
+    with (fleet_lock(repo, model_name) if replicas is not None else contextlib.nullcontext()), \
+            repository_lock(repo, model_name):
+        if replicas is not None and common_version(replicas, model_name) != previous:
+            raise SwapError(f"the fleet left version {previous} while the catalog was read: nothing updated; "
+                            "run the update again")
         started = time.perf_counter()
         served = served_model(repo, model_name, previous, model_dir, cache_dir)
         if gm.n_codes(served) != len(settings.vocab) + RESERVED:
@@ -218,17 +234,27 @@ def update_catalog(catalog_file, model_repository, server_url, model_dir, cache_
         log(f"{prepared.path.name}: {len(changes.added)} talks added, {len(changes.cancelled)} cancelled, "
             f"{len(changes.changed_text)} with a changed text ({prepared.newly_encoded} texts encoded); "
             f"{learned} of the {len(changes.kept)} talks that stay keep what was learned for them")
-        published = publish(model, prepared.vocab, repo, server_url, previous, settings, k_model, model_name,
-                            popularity=popularity, timeout=timeout, action="update", log=log)
+        fleet_done = None
+        if replicas is not None:
+            fleet_done = publish_fleet(model, prepared.vocab, repo, replicas, previous, settings, k_model,
+                                       model_name, popularity=popularity, timeout=timeout, action="update", log=log)
+            published = fleet_done.first
+            steps["other_loads"] = sum(load.seconds for load in list(fleet_done.loads.values())[1:])
+        else:
+            published = publish(model, prepared.vocab, repo, server_url, previous, settings, k_model, model_name,
+                                popularity=popularity, timeout=timeout, action="update", log=log)
         steps.update(published.steps)
         gm.save_model(model, repo / model_name / LIVE_MODELS / str(published.version))
     total = time.perf_counter() - t0
     record_event(repo, model_name, action="update", version=published.version, from_version=previous, ok=True,
                  catalog=str(prepared.path.resolve()), n_talks=len(prepared.vocab), added=changes.added,
                  cancelled=changes.cancelled, changed_text=changes.changed_text, learned_talks=learned,
-                 newly_encoded=prepared.newly_encoded, seconds=round(total, 3))
-    log(f"version {published.version} serving the updated catalog ({total:.1f} s)")
+                 newly_encoded=prepared.newly_encoded, seconds=round(total, 3),
+                 **({"replicas": list(fleet_done.serving)} if fleet_done is not None else {}))
+    log(f"version {published.version} serving the updated catalog{' on every replica' if replicas else ''} "
+        f"({total:.1f} s)")
     return UpdateResult(version=published.version, previous_version=previous, model_name=model_name,
                         catalog=str(prepared.path), n_talks=len(prepared.vocab), newly_encoded=prepared.newly_encoded,
                         changes=changes, learned_talks=learned, steps=steps, serving=published.load.serving,
-                        total_seconds=total, trace_check=published.trace_check)
+                        total_seconds=total, trace_check=published.trace_check,
+                        replicas=dict(fleet_done.serving) if fleet_done is not None else {})
