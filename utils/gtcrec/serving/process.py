@@ -155,9 +155,11 @@ class LocalService:
         return time.perf_counter() - started
 
     def _wait_ready(self, deadline: float) -> None:
+        self.startup_exit_code = None
         while True:
             code = self.process.poll()
             if code is not None:
+                self.startup_exit_code = code  # negative: the signal that ended it (before stop() ends it)
                 raise self.error(f"{self.name} exited with code {code} during start-up; log {self.log_path}:\n"
                                  f"{self.log_tail()}")
             try:

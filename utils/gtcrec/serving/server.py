@@ -90,7 +90,8 @@ SERVER_LOGS_ENV = "GTCREC_SERVER_LOGS"
 
 # What tritonserver prints when it dies of a fatal signal (segmentation fault, abort, bus error, illegal instruction,
 # floating-point exception) or an uncaught C++ exception; "Signal (15)" and "(2)" are a normal stop.
-_CRASH = re.compile(r"Signal \((4|6|7|8|11)\) received|terminate called after throwing[^\n]*")
+FATAL_SIGNALS = (4, 6, 7, 8, 11)  # SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV: a crash (SIGTERM is a normal stop)
+_CRASH = re.compile(r"Signal \((%s)\) received|terminate called after throwing[^\n]*" % "|".join(map(str, FATAL_SIGNALS)))
 
 
 def crashes(folder: str | os.PathLike) -> list[str]:
@@ -331,7 +332,18 @@ class TritonServer(LocalService):
         for name in (CLICK_LOG_ENV, CLICK_LOG_SECONDS_ENV, CLICK_LOG_RECORDS_ENV, LOG_KEY_ENV):
             env.pop(name, None)  # only what this object says
         env.update(self.click_log_env())
-        self.startup_seconds = self._launch(self.command(), env)
+        try:
+            self.startup_seconds = self._launch(self.command(), env)
+        except self.error:
+            code = getattr(self, "startup_exit_code", None)
+            if code is None or -code not in FATAL_SIGNALS:
+                raise
+            # tritonserver aborted while it started (seen once in CI: its gRPC poller's "epoll_wait error: Bad file
+            # descriptor", then SIGABRT): started once more, on new ports; the log keeps both starts
+            warnings.warn(f"{self.name} died of signal {-code} during start-up (log {self.log_path}); "
+                          "starting it once more")
+            self._choose_ports()
+            self.startup_seconds = self._launch(self.command(), env)
         return self
 
     def _ready(self) -> bool:
