@@ -1,4 +1,4 @@
-"""The click log: the writer in the served model (``executor_model.ClickLog``), the reader
+"""The click log: the writer in the served model (``click_log.ClickLog``, copied next to the executor), the reader
 (``gtcrec.live.read_click_log``) and the served path end to end on a real tritonserver."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gtcrec.live import log_stats, read_click_log
+from gtcrec.serving import click_log as ck
 from gtcrec.serving import executor_model as em
 
 MS = 1_000_000  # ns per ms
@@ -176,9 +177,9 @@ def test_a_missing_folder_raises_and_an_empty_one_gives_no_clicks(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ the writer
 
-def open_log(folder, **kwargs) -> em.ClickLog:
+def open_log(folder, **kwargs) -> ck.ClickLog:
     kwargs.setdefault("poll_seconds", 0.05)
-    return em.ClickLog(folder, em.click_log_prefix("rec_0_0", 3), model_version=3, **kwargs)
+    return ck.ClickLog(folder, ck.click_log_prefix("rec_0_0", 3), model_version=3, **kwargs)
 
 
 def test_executor_model_imports_outside_triton():
@@ -199,7 +200,7 @@ def test_segments_rotate_by_records_and_are_in_the_documented_clicks_format(tmp_
     stats = log.close()
     files = segments(tmp_path)
     assert [pq.read_metadata(f).num_rows for f in files] == [4, 4, 4, 3]
-    assert [f.name for f in files] == [em.segment_name(log.prefix, i) for i in range(4)]
+    assert [f.name for f in files] == [ck.segment_name(log.prefix, i) for i in range(4)]
     table = pq.read_table(files[0])
     assert table.schema.names == ["session_id", "talk_id", "timestamp", "logged_at", "model_version", "client_id",
                                   "source"]
@@ -289,7 +290,7 @@ def test_a_segment_is_never_visible_half_written_and_a_write_error_is_counted(tm
     for i in range(3):
         log.put(**arrays(f"s{i}", ["T1", "T2"], [T0, T0 + 1]))
     stats = log.close()
-    final = [em.segment_name(log.prefix, i) for i in (0, 1, 1)]  # the failed write leaves its number free
+    final = [ck.segment_name(log.prefix, i) for i in (0, 1, 1)]  # the failed write leaves its number free
     assert calls == [f".{name}.tmp" for name in final]
     assert [name in seen for name, seen in zip(final, visible)] == [False, False, False]
     assert visible == [{}, {final[0]: 2}, {final[0]: 2}]
@@ -319,33 +320,33 @@ def test_close_writes_what_is_queued(tmp_path):
 
 
 def test_the_settings_come_from_the_environment(tmp_path):
-    assert em.click_log_from_env("rec_0_0", 1, environ={}) is None
-    assert em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: " "}) is None
+    assert ck.click_log_from_env("rec_0_0", 1, environ={}) is None
+    assert ck.click_log_from_env("rec_0_0", 1, environ={ck.CLICK_LOG_ENV: " "}) is None
     with pytest.raises(ValueError, match="needs a logging key"):  # no key: the load fails
-        em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "log")})
+        ck.click_log_from_env("rec_0_0", 1, environ={ck.CLICK_LOG_ENV: str(tmp_path / "log")})
     with pytest.raises(ValueError, match="cannot take"):  # a key that cannot be one: the load fails
-        em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "log"), em.LOG_KEY_ENV: "a b"})
-    env = {em.CLICK_LOG_ENV: str(tmp_path / "log"), em.CLICK_LOG_SECONDS_ENV: "2.5", em.CLICK_LOG_RECORDS_ENV: "500",
-           em.LOG_KEY_ENV: "k"}
-    log = em.click_log_from_env("rec_0_1", 4, environ=env)
+        ck.click_log_from_env("rec_0_0", 1, environ={ck.CLICK_LOG_ENV: str(tmp_path / "log"), ck.LOG_KEY_ENV: "a b"})
+    env = {ck.CLICK_LOG_ENV: str(tmp_path / "log"), ck.CLICK_LOG_SECONDS_ENV: "2.5", ck.CLICK_LOG_RECORDS_ENV: "500",
+           ck.LOG_KEY_ENV: "k"}
+    log = ck.click_log_from_env("rec_0_1", 4, environ=env)
     try:
         assert (log.max_seconds, log.max_records, log.model_version) == (2.5, 500, 4)
         assert log.folder == tmp_path / "log" and log.folder.is_dir()
-        assert log.prefix[:-6] == em.click_log_prefix("rec_0_1", 4, token="x")[:-1]  # all but the token
+        assert log.prefix[:-6] == ck.click_log_prefix("rec_0_1", 4, token="x")[:-1]  # all but the token
         assert f"-{os.getpid()}-rec_0_1-v4-" in log.prefix
         assert log.stats()["instance"] == "rec_0_1"
     finally:
         log.close()
-    default = em.click_log_from_env("rec_0_1", 4, environ={em.CLICK_LOG_ENV: str(tmp_path / "log"), em.LOG_KEY_ENV: "k"})
-    assert (default.max_seconds, default.max_records) == (em.CLICK_LOG_SECONDS, em.CLICK_LOG_RECORDS)
+    default = ck.click_log_from_env("rec_0_1", 4, environ={ck.CLICK_LOG_ENV: str(tmp_path / "log"), ck.LOG_KEY_ENV: "k"})
+    assert (default.max_seconds, default.max_records) == (ck.CLICK_LOG_SECONDS, ck.CLICK_LOG_RECORDS)
     assert default.prefix != log.prefix  # the same instance started again writes under new names
     default.close()
-    for bad in ({em.CLICK_LOG_SECONDS_ENV: "0"}, {em.CLICK_LOG_SECONDS_ENV: "soon"}, {em.CLICK_LOG_RECORDS_ENV: "1.5"}):
+    for bad in ({ck.CLICK_LOG_SECONDS_ENV: "0"}, {ck.CLICK_LOG_SECONDS_ENV: "soon"}, {ck.CLICK_LOG_RECORDS_ENV: "1.5"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            em.click_log_from_env("rec_0_0", 1, environ={em.CLICK_LOG_ENV: str(tmp_path / "x"), em.LOG_KEY_ENV: "k", **bad})
-    assert em.click_log_prefix("a b/c", 1, host="h.x", pid=7, token="t") == "h.x-7-a_b_c-v1-t"
+            ck.click_log_from_env("rec_0_0", 1, environ={ck.CLICK_LOG_ENV: str(tmp_path / "x"), ck.LOG_KEY_ENV: "k", **bad})
+    assert ck.click_log_prefix("a b/c", 1, host="h.x", pid=7, token="t") == "h.x-7-a_b_c-v1-t"
     with pytest.raises(OSError):  # a folder that cannot be made fails loudly (the load fails)
-        em.ClickLog(tmp_path / "log" / em.stats_name(log.prefix) / "sub", "p")
+        ck.ClickLog(tmp_path / "log" / ck.stats_name(log.prefix) / "sub", "p")
 
 
 @pytest.mark.filterwarnings("ignore:.*restricted-api")  # the test tier's stand-in binary has no such flags
@@ -512,7 +513,7 @@ def test_a_server_without_click_log_writes_nothing(repos, tmp_path, monkeypatch)
 
     root, clicks = repos
     inherited = tmp_path / "inherited"
-    monkeypatch.setenv(em.CLICK_LOG_ENV, str(inherited))  # set in this process: not passed on
+    monkeypatch.setenv(ck.CLICK_LOG_ENV, str(inherited))  # set in this process: not passed on
     with TritonServer(root / "plain", load_models=["rec"], startup_timeout=120) as server:
         answered, errors = send_all(server, session_requests(clicks)[:6], "rec", threads=2)
         assert len(answered) == 6 and not errors
@@ -610,7 +611,7 @@ def test_only_the_app_is_logged_and_scripted_sessions_are_set_aside(repos, tmp_p
     merged = sent.merge(logged, on=["session_id", "talk_id", "timestamp"], suffixes=("", "_logged"))
     assert len(merged) == len(sent) and (merged["client_id"] == merged["client_id_logged"]).all()
     sources = {v for p in segments(tmp_path / "log") for v in pq.read_table(p).column("source").to_pylist()}
-    assert sources == {em.key_source("the-app-key")}
+    assert sources == {ck.key_source("the-app-key")}
     assert "the-app-key" not in server.log_path.read_text()
     # the screen: every scripted shape set aside by its rule, the honest sessions kept (but the one replayed)
     kept, screened = screen(logged)

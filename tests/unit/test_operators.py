@@ -378,13 +378,14 @@ def test_the_lean_chain_answers_without_merlin_or_gtcrec(model_path, tmp_path):
     assert (version / "lean_chain.pkl").is_file()
     np.save(tmp_path / "talk_ids.npy", ref.outputs["talk_ids"], allow_pickle=True)
     pd.to_pickle(dict(ref.request), tmp_path / "request.pkl")
-    executor_file = Path(executor_model.__file__)
+    assert (version / "model.py").read_bytes() == Path(executor_model.__file__).read_bytes()
     script = textwrap.dedent(f"""
         import importlib.util, pickle, sys, time
         started = time.perf_counter()
         for name in ("merlin", "gtcrec", "nvtabular", "dask"):
             sys.modules[name] = None  # importing them now fails
-        spec = importlib.util.spec_from_file_location("model", {str(executor_file)!r})
+        sys.path.append({str(version)!r})  # as the python backend does: model.py imports its click log from there
+        spec = importlib.util.spec_from_file_location("model", {str(version / "model.py")!r})
         model = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(model)  # the version's model.py, as the python backend loads it
         chain, inputs, names = model.load_lean_chain({str(version)!r})

@@ -2,7 +2,7 @@
 
 * ``gtcrec.live.clicklog``: :func:`read_click_log` reads the click log the served model writes
   (``TritonServer(click_log=...)``, ``gtcrec-serve --click-log``; the writer is
-  :class:`gtcrec.serving.executor_model.ClickLog`), and click files other applications drop into the
+  :class:`gtcrec.serving.click_log.ClickLog`), and click files other applications drop into the
   same folder, into one clicks table; :func:`log_stats` sums the writers' counters.
 * ``gtcrec.live.screen``: :func:`screen` sets aside the logged sessions that look scripted, or pass
   what one client may move, before a cycle learns (and says what, and why).

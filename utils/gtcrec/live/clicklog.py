@@ -1,7 +1,7 @@
 """Reading a click log folder back: the served model's segments and other applications' click files.
 
 The served model writes ``clicks-<writer>-<seq>.parquet`` segments and a ``clicks-<writer>.stats.json``
-file per writer into the folder (:class:`gtcrec.serving.executor_model.ClickLog`, turned on with
+file per writer into the folder (:class:`gtcrec.serving.click_log.ClickLog`, turned on with
 ``TritonServer(click_log=...)`` or ``gtcrec-serve --click-log``). :func:`read_click_log` reads every
 ``*.parquet`` and ``*.csv`` file of the folder whose name does not start with ``.`` (a segment being
 written has a hidden name), so click files that another application drops there in the documented
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from gtcrec.data.formats import CLICK_COLUMNS  # the documented clicks format
-from gtcrec.serving.executor_model import SEGMENT_PREFIX, STATS_SUFFIX
+from gtcrec.serving.click_log import SEGMENT_PREFIX, STATS_SUFFIX
 
 SUFFIXES = (".parquet", ".csv")
 DROP_REASONS = {  # in the order they are checked: a row is counted under the first that applies

@@ -1,7 +1,7 @@
 """What a cycle may learn from: the logged sessions screened for scripted traffic, each source bounded.
 
 The click log holds only what the deploying app vouched for (the logging key,
-:mod:`gtcrec.serving.executor_model`), but an attendee can script the app, or make many accounts.
+:mod:`gtcrec.serving.click_log`), but an attendee can script the app, or make many accounts.
 :func:`screen` sets sessions aside before a cycle learns anything, and says why, by rule, in the order
 below (a session is counted under the first rule that sets it aside):
 

@@ -7,6 +7,7 @@
   lean / Merlin / stock executor, optional dynamic batching), ``choose_backend``, ``graph_table``.
 * ``gtcrec.serving.executor_model``: the python-backend ``model.py`` written into the repository
   (lean executor, short ``bad request`` errors, dynamic batching).
+* ``gtcrec.serving.click_log``: the served model's click log (the writer), copied next to ``model.py``.
 * ``gtcrec.serving.client``: clicks DataFrame -> tritonclient inputs -> answer DataFrame.
 * ``gtcrec.serving.load``: latency, closed-loop load test, perf_analyzer, bare model forward.
 * ``gtcrec.serving.parity``: served vs the model's offline ranking.

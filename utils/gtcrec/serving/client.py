@@ -59,7 +59,7 @@ def request_arrays(clicks: pd.DataFrame) -> dict[str, np.ndarray]:
 def log_parameters(log_key: str | None, client_id: str = "") -> dict | None:
     """The request parameters that make a logging server log a request: the logging key and the
     client (attendee) id the app answers for. None without a key: the request is answered, not logged."""
-    from gtcrec.serving.executor_model import CLIENT_PARAMETER, LOG_KEY_PARAMETER
+    from gtcrec.serving.click_log import CLIENT_PARAMETER, LOG_KEY_PARAMETER
 
     return {LOG_KEY_PARAMETER: log_key, CLIENT_PARAMETER: str(client_id)} if log_key else None
 

@@ -44,7 +44,7 @@ import merlin.dtypes as md
 from merlin.schema import ColumnSchema, Schema
 from merlin.table import TensorTable
 
-from gtcrec.serving import executor_model
+from gtcrec.serving import click_log, executor_model
 from gtcrec.serving import operators as ops
 from gtcrec import order
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
@@ -367,8 +367,9 @@ def install_export(merlin_dir, out_repo, name: str = DEFAULT_MODEL_NAME, version
     executor_config = _edit_config(merlin_dir / name / "config.pbtxt", instance_count,
                                    None if executor == "stock" else executor,
                                    (max_batch_size, batch_delay_us) if dynamic_batching else None)
-    if executor != "stock":
+    if executor != "stock":  # gtcrec's executor, and the click log it imports from its own folder
         shutil.copyfile(Path(executor_model.__file__), merlin_dir / name / "1" / "model.py")
+        shutil.copyfile(Path(click_log.__file__), merlin_dir / name / "1" / executor_model.CLICK_LOG_FILE)
     out_repo.mkdir(parents=True, exist_ok=True)
     for model_dir in sorted(merlin_dir.iterdir()):
         dest_model = out_repo / model_dir.name

@@ -140,6 +140,7 @@ class LocalService:
         """Start ``args`` as the child (own process group, output to ``log_path``) and wait until
         :meth:`_ready`; on any failure the child is stopped and the error raised with the log's tail.
         Returns the seconds from launch to ready."""
+        self.startup_exit_code = None  # the child's exit status if it ends before it is ready
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         started = time.perf_counter()
@@ -155,7 +156,6 @@ class LocalService:
         return time.perf_counter() - started
 
     def _wait_ready(self, deadline: float) -> None:
-        self.startup_exit_code = None
         while True:
             code = self.process.poll()
             if code is not None:

@@ -61,7 +61,7 @@ from typing import Callable, Sequence
 from gtcrec.serving import access
 from gtcrec.serving import repository as repo_state  # versions, locking (shared with the swap)
 from gtcrec.serving.client import DEFAULT_MODEL_NAME
-from gtcrec.serving.executor_model import CLICK_LOG_SECONDS
+from gtcrec.serving.click_log import CLICK_LOG_SECONDS
 from gtcrec.serving.server import PortInUseError, TritonServer, TritonServerError
 
 SERVE_DIR = "serve"  # ARTIFACTS_DIR/serve/model_repository

@@ -27,7 +27,7 @@ from gtcrec.serving import access
 from gtcrec.serving.binary import (ENV_BINARY, PortInUseError, TritonBinary,  # noqa: F401 (re-exported)
                                    TritonServerError, find_tritonserver)
 # the click log's settings: the executor (which cannot import gtcrec) reads them from its environment
-from gtcrec.serving.executor_model import CLICK_LOG_ENV, CLICK_LOG_RECORDS_ENV, CLICK_LOG_SECONDS_ENV, LOG_KEY_ENV
+from gtcrec.serving.click_log import CLICK_LOG_ENV, CLICK_LOG_RECORDS_ENV, CLICK_LOG_SECONDS_ENV, LOG_KEY_ENV
 from gtcrec.serving.process import LocalService, port_open
 
 
@@ -192,7 +192,7 @@ class TritonServer(LocalService):
         :func:`gtcrec.serving.access.read_key` or, when there is none, a new random key that only this
         object knows. Inference, health and metadata need no key; :meth:`control_client` sends it.
     click_log: a folder (created) where the gtcrec executor's instances log the clicks of the requests
-        they answered (:class:`gtcrec.serving.executor_model.ClickLog`; read it back with
+        they answered (:class:`gtcrec.serving.click_log.ClickLog`; read it back with
         :func:`gtcrec.live.read_click_log`): the child gets ``$GTCREC_CLICK_LOG`` (absolute path), and
         ``click_log_seconds`` / ``click_log_records`` (segment rotation) when given. ``None``: no click
         log, even if this process's environment has those variables (they are not passed on).
@@ -335,7 +335,7 @@ class TritonServer(LocalService):
         try:
             self.startup_seconds = self._launch(self.command(), env)
         except self.error:
-            code = getattr(self, "startup_exit_code", None)
+            code = self.startup_exit_code
             if code is None or -code not in FATAL_SIGNALS:
                 raise
             # tritonserver aborted while it started (seen once in CI: its gRPC poller's "epoll_wait error: Bad file
