@@ -215,3 +215,32 @@ def test_your_event_live_from_the_shell(own_event):
     assert stop[-1] == "[gtcrec-serve] stopped"
     print(f"docs/your-event.md in {own_event['seconds']:.0f} s: "
           + ", ".join(f"{r['block']}: {r['seconds']:.0f} s" for r in own_event["runs"]))
+
+
+@pytest.fixture(scope="module")
+def with_clicks(own_event):
+    """`make run ... NEW_CLICKS=... ONLY="07-catalog-swap 10-live-event"` on a copy of the guide's artifacts: the
+    same title-only event, now with this year's clicks, as a team runs it after (or rehearsing) the event."""
+    import shutil
+
+    art = own_event["root"] / "with-clicks"
+    shutil.copytree(own_event["art"], art)
+    files = own_event["files"]
+    done = subprocess.run(["make", "run", "SIZE=tiny", f"ARTIFACTS_DIR={art}", f"CATALOG={files['catalog']}",
+                           f"CLICKS={files['clicks']}", f"NEW_CATALOG={files['new_catalog']}",
+                           f"NEW_CLICKS={files['new_clicks']}", "ONLY=07-catalog-swap 10-live-event"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {stem: json.loads((art / stem / "manifest.json").read_text()) for stem in ("07-catalog-swap", "10-live-event")}
+
+
+def test_with_the_new_events_clicks_07_measures_and_10_replays_them(with_clicks):
+    swap, live = with_clicks["07-catalog-swap"], with_clicks["10-live-event"]
+    assert "new_clicks" in swap["outputs"] and swap["metrics"]["quality"] is not None
+    assert swap["metrics"]["traffic"]["failed"] == 0
+    m = live["metrics"]
+    assert m["traffic"]["failed"] == 0 and m["traffic"]["requests"] > 0
+    assert m["log"]["clicks_sent_and_logged"] == m["log"]["clicks_sent"] > 0 and m["log"]["writers_dropped_clicks"] == 0
+    assert len(m["cycles"]) == len(live["parameters"]["FRACTIONS"]) == len(m["segments"])
+    attack = m["attack"]
+    assert attack["anonymous_logged"] == 0 and attack["vouched_kept"] == 0

@@ -190,6 +190,18 @@ def test_stop_leaves_no_process(repo):
 
 
 @pytest.mark.server
+def test_servers_stop_side_by_side_gracefully(repo):
+    """signal_stop() on each (what Fleet.stop does), then stop(): one SIGTERM each, so each unloads its models and
+    exits 0 (a second signal, or the SIGKILL after the stop timeout, would show in the exit code)."""
+    servers = [TritonServer(repo, model_control="none").start() for _ in range(2)]
+    pids = [pid for s in servers for pid in tree_pids(s.pid)]
+    for s in servers:
+        s.signal_stop()
+    assert [s.stop() for s in servers] == [0, 0]
+    assert wait_gone(pids, timeout=5) == [] and not any(s.is_running() for s in servers)
+
+
+@pytest.mark.server
 def test_startup_timeout_raises_with_log_tail(tmp_path):
     slow = DOUBLE_MODEL.replace("class TritonPythonModel:",
                                 "class TritonPythonModel:\n    def initialize(self, args):\n"

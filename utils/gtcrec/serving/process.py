@@ -55,13 +55,18 @@ def group_members(pgid: int) -> list[int]:
     return sorted(found)
 
 
-def stop_process_group(proc: subprocess.Popen, soft: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-    """Stop a child started in its own process group: ``soft`` (a signal), up to ``timeout`` seconds to
-    exit, then SIGKILL to whatever is left of the group (a server and its helpers), and wait (at most
-    ``timeout`` seconds more) until none of the group is alive: on a loaded machine a killed python-backend
-    stub can outlive its server by a moment, and a caller that checks at once would find it. Returns the
-    child's exit code."""
-    if proc.poll() is None:
+def stop_process_group(proc: subprocess.Popen, soft: int | None = signal.SIGTERM, timeout: float = 10.0) -> int:
+    """Stop a child started in its own process group: ``soft`` (a signal; None: it was sent already), up to
+    ``timeout`` seconds to exit, then SIGKILL to whatever is left of the group (a server and its helpers), and
+    wait (at most ``timeout`` seconds more) until none of the group is alive: on a loaded machine a killed
+    python-backend stub can outlive its server by a moment, and a caller that checks at once would find it.
+    Returns the child's exit code."""
+    if soft is None:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    elif proc.poll() is None:
         try:
             proc.send_signal(soft)
             proc.wait(timeout=timeout)
@@ -115,6 +120,7 @@ class LocalService:
     stop_timeout: float
     process: subprocess.Popen | None = None
     _log_file = None
+    _stop_signalled = False  # signal_stop() sent stop_signal; stop() waits without sending it again
 
     @property
     def http_url(self) -> str:
@@ -178,13 +184,21 @@ class LocalService:
     def _not_ready(self) -> str:
         return f"{self.name} not ready after {self.startup_timeout:.0f} s"
 
+    def signal_stop(self) -> None:
+        """Send ``stop_signal`` and return at once: :meth:`stop` then waits for the child. Several services
+        stop side by side this way (a tritonserver takes seconds to unload its models)."""
+        if self.is_running() and not self._stop_signalled:
+            self.process.send_signal(self.stop_signal)
+            self._stop_signalled = True
+
     def stop(self) -> int | None:
-        """Stop the child: ``stop_signal``, then SIGKILL to its process group after ``stop_timeout``.
-        Returns the exit code (None if it was never started)."""
+        """Stop the child: ``stop_signal`` (unless :meth:`signal_stop` sent it), then SIGKILL to its process
+        group after ``stop_timeout``. Returns the exit code (None if it was never started)."""
         proc = self.process
         if proc is None:
             return None
-        code = stop_process_group(proc, self.stop_signal, self.stop_timeout)
+        signalled, self._stop_signalled = self._stop_signalled, False
+        code = stop_process_group(proc, None if signalled else self.stop_signal, self.stop_timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -423,6 +423,8 @@ class Fleet:
     def stop(self) -> None:
         if self.balancer is not None:
             self.balancer.close()
+        for server in self.replicas:  # every replica unloads its models at once, then each is waited for
+            server.signal_stop()
         for server in reversed(self.replicas):
             server.stop()
 
