@@ -2,6 +2,7 @@
 
     python benchmarks/real_data.py [--epochs 5] [--gap-minutes 60] [--chunk 20] [--max-sessions N]
                                    [--seed 42] [--threads 1] [--json out.json]
+    python benchmarks/real_data.py --team-files FOLDER   # the new-items split as a team's files for `make run`
 
 Nothing is asserted; the numbers are printed (and written as JSON with ``--json``).
 
@@ -250,11 +251,9 @@ def run_warm(catalog, clicks, vectors, work: Path, args) -> dict:
                        "warm_items": int(warm.sum())}}
 
 
-def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
-    from gtcrec import etl, metrics, swap, transfer
-    from gtcrec.representation import warm_codes
-    from gtcrec import model as m
-
+def new_items_split(catalog: pd.DataFrame, sessions: pd.DataFrame, args):
+    """(is_new, old catalog, old clicks, new catalog, new clicks): the movies split into two catalogs by a
+    seeded random half, and each session restricted to each half, then cut into pieces (module docstring, b)."""
     rng = np.random.default_rng(args.seed)
     is_new = np.zeros(len(catalog), dtype=bool)
     is_new[rng.permutation(len(catalog))[: len(catalog) // 2]] = True
@@ -262,6 +261,33 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
     new_catalog = catalog[is_new].reset_index(drop=True)
     old_clicks = bound_sessions(cut_pieces(sessions, args.chunk, set(old_catalog["talk_id"])), args.max_sessions)
     new_clicks = bound_sessions(cut_pieces(sessions, args.chunk, set(new_catalog["talk_id"])), args.max_sessions)
+    return is_new, old_catalog, old_clicks, new_catalog, new_clicks
+
+
+def write_team_files(catalog: pd.DataFrame, sessions: pd.DataFrame, folder: Path, args) -> dict[str, Path]:
+    """The new-items split written as a team brings its files to `make run`: CSV, the id under ``id`` (an
+    accepted alias), only the columns that have values (id, title, track), click times in ISO 8601 with
+    their UTC offset."""
+    _, old_catalog, old_clicks, new_catalog, new_clicks = new_items_split(catalog, sessions, args)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, cat, clicks in (("old", old_catalog, old_clicks), ("new", new_catalog, new_clicks)):
+        files[f"{name}_catalog"] = folder / f"{name}_catalog.csv"
+        cat[["talk_id", "title", "track"]].rename(columns={"talk_id": "id"}).to_csv(files[f"{name}_catalog"],
+                                                                                   index=False)
+        stamps = pd.to_datetime(clicks["timestamp"]).dt.tz_localize("UTC").map(pd.Timestamp.isoformat)
+        files[f"{name}_clicks"] = folder / f"{name}_clicks.csv"
+        clicks.assign(timestamp=stamps)[["session_id", "talk_id", "timestamp"]].to_csv(files[f"{name}_clicks"],
+                                                                                      index=False)
+    return files
+
+
+def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
+    from gtcrec import etl, metrics, swap, transfer
+    from gtcrec.representation import warm_codes
+    from gtcrec import model as m
+
+    is_new, old_catalog, old_clicks, new_catalog, new_clicks = new_items_split(catalog, sessions, args)
     old_catalog, old_clicks, old_report = write_and_load(old_catalog, old_clicks, work / "files", "old")
     new_catalog, new_clicks, new_report = write_and_load(new_catalog, new_clicks, work / "files", "new")
     log(f"new items: old catalog {len(old_catalog)} movies, {old_report['n_sessions']} sessions, "
@@ -361,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "first FRACTIONS of the new log's training sessions (benchmarks/live.py; no value: its "
                         "fractions)")
     parser.add_argument("--json", help="also write every number to this file")
+    parser.add_argument("--team-files", metavar="FOLDER", help="only write the new-items split (b) into FOLDER "
+                        "as a team's files for `make run` (CSV: id,title,track; clicks with ISO times), print the "
+                        "command, and stop")
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=UserWarning)  # merlin's CPU-mode and TensorFlow notices
@@ -379,6 +408,11 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"MovieLens 100k from {wheel.name}: {len(ratings)} ratings by {ratings['user'].nunique()} users of "
         f"{len(catalog)} movies -> {sessions['session'].nunique()} sessions at a {args.gap_minutes:g}-minute gap "
         f"-> {report['n_sessions']} sessions of 2-{args.chunk or 'any'} clicks, {report['n_clicks']} clicks")
+    if args.team_files:
+        files = write_team_files(catalog, sessions, Path(args.team_files).resolve(), args)
+        print(f"make run CATALOG={files['old_catalog']} CLICKS={files['old_clicks']} "
+              f"NEW_CATALOG={files['new_catalog']} NEW_CLICKS={files['new_clicks']}")
+        return {"team_files": {k: str(v) for k, v in files.items()}}
     encode_start = time.perf_counter()
     vectors, n_new = embed_catalog(catalog, args.embed_cache, progress=False)
     log(f"text vectors: {len(vectors)} ({n_new} newly encoded) in {time.perf_counter() - encode_start:.0f} s")

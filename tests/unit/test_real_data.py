@@ -79,3 +79,24 @@ def test_bound_sessions_keeps_the_latest(real_data):
     kept = real_data.bound_sessions(clicks, 2)
     assert sorted(set(kept["session_id"])) == ["a", "c"]
     assert len(real_data.bound_sessions(clicks, 0)) == 6
+
+
+def test_team_files_are_two_disjoint_halves_the_loaders_read_back(real_data, tmp_path):
+    from argparse import Namespace
+
+    from gtcrec import data
+
+    items = pd.DataFrame({"item": [str(i) for i in range(1, 9)], "title": [f"Film {i}" for i in range(1, 9)],
+                          "year": ["1995"] * 8, "genres": ["Drama"] * 8})
+    log = ratings([(f"u{u}", str(i), 4, 100 * u + i) for u in range(1, 5) for i in range(1, 9)])
+    args = Namespace(seed=42, chunk=20, max_sessions=0)
+    files = real_data.write_team_files(real_data.to_catalog(items), real_data.gap_sessions(log, 3600), tmp_path, args)
+    assert pd.read_csv(files["old_catalog"]).columns.tolist() == ["id", "title", "track"]
+    assert pd.read_csv(files["old_clicks"])["timestamp"].iloc[0].endswith("+00:00")  # ISO 8601 with its offset
+    halves = []
+    for name in ("old", "new"):
+        catalog = data.load_catalog(files[f"{name}_catalog"])
+        clicks, report = data.load_clicks(files[f"{name}_clicks"], catalog)
+        assert len(catalog) == 4 and report["n_sessions"] == 4 and set(clicks["talk_id"]) == set(catalog["talk_id"])
+        halves.append(set(catalog["talk_id"]))
+    assert not halves[0] & halves[1]
