@@ -74,3 +74,14 @@ def test_compare_answers_tells_ties_from_differences():
     # a fallback slot (NaN) against a model slot is a difference
     fallback = compare_answers(ids[3:], scores[3:], ids[:1], scores[:1])
     assert fallback["different"] == 1
+
+
+def test_frame_parity_says_what_differs_instead_of_stopping():
+    want = pd.DataFrame({"session_id": ["a", "a"], "talk_id": ["T1", "T2"], "score": [0.5, np.nan]})
+    assert parity.frame_parity(want.copy(), want) == {"equal": True, "difference": ""}  # NaN equals NaN
+    nudged = want.assign(score=[0.5 * (1 + 1e-7), np.nan])
+    assert not parity.frame_parity(nudged, want)["equal"]  # exact by default
+    assert parity.frame_parity(nudged, want, exact=False, rtol=1e-5)["equal"]
+    swapped = want.assign(talk_id=["T2", "T1"])
+    check = parity.frame_parity(swapped, want)
+    assert not check["equal"] and "talk_id" in check["difference"]

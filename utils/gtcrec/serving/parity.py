@@ -120,3 +120,15 @@ def compare_answers(ids: np.ndarray, scores: np.ndarray, other_ids: np.ndarray, 
     return {"sessions": int(len(ids)), "identical": int(identical.sum()), "tie_swaps": int(tie_swap.sum()),
             "different": int(different.sum()), "max_score_diff": float(diff.max()) if diff.size else 0.0,
             "same_up_to_ties": bool(len(ids) > 0 and not different.any())}
+
+
+def frame_parity(answer: pd.DataFrame, reference: pd.DataFrame, exact: bool = True, rtol: float = 1e-5) -> dict:
+    """Whether a served answer (``client.to_frame``) equals the reference frame, by pandas' own comparison:
+    exactly (NaN equal to NaN: the fallback's scores) or within a relative ``rtol``. Returns ``equal`` and
+    ``difference`` (pandas' description of the first one, or ""), so that notebook 06 shows the result on any
+    data and the tests assert on it."""
+    try:
+        pd.testing.assert_frame_equal(answer, reference, check_exact=exact, rtol=rtol)
+    except AssertionError as exc:
+        return {"equal": False, "difference": str(exc).strip()[:2000]}
+    return {"equal": True, "difference": ""}
