@@ -54,8 +54,8 @@ SMALL: dict[str, dict[str, Any]] = {
 # through every notebook (tests/notebooks/test_own_event.py, docs/your-event.md); its figures mean nothing.
 TINY: dict[str, dict[str, Any]] = {
     "03-train": {"EPOCHS": 1},
-    "05-ensemble": {"INSTANCES": 1},  # each load starts one python-backend process (torch's import) instead of two
     "04-item-representation": {"TRANSFER_EPOCHS": 1},
+    "05-ensemble": {"INSTANCES": 1},  # each load starts one python-backend process (torch's import) instead of two
     "06-serve": {"LOAD_TEST_SECONDS": 0.5, "CONCURRENCY": [2], "SESSIONS_PER_REQUEST": [10]},
     "07-catalog-swap": {"EPOCHS_RETRAINED": 1},
     "08-scale-out": {"LOG_SESSIONS": 1000, "SESSIONS_PER_PART": 500, "DDP_SESSIONS": None},
