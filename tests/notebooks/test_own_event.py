@@ -16,6 +16,7 @@ too."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -221,8 +222,6 @@ def test_your_event_live_from_the_shell(own_event):
 def with_clicks(own_event):
     """`make run ... NEW_CLICKS=... ONLY="07-catalog-swap 10-live-event"` on a copy of the guide's artifacts: the
     same title-only event, now with this year's clicks, as a team runs it after (or rehearsing) the event."""
-    import shutil
-
     art = own_event["root"] / "with-clicks"
     shutil.copytree(own_event["art"], art)
     files = own_event["files"]

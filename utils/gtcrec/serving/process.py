@@ -61,14 +61,10 @@ def stop_process_group(proc: subprocess.Popen, soft: int | None = signal.SIGTERM
     wait (at most ``timeout`` seconds more) until none of the group is alive: on a loaded machine a killed
     python-backend stub can outlive its server by a moment, and a caller that checks at once would find it.
     Returns the child's exit code."""
-    if soft is None:
+    if proc.poll() is None:
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    elif proc.poll() is None:
-        try:
-            proc.send_signal(soft)
+            if soft is not None:
+                proc.send_signal(soft)
             proc.wait(timeout=timeout)
         except (subprocess.TimeoutExpired, ProcessLookupError):
             pass
@@ -121,6 +117,7 @@ class LocalService:
     process: subprocess.Popen | None = None
     _log_file = None
     _stop_signalled = False  # signal_stop() sent stop_signal; stop() waits without sending it again
+    startup_exit_code: int | None = None  # the child's exit status if it ended before it was ready
 
     @property
     def http_url(self) -> str:
@@ -146,7 +143,7 @@ class LocalService:
         """Start ``args`` as the child (own process group, output to ``log_path``) and wait until
         :meth:`_ready`; on any failure the child is stopped and the error raised with the log's tail.
         Returns the seconds from launch to ready."""
-        self.startup_exit_code = None  # the child's exit status if it ends before it is ready
+        self.startup_exit_code = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         started = time.perf_counter()
