@@ -1,7 +1,8 @@
 """The live event: what the first clicks of a new event are worth, measured in ONE run.
 
     python benchmarks/live.py [--artifacts-dir artifacts] [--cache data/cache/embeddings]
-                              [--fractions 0.01 0.02 0.05 0.1 0.2 0.5] [--scratch] [--budget 45] [--json out.json]
+                              [--fractions 0.01 0.02 0.05 0.1 0.2 0.5] [--scratch] [--undefended] [--budget 45]
+                              [--json out.json]
     python benchmarks/live.py --attack [--attack-fraction 0.2] [--spam-share 0.25] [--shapes ...]
     python benchmarks/live.py --update [--update-fraction 0.2] [--added 3] [--cancelled 1]
 
@@ -23,7 +24,9 @@ before, clicked talks excluded):
   upper bound the issue compares with;
 * with ``--scratch``: the same architecture trained from scratch on ALL the observed sessions (the
   settings of the adaptation's own scratch candidate, which fits on the older ones only), with its
-  seconds beside the adaptation's.
+  seconds beside the adaptation's;
+* with ``--undefended``: the same cycle without the defences against click spam (no screen, no bound on
+  the choice, no exposure check): what they cost honest traffic, with the paired standard error.
 
 ``--attack`` (:func:`attack`): click spam the app vouched for. The first ``--attack-fraction`` of the
 training sessions are the honest log (each session its own client); spam of ``--spam-share`` as many
@@ -71,10 +74,16 @@ def first_sessions(clicks, fraction: float):
 
 
 def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, batch_size: int, lr: float,
-          seed: int = 42, scratch: bool = False, budget: float | None = 45.0, log=print) -> dict:
+          seed: int = 42, scratch: bool = False, budget: float | None = 45.0, log=print,
+          undefended: bool = False) -> dict:
     """The live curve of one new event: ``served`` (the swapped model, as a swap serves it), its
     ``catalog`` and ``table`` (text rows, reserved rows included), the event's ``clicks``; the
-    retrained bound trained for ``epochs`` epochs (``batch_size``, ``lr``). Returns every number."""
+    retrained bound trained for ``epochs`` epochs (``batch_size``, ``lr``). ``undefended``: each cycle
+    also without the defences (``adapt(defend=False)``: no screen, no bound on the choice, no exposure
+    check), scored on the same test clicks: what the defences cost honest traffic, with the standard
+    error of the paired difference. Returns every number."""
+    import numpy as np
+
     from gtcrec import baselines, etl, metrics
     from gtcrec import model as gm
     from gtcrec.live import adapt
@@ -88,6 +97,9 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
 
     def score(scores) -> float:
         return float(metrics.evaluate_scores(scores, targets, ks=(10,), exclude=prefixes)["recall@10"])
+
+    def per_click(model):
+        return adapt.hits(model, prefixes, targets) if model is not None else zero_hits
 
     results = {"zero-shot (served after the swap)": score(gm.score_sessions(served, prefixes))}
     text = {name: score(b.scores(prefixes)) for name, b in baselines.text_baselines(table).items()}
@@ -104,6 +116,7 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
     retrained_s = time.perf_counter() - started
     results["retrained on the whole training split"] = retrained_r = score(gm.score_sessions(retrained, prefixes))
     zero = results["zero-shot (served after the swap)"]
+    zero_hits = adapt.hits(served, prefixes, targets) if undefended else None
     log(f"{len(train_sessions)} training sessions, {len(targets)} test sessions; retrained {retrained_r:.4f} "
         f"({epochs} epochs, {retrained_s:.0f} s); zero-shot {zero:.4f}; best text {text[best_text]:.4f}")
 
@@ -124,6 +137,16 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
                "popularity of observed": score(pop.scores(prefixes)),
                "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
                "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
+        if undefended:
+            plain = adapt.adapt(served, served, observed, catalog, work / f"undefended-{f}", budget_s=budget,
+                                seed=seed, defend=False)
+            diff = (per_click(result.model if result.publish else None)
+                    - per_click(plain.model if plain.publish else None))
+            row.update({"undefended": float(per_click(plain.model if plain.publish else None).mean()),
+                        "undefended_chosen": plain.chosen, "undefended_published": plain.publish,
+                        "defended - undefended": float(diff.mean()),
+                        "difference_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                        "recall_se": float(np.sqrt(adapted * (1 - adapted) / len(targets)))})
         if scratch:
             started = time.perf_counter()
             model = fresh(warm_codes(obs_sessions, n_codes))
@@ -137,7 +160,10 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
             f"{'published' if result.publish else 'kept'}; {seconds:.0f} s) = {row['adapted / retrained']:.2f} x "
             f"retrained, {row['adapted / zero-shot']:.2f} x zero-shot, {row['adapted / best text']:.2f} x best text; "
             f"item-kNN of observed {row['item-kNN of observed']:.4f}"
-            + (f"; scratch {row['scratch']:.4f} ({row['scratch_seconds']:.0f} s)" if scratch else ""))
+            + (f"; scratch {row['scratch']:.4f} ({row['scratch_seconds']:.0f} s)" if scratch else "")
+            + (f"; without the defences {row['undefended']:.4f} ({row['undefended_chosen']}, "
+               f"{'published' if row['undefended_published'] else 'kept'}): {row['defended - undefended']:+.4f} "
+               f"(paired SE {row['difference_se']:.4f}, recall SE {row['recall_se']:.4f})" if undefended else ""))
     return {"results": results, "retrained_seconds": retrained_s, "fractions": rows,
             "n_train_sessions": len(train_sessions), "n_test_sessions": len(targets)}
 
@@ -439,6 +465,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--scratch", action="store_true", help="also train the architecture from scratch on the "
                         "observed sessions")
     parser.add_argument("--budget", type=float, default=45.0, help="fine-tune seconds per cycle")
+    parser.add_argument("--undefended", action="store_true", help="each cycle of the curve also without the "
+                        "defences against click spam, on the same test clicks: what they cost honest traffic")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", default="/tmp/gtcrec-live-benchmark")
     parser.add_argument("--cycle", type=float, metavar="FRACTION", help="instead of the curve: one cycle on a real "
@@ -487,7 +515,7 @@ def main(argv=None) -> dict:
     out = curve(served, prepared.catalog, clicks, prepared.table, args.fractions, Path(args.work),
                 int(params.get("EPOCHS", 5)), int(params.get("BATCH_SIZE", 128)),
                 float(params.get("LEARNING_RATE", 1e-3)), args.seed, args.scratch, args.budget,
-                log=say)
+                log=say, undefended=args.undefended)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return out

@@ -336,7 +336,7 @@ def run_new_items(catalog, sessions, vectors, work: Path, args) -> dict:
         served = swap.swapped_model(model_dir, new_table, new_catalog)
         live = live_benchmark.curve(served, new_catalog, new_clicks, new_table, args.live or live_benchmark.FRACTIONS,
                                     work / "live", args.epochs, BATCH_SIZE, LEARNING_RATE, args.seed, scratch=True,
-                                    log=log)
+                                    log=log, undefended=args.undefended)
     log(f"new items, zero-shot on all {every_session['sessions']} sessions of the new log: " + ", ".join(
         f"{name} {r['recall@10']:.4f}" for name, r in every_session["results"].items()))
     return {"results": quality.results, "ratios": quality.ratios, "counts": quality.counts,
@@ -386,6 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--live", type=float, nargs="*", default=None, help="also adapt the swapped model to the "
                         "first FRACTIONS of the new log's training sessions (benchmarks/live.py; no value: its "
                         "fractions)")
+    parser.add_argument("--undefended", action="store_true", help="with --live: each cycle also without the "
+                        "defences against click spam (benchmarks/live.py --undefended)")
     parser.add_argument("--json", help="also write every number to this file")
     parser.add_argument("--team-files", metavar="FOLDER", help="only write the new-items split (b) into FOLDER "
                         "as a team's files for `make run` (CSV: id,title,track; clicks with ISO times), print the "
