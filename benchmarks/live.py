@@ -136,7 +136,8 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
                "item-kNN of observed": score(knn.scores(prefixes)),
                "popularity of observed": score(pop.scores(prefixes)),
                "adapted / retrained": adapted / retrained_r, "adapted / zero-shot": adapted / zero,
-               "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings}
+               "adapted / best text": adapted / text[best_text], "choice": result.scores, "settings": result.settings,
+               "set_aside_sessions": (result.screened or {}).get("set_aside", {}).get("sessions")}
         if undefended:
             plain = adapt.adapt(served, served, observed, catalog, work / f"undefended-{f}", budget_s=budget,
                                 seed=seed, defend=False)
