@@ -174,3 +174,36 @@ def test_a_talk_over_its_exposure_allowance_is_held_back_and_the_rest_kept(world
     # a talk whose support from distinct clients covers its rise is not held back
     support[5] = 0.3
     assert adapt.hold_back(candidate, model, served, support, prefixes)[1] == []
+
+
+def test_unconfirmed_talks_rise_on_support_that_stops_before_the_newest_sessions():
+    served = np.zeros(6)
+    candidate = np.array([0, 0, 0, 0.30, 0.30, 0.01])  # talks 3 and 4 rise by 30 points, talk 5 by 1
+    fit, choose = np.array([0, 0, 0, 60, 60, 60.0]), np.array([0, 0, 0, 0, 14, 0.0])
+    # talk 3: 60 of 240 fitting sessions, none of the 60 newest (0.75 ** 60 ~ 3e-8); talk 4 carries over;
+    # talk 5 is as stale as talk 3 but barely rises
+    assert adapt.unconfirmed(candidate, served, fit, 240, choose, 60) == [3]
+    # a few sessions of a talk missing from the newest is chance, not a stop
+    assert adapt.unconfirmed(candidate, served, np.array([0, 0, 0, 6, 0, 0.0]), 240, choose, 60) == []
+
+
+def test_a_burst_that_stops_before_the_newest_sessions_teaches_nothing_about_its_talk(world):
+    """Sixty sessions pushing one talk, then nothing on it: the cycle learns the rest, not that talk."""
+    model, follow, ids = world["model"], world["follow"], world["ids"]
+    target = 3 + 17
+    honest = [s[s != target] for s in paired_sessions(240, seed=2, follow=follow)]
+    honest = [s for s in honest if len(s) > 1]
+    rng = np.random.default_rng(8)
+    burst = [np.r_[w[:int(rng.integers(2, 5))], target] for w in paired_sessions(60, seed=9, follow=follow)]
+    clicks = pd.concat([as_clicks(burst, ids, start="2026-09-20").assign(session_id=lambda f: "b" + f["session_id"]),
+                        as_clicks(honest, ids)], ignore_index=True)
+    held_out = paired_sessions(200, seed=3, follow=follow)
+    prefixes = [p for p in metrics.sessions_to_prefixes(held_out)[0] if target not in p]
+    before = adapt.exposure(model, prefixes)[target]
+    plain = adapt.adapt(model, model, clicks, world["catalog"], world["tmp"] / "burst-plain", epochs=3,
+                        budget_s=None, defend=False)
+    assert plain.publish and adapt.exposure(plain.model, prefixes)[target] > before + 0.05  # the burst works
+    result = adapt.adapt(model, model, clicks, world["catalog"], world["tmp"] / "burst", epochs=3, budget_s=None)
+    assert result.publish and result.scores[result.chosen] > result.scores[adapt.SERVING] + 0.1, result.scores
+    assert any(ids[target - 3] in talks for talks in result.settings["unconfirmed"].values()), result.settings
+    assert adapt.exposure(result.model, prefixes)[target] <= before + adapt.CONFIRM_RISE

@@ -33,10 +33,12 @@ one:
    tie. A winner that does not beat what is served by more than :data:`GUARD_Z` standard errors of the
    paired difference (click by click) is not published; nor is one that puts a talk into far more of
    those answers than the version served does, beyond what the talk's support from distinct clients
-   justifies (:func:`exposure_check`). A per-talk candidate (the closed form, the fine-tune) is then tried
-   once more without what it learned for the talks over their allowance (:func:`hold_back`: their
-   parts go back to the swapped model's; ``settings.held_back``), and published if it still beats the
-   version served; otherwise the next best candidate is tried;
+   justifies (:func:`exposure_check`), nor one that raises a talk's share of those answers on support
+   that does not carry over to the newest sessions (:func:`unconfirmed`: clicked in many of the sessions
+   that fit, in almost none of the newest: a burst that has stopped). A per-talk candidate (the closed
+   form, the fine-tune) is then tried once more without what it learned for those talks
+   (:func:`hold_back`: their parts go back to the swapped model's; ``settings.held_back``), and
+   published if it still beats the version served; otherwise the next best candidate is tried;
 4. the winner is fitted again on every observed session (the newest are the most telling) with the
    settings chosen: the closed form always, a fine-tune when ``budget_s`` still has room for its epochs
    on all of them (else it goes as measured), and published as the next version through the swap's
@@ -87,6 +89,8 @@ CHOOSE_TALK_SHARE, CHOOSE_TALK_MIN = 0.03, 4  # no talk holds more of the clicks
 # before a cycle must not. Honest, small size: at most 2.4 % (6 of 253 clicks; fewer than 4 below 120 clicks)
 EXPOSURE_SLACK = 0.05  # a candidate may add this share of the top-10 answers to any talk ...
 EXPOSURE_PER_SUPPORT = 4.0  # ... plus this many times the share of distinct clients who clicked it
+CONFIRM_RISE, CONFIRM_P = 0.02, 1e-4  # a talk whose share of the answers on the newest sessions rises by more
+# than this learns nothing if its share of the sessions that fit is that unlikely to leave so few in the newest
 HOLD_BACK_ROUNDS = 3  # a per-talk candidate over that allowance: the talks over it learn nothing, at most this often
 
 Log = Callable[[str], None]
@@ -233,6 +237,21 @@ def hold_back(model, base, served_exposure: np.ndarray, support: np.ndarray, pre
         held += over
         model = with_parts_of(model, base, held)
     return model, held, not len(over_allowance(exposure(model, prefixes), served_exposure, support))
+
+
+def unconfirmed(candidate_exposure: np.ndarray, served_exposure: np.ndarray, fit_counts: np.ndarray, n_fit: int,
+                choose_counts: np.ndarray, n_choose: int, rise: float = CONFIRM_RISE,
+                p_value: float = CONFIRM_P) -> list[int]:
+    """The codes whose exposure (:func:`exposure`) rises by more than ``rise`` over the version served's
+    although their support does not carry over to the newest sessions: ``choose_counts`` of the
+    ``n_choose`` sessions that choose clicked them, fewer than the share of the ``n_fit`` sessions that
+    fit (``fit_counts``) makes likely (binomial tail below ``p_value``). A burst of sessions on a talk
+    that has stopped by the time the newest sessions come teaches nothing about it."""
+    from scipy.stats import binom
+
+    rising = np.flatnonzero(np.asarray(candidate_exposure) - np.asarray(served_exposure) > rise)
+    tail = binom.cdf(np.asarray(choose_counts)[rising], n_choose, np.asarray(fit_counts)[rising] / max(1, n_fit))
+    return [int(c) for c, p in zip(rising, tail) if p < p_value]
 
 
 def talk_id_of(catalog: pd.DataFrame, code: int, reserved: str = "") -> str:
@@ -565,25 +584,35 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
     order = [SERVING, CLOSED_FORM, FINE_TUNE, SCRATCH]  # simplest first: a tie goes to the simpler
     ranked = sorted(order, key=lambda name: (-scores[name], order.index(name)))
     models = {CLOSED_FORM: best_closed, **tuned}
-    served_exposure, refused, held_back = None, {}, []
-    for chosen in ranked:  # the best candidate that beats the version served and passes the exposure check
+    served_exposure, refused, unheard, held_back = None, {}, {}, []
+    choose_counts = click_counts(observed.choose, n_codes)
+    for chosen in ranked:  # the best candidate that beats the version served and passes both checks
         wins, t = beats(per_click[chosen], per_click[SERVING])
         if chosen == SERVING or not wins or not defend:
             break
         served_exposure = exposure(serving_model, choose[0]) if served_exposure is None else served_exposure
         candidate_exposure = exposure(models[chosen], choose[0])
         fair, worst = exposure_check(candidate_exposure, served_exposure, support)
-        if fair:
+        stale = unconfirmed(candidate_exposure, served_exposure, fit_counts, len(observed.fit), choose_counts,
+                            len(observed.choose))
+        if fair and not stale:
             break
-        worst["talk_id"] = talk_id_of(catalog, worst["code"])
-        refused[chosen] = worst
-        log(f"{chosen} refused: it puts talk {worst['talk_id']} into {worst['candidate']:.1%} of the answers "
-            f"(served: {worst['serving']:.1%}) with the support of {worst['support']:.1%} of the clients")
-        if chosen not in (CLOSED_FORM, FINE_TUNE):
+        if stale:
+            unheard[chosen] = [talk_id_of(catalog, c) for c in stale]
+            log(f"{chosen}: talks {unheard[chosen]} rise in the answers on support that does not carry over to the "
+                "newest sessions")
+        if not fair:
+            worst["talk_id"] = talk_id_of(catalog, worst["code"])
+            refused[chosen] = worst
+            log(f"{chosen} refused: it puts talk {worst['talk_id']} into {worst['candidate']:.1%} of the answers "
+                f"(served: {worst['serving']:.1%}) with the support of {worst['support']:.1%} of the clients")
+        if chosen not in (CLOSED_FORM, FINE_TUNE):  # a whole model cannot leave one talk out
             continue
-        # per-talk parts: the talks over their allowance learn nothing this cycle, the rest is kept
-        bounded, held, fair = hold_back(models[chosen], base_model, served_exposure, support, choose[0],
-                                        model_exposure=candidate_exposure)
+        # per-talk parts: those talks learn nothing this cycle, the rest is kept
+        start = with_parts_of(models[chosen], base_model, stale) if stale else models[chosen]
+        bounded, held, fair = hold_back(start, base_model, served_exposure, support, choose[0],
+                                        model_exposure=None if stale else candidate_exposure)
+        held = stale + [c for c in held if c not in stale]
         bounded_hits = hits(bounded, *choose)
         wins, t = beats(bounded_hits, per_click[SERVING])
         if fair and wins:
@@ -601,10 +630,12 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
                 "lr": recipes[chosen][2] if chosen in recipes else None,
                 "batch_size": recipes[chosen][3] if chosen in recipes else None,
                 "choose_clicks": int(len(choose[1])), "standard_errors": round(t, 3), "exposure_refused": refused,
-                "held_back": [talk_id_of(catalog, c) for c in held_back], "choose_capped": capped}
+                "held_back": [talk_id_of(catalog, c) for c in held_back], "choose_capped": capped,
+                "unconfirmed": unheard}
     if not wins or chosen == SERVING:
-        why = ("no candidate scores above" if chosen == SERVING and not refused else
-               "every candidate above it was refused for its exposure, against" if chosen == SERVING else
+        why = ("no candidate scores above" if chosen == SERVING and not (refused or unheard) else
+               "every candidate above it was refused (for its exposure, or for talks rising on support that "
+               "stopped), against" if chosen == SERVING else
                f"{chosen} ({scores[chosen]:.4f}) is not {GUARD_Z:g} standard error above")
         return Adaptation(scores, chosen, False, f"{why} the version served ({scores[SERVING]:.4f}) on the newest "
                           f"{len(observed.choose)} sessions ({len(choose[1])} clicks); it keeps serving",

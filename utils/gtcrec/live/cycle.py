@@ -17,7 +17,9 @@ A cycle (:func:`run_cycle`):
 Nothing is written before step 5, so a cycle killed earlier leaves the server, the repository and the
 log as they were, and the next cycle starts afresh. Every cycle, published or not, is recorded in
 ``gtcrec_live.json`` with what it set aside (``screened``: sessions, clients and talks, by rule) and the
-candidates its guard refused for their exposure (``settings.exposure_refused``) (:func:`gtcrec.live.adapt.read_cycles`); ``gtcrec-adapt --status`` shows them.
+candidates its guard refused for their exposure (``settings.exposure_refused``) or for talks rising on
+support that stopped before the newest sessions (``settings.unconfirmed``)
+(:func:`gtcrec.live.adapt.read_cycles`); ``gtcrec-adapt --status`` shows them.
 
     gtcrec-adapt --repository REPO --url HOST:GRPC_PORT --model-dir MODEL_DIR --click-log DIR
                  [--catalog FILE] [--cache DIR] [--every N | --every-seconds S] [--cycles M]
@@ -229,6 +231,7 @@ def _status(repository, model_name: str) -> list[dict]:
                      "set_aside": (c.get("screened") or {}).get("set_aside"),
                      "talks_set_aside": (c.get("screened") or {}).get("talks"),
                      "exposure_refused": (c.get("settings") or {}).get("exposure_refused"),
+                     "unconfirmed": (c.get("settings") or {}).get("unconfirmed"),
                      "catalog": c.get("catalog")})
     for e in read_history(repository, model_name)["events"]:
         if e.get("action") == "update" and e.get("ok"):
@@ -297,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             aside = r["set_aside"] or {}
             log(f"  set aside: {aside.get('sessions', 0)} sessions, {aside.get('clients', 0)} clients "
                 f"({', '.join(f'{k} {v}' for k, v in aside.items() if v and k not in ('sessions', 'clients')) or 'none'})"
-                f"; talks {r['talks_set_aside'] or 'none'}; refused for exposure: {r['exposure_refused'] or 'none'}")
+                f"; talks {r['talks_set_aside'] or 'none'}; refused for exposure: {r['exposure_refused'] or 'none'}"
+                f"; rising on support that stopped: {r['unconfirmed'] or 'none'}")
         if not (args.url or args.replicas_of):
             print(json.dumps(rows, indent=2, default=str))
             return 0
