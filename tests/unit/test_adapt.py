@@ -207,3 +207,5 @@ def test_a_burst_that_stops_before_the_newest_sessions_teaches_nothing_about_its
     assert result.publish and result.scores[result.chosen] > result.scores[adapt.SERVING] + 0.1, result.scores
     assert any(ids[target - 3] in talks for talks in result.settings["unconfirmed"].values()), result.settings
     assert adapt.exposure(result.model, prefixes)[target] <= before + adapt.CONFIRM_RISE
+    # nor does the burst lead the fallback ranking (sessions with no known talk): the newest show no session on it
+    assert plain.popularity[target - 3] == 60 and result.popularity[target - 3] == 0

@@ -478,8 +478,8 @@ class Adaptation:
     """What :func:`adapt` measured and chose. ``scores``: recall@10 on the newest observed sessions
     of every candidate and of the version served; ``chosen``: the winner; ``publish``: whether it
     beats what is served; ``model``: the winner, fitted again on every observed session where the
-    budget allowed (``settings["refit"]``; None when not published); ``popularity``: clicks per talk
-    (the new fallback ranking)."""
+    budget allowed (``settings["refit"]``; None when not published); ``popularity``: sessions per talk
+    (the new fallback ranking; a talk held back counts as often as the newest sessions show it)."""
 
     scores: dict[str, float]
     chosen: str
@@ -659,12 +659,16 @@ def adapt(serving_model, base_model, clicks: pd.DataFrame, catalog: pd.DataFrame
                                  parts=recipes[chosen][0])
     if held_back and final is not models[chosen]:  # the refit learns those talks again: left out once more
         final = with_parts_of(final, base_model, held_back)
+    popularity = all_counts.copy()  # the fallback ranking: a talk held back counts as the newest sessions show it
+    if held_back:
+        newest = choose_counts * len(observed.sessions) / max(1, len(observed.choose))
+        popularity[held_back] = np.minimum(popularity[held_back], newest[held_back])
     seconds["refit"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - t0
     return Adaptation(scores, chosen, True, f"{chosen} {scores[chosen]:.4f} beats the version served "
                       f"{scores[SERVING]:.4f} on the newest {len(observed.choose)} sessions ({t:.1f} standard "
                       "errors)", settings, observed.counts, seconds, screened, curves, final,
-                      all_counts[RESERVED:].tolist())
+                      popularity[RESERVED:].tolist())
 
 
 def _dataset(folders: Sequence[Path], model):
