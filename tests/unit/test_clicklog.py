@@ -535,6 +535,28 @@ def scripted(prefix, sessions, start, client=None, gap_s=30, every_s=60):
     return pd.DataFrame(rows, columns=["session_id", "talk_id", "timestamp", "client_id"])
 
 
+def test_a_talk_pushed_by_short_sessions_learns_nothing_from_the_longer_ones_either():
+    """A push mixing pairs with longer, audience-like sessions: the pairs give it away, and the longer
+    sessions of the same push keep their other clicks but teach nothing about the pushed talk."""
+    from gtcrec.live.screen import screen
+
+    from test_executor import VOCAB
+
+    start = pd.Timestamp("2024-03-18 09:00")
+    rng = np.random.default_rng(11)
+    honest = scripted("real", [list(rng.choice(VOCAB[:60], size=int(rng.integers(3, 8)), replace=False))
+                               for _ in range(200)], start)
+    pairs = scripted("pair", [[VOCAB[int(i)], "T0070"] for i in rng.integers(0, 20, 15)], start)
+    longer = scripted("long", [list(rng.choice(VOCAB[:20], size=3, replace=False)) + ["T0070"] for _ in range(40)],
+                      start)
+    kept, report = screen(pd.concat([honest, pairs, longer], ignore_index=True))
+    assert report["talks"]["short_session_talk"] == ["T0070"] and "T0070" in report["talks"]["carried_talk"]
+    assert report["set_aside"]["short_session_talk"] == 15 and report["set_aside"]["sessions"] == 15
+    assert not (kept["talk_id"] == "T0070").any() and report["clicks_removed"] == 40
+    assert set(kept["session_id"]) == set(honest["session_id"]) | set(longer["session_id"])
+    assert len(kept[kept["session_id"].isin(set(longer["session_id"]))]) == 3 * 40  # their other clicks stay
+
+
 def send_sessions(url, frame, parameters_of, model_name="rec"):
     """Each session as the app sends it (its first 1, 2, ... clicks), with ``parameters_of(client_id)``."""
     import tritonclient.grpc as grpcclient

@@ -16,8 +16,9 @@ below (a session is counted under the first rule that sets it aside):
    :data:`SHORT_Z` binomial standard errors, and at least :data:`SHORT_RATIO` times it), those short
    sessions (a pair or a single talk pushed across many sessions, whatever else they pair it with);
 5. ``carried_talk`` (talks, not sessions): a talk at least :data:`CARRIED_SHARE` of whose sessions
-   were set aside by the rules above: its clicks are removed from the sessions kept, so the few that
-   slipped through teach nothing about it this cycle.
+   were set aside by the rules above, or one that rule 4 found pushed by short sessions: its clicks are
+   removed from the sessions kept, so the sessions of the same push that slipped through (longer ones,
+   made to look like an audience's) teach nothing about it this cycle.
 
 Clients are the ``client_id`` the app sent; a session without one (click files dropped into the log
 folder by hand) is its own client. The thresholds were chosen on honest traffic (the generated events
@@ -144,7 +145,8 @@ def screen(clicks: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         sessions["talks"].explode().index))
     per_talk = support.groupby("talk")["aside"].agg(["size", "mean"])
     carried = per_talk[(per_talk["size"] >= CARRIED_MIN) & (per_talk["mean"] >= CARRIED_SHARE)].index.tolist()
-    talks_flagged["carried_talk"] = sorted(carried)
+    carried = sorted(set(carried) | set(talks_flagged["short_session_talk"]))  # a pushed talk: all its clicks
+    talks_flagged["carried_talk"] = carried
     kept = clicks[~clicks["session_id"].isin(set(sessions.index[aside]))]
     removed = kept["talk_id"].isin(set(carried))
     report["clicks_removed"] = int(removed.sum())
