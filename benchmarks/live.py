@@ -98,9 +98,6 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
     def score(scores) -> float:
         return float(metrics.evaluate_scores(scores, targets, ks=(10,), exclude=prefixes)["recall@10"])
 
-    def per_click(model):
-        return adapt.hits(model, prefixes, targets) if model is not None else zero_hits
-
     results = {"zero-shot (served after the swap)": score(gm.score_sessions(served, prefixes))}
     text = {name: score(b.scores(prefixes)) for name, b in baselines.text_baselines(table).items()}
     best_text = max(text, key=text.get)
@@ -116,7 +113,6 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
     retrained_s = time.perf_counter() - started
     results["retrained on the whole training split"] = retrained_r = score(gm.score_sessions(retrained, prefixes))
     zero = results["zero-shot (served after the swap)"]
-    zero_hits = adapt.hits(served, prefixes, targets) if undefended else None
     log(f"{len(train_sessions)} training sessions, {len(targets)} test sessions; retrained {retrained_r:.4f} "
         f"({epochs} epochs, {retrained_s:.0f} s); zero-shot {zero:.4f}; best text {text[best_text]:.4f}")
 
@@ -141,9 +137,9 @@ def curve(served, catalog, clicks, table, fractions, work: Path, epochs: int, ba
         if undefended:
             plain = adapt.adapt(served, served, observed, catalog, work / f"undefended-{f}", budget_s=budget,
                                 seed=seed, defend=False)
-            diff = (per_click(result.model if result.publish else None)
-                    - per_click(plain.model if plain.publish else None))
-            row.update({"undefended": float(per_click(plain.model if plain.publish else None).mean()),
+            plain_hits = adapt.hits(plain.model if plain.publish else served, prefixes, targets)
+            diff = adapt.hits(result.model if result.publish else served, prefixes, targets) - plain_hits
+            row.update({"undefended": float(plain_hits.mean()),
                         "undefended_chosen": plain.chosen, "undefended_published": plain.publish,
                         "defended - undefended": float(diff.mean()),
                         "difference_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
